@@ -1,0 +1,223 @@
+//! The `CognitoUnauthCredential` API (cognito.kubecred.io/v1alpha1).
+//!
+//! The doc comments on these types become `kubectl explain` and the CRD's schema;
+//! `crdgen` prints the CRD and CI fails when `crds/` is stale.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the custom resource.
+pub const GROUP: &str = "cognito.kubecred.io";
+/// Annotation on the resource: set it to a new value to rotate the credentials once.
+pub const FORCE_ROTATE_ANNOTATION: &str = "cognito.kubecred.io/force-rotate";
+/// Default for `spec.renewBefore`.
+pub const DEFAULT_RENEW_BEFORE: &str = "20m";
+
+/// Keeps short-lived AWS credentials for an Amazon Cognito identity pool's guest
+/// (unauthenticated) role in a Secret, and rotates them before they expire.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "cognito.kubecred.io",
+    version = "v1alpha1",
+    kind = "CognitoUnauthCredential",
+    namespaced,
+    status = "CognitoUnauthCredentialStatus",
+    shortname = "cuc",
+    shortname = "cognitocred",
+    category = "aws",
+    doc = "Short-lived AWS credentials of a Cognito identity pool's guest role, kept fresh in a Secret."
+)]
+#[kube(printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.identityPoolId"}"#)]
+#[kube(
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[kube(
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[kube(printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#)]
+#[kube(printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiration"}"#)]
+#[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.region) || self.identityPoolId.startsWith(self.region + ':')"
+).message("region must equal the region prefix of identityPoolId (the part before ':')"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.renewBefore) || !self.renewBefore.matches('^([0-9]+(\\\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$') || (duration(self.renewBefore) >= duration('5m') && duration(self.renewBefore) <= duration('50m'))"
+).message("renewBefore must be between 5m and 50m"))]
+#[serde(rename_all = "camelCase")]
+pub struct CognitoUnauthCredentialSpec {
+    /// The identity pool whose guest (unauthenticated) role the credentials belong to,
+    /// as REGION:UUID, for example `us-east-1:0a1b2c3d-1111-2222-3333-444455556666`.
+    /// Guest access must be enabled on the pool.
+    #[schemars(
+        length(min = 1, max = 55),
+        regex(
+            pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+        )
+    )]
+    pub identity_pool_id: String,
+
+    /// AWS region of the pool. Defaults to the prefix of identityPoolId and, when set,
+    /// must equal it. Written to the Secret as AWS_REGION and AWS_DEFAULT_REGION.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+    )]
+    pub region: Option<String>,
+
+    /// IAM role ARN to request instead of the pool's default guest role
+    /// (CustomRoleArn of GetCredentialsForIdentity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 20, max = 2048),
+        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$")
+    )]
+    pub custom_role_arn: Option<String>,
+
+    /// Name of the Secret to write, in this resource's namespace (a Secret is never
+    /// written anywhere else). Defaults to the resource's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub secret_name: Option<String>,
+
+    /// Extra labels and annotations for the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+
+    /// How long before the credentials' Expiration to rotate them, as a Go duration
+    /// between 5m and 50m (default 20m). When it is not shorter than the credentials'
+    /// lifetime, they are rotated once two thirds of their lifetime have passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 2, max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$")
+    )]
+    pub renew_before: Option<String>,
+
+    /// Stop calling Cognito while true. The Secret is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// Metadata added to the Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Labels added to the Secret. The controller's own labels win on a clash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret. The controller's own annotations win on a clash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the controller last did and saw.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CognitoUnauthCredentialStatus {
+    /// The Cognito identity created for this resource (GetId), reused for every rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_id: Option<String>,
+    /// The identity pool that identityId belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_pool_id: Option<String>,
+    /// When the credentials now in the Secret expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<Time>,
+    /// When the controller will next rotate the credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+    /// When the credentials in the Secret were fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+    /// The Secret the credentials are written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The metadata.generation this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Failed attempts since the last successful rotation; drives the retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub failed_attempts: Option<i32>,
+    /// `Ready` is True when the Secret holds unexpired credentials from the current spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl CognitoUnauthCredentialSpec {
+    /// The region of the pool: spec.region, else the pool id's prefix.
+    pub fn region(&self) -> &str {
+        match &self.region {
+            Some(r) => r,
+            None => self
+                .identity_pool_id
+                .split_once(':')
+                .map_or(self.identity_pool_id.as_str(), |(r, _)| r),
+        }
+    }
+
+    /// spec.renewBefore or its default.
+    pub fn renew_before(&self) -> &str {
+        self.renew_before.as_deref().unwrap_or(DEFAULT_RENEW_BEFORE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn region_defaults_to_the_pool_prefix() {
+        let spec = CognitoUnauthCredentialSpec {
+            identity_pool_id: "ap-northeast-1:fc81b5de-4fa4-4087-adb5-4598fd25982a".into(),
+            ..Default::default()
+        };
+        assert_eq!(spec.region(), "ap-northeast-1");
+        let spec = CognitoUnauthCredentialSpec {
+            region: Some("eu-west-1".into()),
+            ..spec
+        };
+        assert_eq!(spec.region(), "eu-west-1");
+    }
+
+    #[test]
+    fn crd_has_names_columns_status_and_rules() {
+        let crd = serde_json::to_value(CognitoUnauthCredential::crd()).unwrap();
+        assert_eq!(
+            crd["spec"]["names"]["shortNames"],
+            serde_json::json!(["cuc", "cognitocred"])
+        );
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["subresources"]["status"], serde_json::json!({}));
+        let cols: Vec<_> = v["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            cols,
+            ["Pool", "Ready", "Reason", "Secret", "Expires", "Age"]
+        );
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["identityPoolId"]));
+        assert_eq!(spec["properties"]["identityPoolId"]["maxLength"], 55);
+        assert_eq!(
+            spec["x-kubernetes-validations"].as_array().unwrap().len(),
+            2
+        );
+        let conds =
+            &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conds["x-kubernetes-list-type"], "map");
+    }
+}

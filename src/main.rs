@@ -1,0 +1,3 @@
+fn main() {
+    println!("cognito-unauth-controller {}", env!("CARGO_PKG_VERSION"));
+}

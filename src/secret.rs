@@ -1,0 +1,414 @@
+//! The Secret: rendering it from credentials, and reading back what is in one.
+//!
+//! Both directions are pure. The Secret carries, besides the credentials, annotations
+//! that say where they came from (pool, identity, role, region, issue and expiry times,
+//! the force-rotate token they answer) and a checksum of its data, so the controller
+//! can tell from the Secret alone whether it still holds good credentials for the
+//! current spec, also after a restart or a lost status write.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use sha2::{Digest, Sha256};
+
+use crate::crd::SecretTemplate;
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "cognito-unauth-controller";
+/// Label selector for the Secrets this controller writes (and caches).
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=cognito-unauth-controller";
+
+pub const ANN_EXPIRATION: &str = "cognito.kubecred.io/expiration";
+pub const ANN_ISSUED_AT: &str = "cognito.kubecred.io/issued-at";
+pub const ANN_POOL: &str = "cognito.kubecred.io/identity-pool-id";
+pub const ANN_IDENTITY: &str = "cognito.kubecred.io/identity-id";
+pub const ANN_REGION: &str = "cognito.kubecred.io/region";
+pub const ANN_ROLE: &str = "cognito.kubecred.io/custom-role-arn";
+pub const ANN_FORCE: &str = "cognito.kubecred.io/force-rotate";
+pub const ANN_CHECKSUM: &str = "cognito.kubecred.io/checksum";
+
+pub const KEY_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const KEY_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+pub const KEY_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+pub const KEY_REGION: &str = "AWS_REGION";
+pub const KEY_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+pub const KEY_EXPIRATION: &str = "AWS_CREDENTIAL_EXPIRATION";
+pub const KEY_CREDENTIALS_FILE: &str = "credentials";
+
+/// Temporary AWS credentials. Debug never prints the secret parts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: Timestamp,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &"<redacted>")
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &self.expiration)
+            .finish()
+    }
+}
+
+/// Where a set of credentials came from; recorded in the Secret's annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub identity_pool_id: String,
+    pub identity_id: String,
+    pub region: String,
+    pub custom_role_arn: Option<String>,
+    pub issued_at: Timestamp,
+    /// The force-rotate annotation value these credentials answer, if any.
+    pub force_token: Option<String>,
+}
+
+/// The owner the Secret points back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    // Whole seconds (rounded down, never later than the truth), UTC, `Z`.
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn ini(c: &Credentials) -> String {
+    format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+        c.access_key_id, c.secret_access_key, c.session_token
+    )
+}
+
+/// The Secret's data for `creds`.
+pub fn render_data(creds: &Credentials, region: &str) -> BTreeMap<String, ByteString> {
+    let s = |v: &str| ByteString(v.as_bytes().to_vec());
+    BTreeMap::from([
+        (KEY_ACCESS_KEY_ID.to_string(), s(&creds.access_key_id)),
+        (
+            KEY_SECRET_ACCESS_KEY.to_string(),
+            s(&creds.secret_access_key),
+        ),
+        (KEY_SESSION_TOKEN.to_string(), s(&creds.session_token)),
+        (KEY_REGION.to_string(), s(region)),
+        (KEY_DEFAULT_REGION.to_string(), s(region)),
+        (KEY_EXPIRATION.to_string(), s(&rfc3339(creds.expiration))),
+        (KEY_CREDENTIALS_FILE.to_string(), s(&ini(creds))),
+    ])
+}
+
+/// SHA-256 over the data's keys and values, in key order, length-prefixed.
+pub fn checksum(data: &BTreeMap<String, ByteString>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.0.len() as u64).to_le_bytes());
+        h.update(&v.0);
+    }
+    let digest = h.finalize();
+    let mut hex = String::with_capacity(7 + 64);
+    hex.push_str("sha256:");
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// The complete Secret the controller wants: data, labels, annotations, owner.
+pub fn render(
+    name: &str,
+    namespace: &str,
+    owner: &Owner,
+    template: Option<&SecretTemplate>,
+    creds: &Credentials,
+    prov: &Provenance,
+) -> Secret {
+    let data = render_data(creds, &prov.region);
+    let mut labels = template.map(|t| t.labels.clone()).unwrap_or_default();
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
+    let mut annotations = template.map(|t| t.annotations.clone()).unwrap_or_default();
+    // Our annotations win; drop template keys in our prefix that we do not set.
+    annotations.retain(|k, _| !k.starts_with("cognito.kubecred.io/"));
+    annotations.insert(ANN_EXPIRATION.into(), rfc3339(creds.expiration));
+    annotations.insert(ANN_ISSUED_AT.into(), rfc3339(prov.issued_at));
+    annotations.insert(ANN_POOL.into(), prov.identity_pool_id.clone());
+    annotations.insert(ANN_IDENTITY.into(), prov.identity_id.clone());
+    annotations.insert(ANN_REGION.into(), prov.region.clone());
+    if let Some(role) = &prov.custom_role_arn {
+        annotations.insert(ANN_ROLE.into(), role.clone());
+    }
+    if let Some(token) = &prov.force_token {
+        annotations.insert(ANN_FORCE.into(), token.clone());
+    }
+    annotations.insert(ANN_CHECKSUM.into(), checksum(&data));
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: owner.api_version.clone(),
+                kind: owner.kind.clone(),
+                name: owner.name.clone(),
+                uid: owner.uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// What an existing Secret holds, as far as the controller is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Has an owner reference with controller=true to this resource's uid.
+    pub owned: bool,
+    /// Data is complete and matches the checksum the controller wrote.
+    pub intact: bool,
+    /// The credentials, when intact.
+    pub credentials: Option<Credentials>,
+    pub provenance: Option<Provenance>,
+}
+
+fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
+    let v = data.get(key)?;
+    let s = std::str::from_utf8(&v.0).ok()?;
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn parse_time(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+/// Reads a Secret without trusting it: anything missing or inconsistent makes it not intact.
+pub fn inspect(secret: &Secret, owner_uid: &str) -> Observed {
+    let owned = secret
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == owner_uid);
+    let empty = BTreeMap::new();
+    let ann = secret.metadata.annotations.as_ref().unwrap_or(&empty);
+    let no_data = BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&no_data);
+
+    let provenance = (|| {
+        Some(Provenance {
+            identity_pool_id: ann.get(ANN_POOL)?.clone(),
+            identity_id: ann.get(ANN_IDENTITY)?.clone(),
+            region: ann.get(ANN_REGION)?.clone(),
+            custom_role_arn: ann.get(ANN_ROLE).cloned(),
+            issued_at: parse_time(ann.get(ANN_ISSUED_AT)?)?,
+            force_token: ann.get(ANN_FORCE).cloned(),
+        })
+    })();
+
+    let credentials = (|| {
+        let expiration = parse_time(ann.get(ANN_EXPIRATION)?)?;
+        let c = Credentials {
+            access_key_id: text(data, KEY_ACCESS_KEY_ID)?,
+            secret_access_key: text(data, KEY_SECRET_ACCESS_KEY)?,
+            session_token: text(data, KEY_SESSION_TOKEN)?,
+            expiration,
+        };
+        let region = &provenance.as_ref()?.region;
+        // The data must be exactly what we would render for these credentials.
+        let expected = render_data(&c, region);
+        (data == &expected && ann.get(ANN_CHECKSUM) == Some(&checksum(&expected))).then_some(c)
+    })();
+
+    Observed {
+        owned,
+        intact: credentials.is_some() && provenance.is_some(),
+        credentials,
+        provenance,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials {
+            access_key_id: "ASIAEXAMPLEKEY123456".into(),
+            secret_access_key: "secret/with+chars".into(),
+            session_token: "tok==".into(),
+            expiration: "2026-11-27T08:00:00.6Z".parse().unwrap(),
+        }
+    }
+
+    fn prov() -> Provenance {
+        Provenance {
+            identity_pool_id: "us-east-1:00000000-0000-0000-0000-000000000001".into(),
+            identity_id: "us-east-1:11111111-0000-0000-0000-000000000001".into(),
+            region: "us-east-1".into(),
+            custom_role_arn: None,
+            issued_at: "2026-11-27T07:00:00Z".parse().unwrap(),
+            force_token: Some("1".into()),
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            api_version: "cognito.kubecred.io/v1alpha1".into(),
+            kind: "CognitoUnauthCredential".into(),
+            name: "app".into(),
+            uid: "uid-1".into(),
+        }
+    }
+
+    #[test]
+    fn renders_env_vars_and_a_shared_credentials_file() {
+        let s = render("app-creds", "ns", &owner(), None, &creds(), &prov());
+        let data = s.data.as_ref().unwrap();
+        let get = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+        assert_eq!(get("AWS_ACCESS_KEY_ID"), "ASIAEXAMPLEKEY123456");
+        assert_eq!(get("AWS_SECRET_ACCESS_KEY"), "secret/with+chars");
+        assert_eq!(get("AWS_SESSION_TOKEN"), "tok==");
+        assert_eq!(get("AWS_REGION"), "us-east-1");
+        assert_eq!(get("AWS_DEFAULT_REGION"), "us-east-1");
+        assert_eq!(get("AWS_CREDENTIAL_EXPIRATION"), "2026-11-27T08:00:00Z");
+        assert_eq!(
+            get("credentials"),
+            "[default]\naws_access_key_id = ASIAEXAMPLEKEY123456\naws_secret_access_key = secret/with+chars\naws_session_token = tok==\n"
+        );
+        assert_eq!(data.len(), 7);
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        let or = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((or.uid.as_str(), or.controller), ("uid-1", Some(true)));
+        let ann = s.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[ANN_EXPIRATION], "2026-11-27T08:00:00Z");
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()[MANAGED_BY_LABEL],
+            MANAGED_BY
+        );
+    }
+
+    #[test]
+    fn template_metadata_is_added_but_ours_wins() {
+        let t = SecretTemplate {
+            labels: BTreeMap::from([
+                ("team".into(), "a".into()),
+                (MANAGED_BY_LABEL.into(), "me".into()),
+            ]),
+            annotations: BTreeMap::from([
+                ("note".into(), "x".into()),
+                (ANN_EXPIRATION.into(), "never".into()),
+            ]),
+        };
+        let s = render("n", "ns", &owner(), Some(&t), &creds(), &prov());
+        let labels = s.metadata.labels.unwrap();
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+        let ann = s.metadata.annotations.unwrap();
+        assert_eq!(ann["note"], "x");
+        assert_eq!(ann[ANN_EXPIRATION], "2026-11-27T08:00:00Z");
+    }
+
+    #[test]
+    fn inspect_reads_back_what_render_wrote() {
+        let s = render("n", "ns", &owner(), None, &creds(), &prov());
+        let o = inspect(&s, "uid-1");
+        assert!(o.owned && o.intact);
+        let c = o.credentials.unwrap();
+        assert_eq!(c.access_key_id, "ASIAEXAMPLEKEY123456");
+        // Expiration is whole seconds in the Secret.
+        assert_eq!(
+            c.expiration,
+            "2026-11-27T08:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(o.provenance.unwrap().identity_id, prov().identity_id);
+        assert!(!inspect(&s, "other-uid").owned);
+    }
+
+    #[test]
+    fn any_edit_of_the_data_is_drift() {
+        let base = render("n", "ns", &owner(), None, &creds(), &prov());
+        type Edit = Box<dyn Fn(&mut Secret)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|s| {
+                s.data
+                    .as_mut()
+                    .unwrap()
+                    .insert(KEY_ACCESS_KEY_ID.into(), ByteString(b"EDITED".to_vec()));
+            }),
+            Box::new(|s| {
+                s.data.as_mut().unwrap().remove(KEY_SESSION_TOKEN);
+            }),
+            Box::new(|s| {
+                s.data
+                    .as_mut()
+                    .unwrap()
+                    .insert("extra".into(), ByteString(b"x".to_vec()));
+            }),
+            Box::new(|s| s.data = None),
+            Box::new(|s| {
+                s.metadata
+                    .annotations
+                    .as_mut()
+                    .unwrap()
+                    .remove(ANN_CHECKSUM);
+            }),
+            Box::new(|s| {
+                s.metadata
+                    .annotations
+                    .as_mut()
+                    .unwrap()
+                    .insert(ANN_EXPIRATION.into(), "2030-01-01T00:00:00Z".into());
+            }),
+            Box::new(|s| {
+                s.data
+                    .as_mut()
+                    .unwrap()
+                    .insert(KEY_SECRET_ACCESS_KEY.into(), ByteString(vec![0xff, 0xfe]));
+            }),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut s = base.clone();
+            edit(&mut s);
+            let o = inspect(&s, "uid-1");
+            assert!(!o.intact, "edit {i} went unnoticed");
+            assert!(o.credentials.is_none());
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secret_parts() {
+        let shown = format!("{:?}", creds());
+        assert!(!shown.contains("ASIAEXAMPLEKEY123456"));
+        assert!(!shown.contains("secret/with+chars"));
+        assert!(!shown.contains("tok=="));
+    }
+
+    #[test]
+    fn checksum_is_stable_and_sensitive() {
+        let d = render_data(&creds(), "us-east-1");
+        assert_eq!(checksum(&d), checksum(&d.clone()));
+        assert!(checksum(&d).starts_with("sha256:"));
+        assert_ne!(checksum(&d), checksum(&render_data(&creds(), "us-west-2")));
+    }
+}

@@ -1,0 +1,153 @@
+# shellcheck shell=bash
+# Shared helpers for the local test bed. Sourced by up.sh, down.sh, build.sh.
+#
+# Layout:
+#   $ROOT/.local/venv        Python venv with moto, boto3, awscli (pinned)
+#   $ROOT/.local/run/        pids, logs, certificates, etcd data of a running test bed
+#   $ROOT/.local/kubeconfig  admin kubeconfig (client certificate)
+#   $ROOT/.local/env         export lines for people and tests
+#   $CACHE/                  Go-built cluster binaries, keyed by the pin (outside git)
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL="$ROOT/.local"
+RUN="$LOCAL/run"
+VENV="$LOCAL/venv"
+CACHE="${CUC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cognito-unauth-controller}"
+
+log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
+
+# need CMD HOW: fail with an exact instruction when a tool is missing.
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  die "'$1' is missing. $2"
+}
+
+check_prereqs() {
+  need go "Install Go 1.26 or newer (https://go.dev/doc/install); the cluster binaries are built from the Go module proxy."
+  need python3 "Install Python 3.10+ with venv: apt-get install -y python3 python3-venv"
+  need openssl "Install it: apt-get update && apt-get install -y openssl"
+  need curl "Install it: apt-get update && apt-get install -y curl"
+  python3 -c 'import venv, ensurepip' 2>/dev/null \
+    || die "Python's venv module is missing. Install it: apt-get update && apt-get install -y python3-venv"
+}
+
+# A free TCP port on 127.0.0.1 (the kernel picks it; the window for a race is tiny).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_until SECONDS WHAT CMD...: poll CMD until it succeeds, or fail after SECONDS.
+wait_until() {
+  local secs=$1 what=$2; shift 2
+  local deadline=$(( $(date +%s%N) / 1000000 + secs * 1000 ))
+  until "$@" >/dev/null 2>&1; do
+    if (( $(date +%s%N) / 1000000 > deadline )); then
+      log "timed out after ${secs}s waiting for $what"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# ---------------------------------------------------------------- Python venv
+ensure_venv() {
+  local req="$ROOT/testbed/cognito/requirements.txt" stamp="$VENV/.requirements.sha256"
+  local want; want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  log "installing Python packages into $VENV (moto, boto3, awscli)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
+}
+
+# ------------------------------------------------------- Go-built cluster binaries
+# The cache key covers the pin (go.mod/go.sum/sources), the Go version and the link flags.
+go_key() {
+  local dir=$1
+  { go version; go_ldflags "$dir"; cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; } | sha256sum | cut -c1-16
+}
+
+# Link flags: strip symbols, and stamp the Kubernetes version (module builds report
+# v0.0.0-master otherwise, which kubectl and helm refuse to parse).
+go_ldflags() {
+  local dir=$1 v
+  v=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$dir/go.mod")
+  if [[ -n "$v" ]]; then
+    local major=${v#v}; major=${major%%.*}
+    local minor=${v#v*.}; minor=${minor%%.*}
+    local pkg
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      printf -- '-X %s.gitVersion=%s -X %s.gitMajor=%s -X %s.gitMinor=%s -X %s.gitTreeState=clean ' \
+        "$pkg" "$v" "$pkg" "$major" "$pkg" "$minor" "$pkg"
+    done
+  fi
+  printf -- '-s -w'
+}
+
+k8s_bin_dir() { echo "$CACHE/k8s-$(go_key "$ROOT/testbed/k8s")"; }
+etcd_bin_dir() { echo "$CACHE/etcd-$(go_key "$ROOT/testbed/etcd")"; }
+helm_bin_dir() { echo "$CACHE/helm-$(go_key "$ROOT/testbed/helm")"; }
+
+# build_go DIR OUT PKG...: build PKGs of the Go module in DIR into OUT, once per key.
+build_go() {
+  local dir=$1 out=$2; shift 2
+  [[ -f "$out/.complete" ]] && return 0
+  log "building $* from the Go module proxy into $out (first time only; several minutes)"
+  local start; start=$(date +%s)
+  rm -rf "$out.partial"
+  mkdir -p "$out.partial"
+  (cd "$dir" && go build -buildvcs=false -trimpath -ldflags "$(go_ldflags "$dir")" -o "$out.partial/" "$@")
+  rm -rf "$out"
+  mv "$out.partial" "$out"
+  # Builds for an older pin are dead weight: keep only this one.
+  local sibling
+  for sibling in "${out%-*}"-*; do
+    [[ "$sibling" != "$out" && -d "$sibling" ]] && rm -rf "$sibling"
+  done
+  echo "$(( $(date +%s) - start ))" > "$out/.complete"
+  log "built in $(cat "$out/.complete")s"
+}
+
+ensure_cluster_binaries() {
+  build_go "$ROOT/testbed/etcd" "$(etcd_bin_dir)" .
+  build_go "$ROOT/testbed/k8s" "$(k8s_bin_dir)" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl
+}
+
+ensure_helm() {
+  build_go "$ROOT/testbed/helm" "$(helm_bin_dir)" helm.sh/helm/v3/cmd/helm
+}
+
+# ----------------------------------------------------------------- processes
+# start NAME CMD...: run CMD in its own session (process group), log to $RUN/NAME.log.
+start() {
+  local name=$1; shift
+  setsid "$@" > "$RUN/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/$name.pid"
+}
+
+# stop NAME: TERM the process group, wait up to 10 s, then KILL it.
+stop() {
+  local name=$1 pidfile="$RUN/$1.pid" pid
+  [[ -f "$pidfile" ]] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }

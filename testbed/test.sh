@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `make test`: everything, from a fresh machine. Installs what it needs (Python venv,
+# Go-built cluster binaries), starts the test bed if none is running, and stops what
+# it started on exit, also when a test fails or the run is interrupted.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+need cargo "Install Rust with rustup (https://rustup.rs); rust-toolchain.toml pins the version."
+check_prereqs
+
+step() { log "== $*"; }
+t_start=$(date +%s)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+step "crds/ is generated from the Rust types"
+cargo run --locked --quiet --bin crdgen | diff -u crds/cognitounauthcredentials.yaml - \
+  || die "crds/ is stale: run 'make crds' and commit the result"
+step "unit tests"
+cargo test --locked --lib --bins
+
+started_here=0
+cleanup() {
+  local rc=$?
+  if (( started_here )); then testbed/down.sh || true; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if ! testbed/up.sh --check-only 2>/dev/null; then
+  started_here=1
+fi
+step "test bed up"
+testbed/up.sh
+# shellcheck disable=SC1091
+source "$LOCAL/env"
+step "tests against the real control plane and the Cognito emulator"
+cargo test --locked --test '*'
+log "make test passed in $(( $(date +%s) - t_start ))s"

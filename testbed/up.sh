@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Starts the local test bed: etcd, kube-apiserver (RBAC on, client-certificate admin),
+# kube-controller-manager (garbage collector, namespace controller), moto and the
+# programmable Cognito proxy, all on free loopback ports. Idempotent: a healthy
+# running test bed is reused. Writes .local/kubeconfig and .local/env.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+REGION="${AWS_REGION:-us-east-1}"
+
+healthy() {
+  [[ -f "$LOCAL/env" ]] || return 1
+  local n
+  for n in etcd kube-apiserver kube-controller-manager moto proxy; do alive "$n" || return 1; done
+  # shellcheck disable=SC1091
+  ( source "$LOCAL/env" && curl -sf --max-time 2 "$AWS_ENDPOINT_URL_COGNITO_IDENTITY/_proxy/health" >/dev/null \
+    && curl -sf --max-time 2 --cacert "$RUN/pki/ca.crt" --cert "$RUN/pki/admin.crt" --key "$RUN/pki/admin.key" \
+         "$(cat "$RUN/apiserver.url")/readyz" >/dev/null )
+}
+
+if [[ "${1:-}" == "--check-only" ]]; then
+  healthy
+  exit $?
+fi
+if healthy; then
+  log "test bed already running; reusing it (.local/env)"
+  exit 0
+fi
+
+check_prereqs
+mkdir -p "$RUN"
+"$ROOT/testbed/down.sh" --quiet || true
+mkdir -p "$RUN/pki"
+
+ensure_venv &
+venv_job=$!
+ensure_cluster_binaries
+wait "$venv_job"
+
+K8S_BIN="$(k8s_bin_dir)"
+ETCD_BIN="$(etcd_bin_dir)"
+t0=$(date +%s%N)
+
+# ------------------------------------------------------------------ PKI
+pki="$RUN/pki"
+gen_cert() { # NAME SUBJECT [SAN]
+  local name=$1 subj=$2 san=${3:-}
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
+  local ext="$pki/$name.ext"
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=digitalSignature,keyEncipherment"
+    if [[ -n "$san" ]]; then echo "extendedKeyUsage=serverAuth"; echo "subjectAltName=$san";
+    else echo "extendedKeyUsage=clientAuth"; fi
+  } > "$ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 30 -sha256 -extfile "$ext" -out "$pki/$name.crt" 2>/dev/null
+}
+openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$pki/ca.key" -subj "/CN=testbed-ca" \
+  -days 30 -sha256 -out "$pki/ca.crt" 2>/dev/null
+gen_cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+gen_cert admin "/O=system:masters/CN=testbed-admin"
+# The test bed's controller manager is infrastructure, not under test: it gets the admin
+# group so its garbage collector and namespace controller need no per-controller accounts.
+gen_cert kcm "/O=system:masters/CN=system:kube-controller-manager"
+openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+
+# ---------------------------------------------------------------- etcd
+etcd_port=$(free_port); etcd_peer=$(free_port)
+start etcd "$ETCD_BIN/etcd" --data-dir "$RUN/etcd-data" \
+  --listen-client-url "http://127.0.0.1:$etcd_port" --listen-peer-url "http://127.0.0.1:$etcd_peer"
+
+# ---------------------------------------------------- moto + Cognito proxy
+moto_port=$(free_port)
+start moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port"
+rm -f "$RUN/proxy.port"
+start proxy "$VENV/bin/python" "$ROOT/testbed/cognito/proxy.py" \
+  --upstream "http://127.0.0.1:$moto_port" --listen 127.0.0.1:0 --port-file "$RUN/proxy.port"
+
+wait_until 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health" \
+  || { tail -20 "$RUN/etcd.log" >&2; die "etcd did not start"; }
+
+# ------------------------------------------------------------ kube-apiserver
+api_port=$(free_port)
+api_url="https://127.0.0.1:$api_port"
+echo "$api_url" > "$RUN/apiserver.url"
+start kube-apiserver "$K8S_BIN/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" \
+  --authorization-mode RBAC \
+  --service-account-issuer https://kubernetes.default.svc \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --service-cluster-ip-range 10.96.0.0/24 \
+  --audit-log-path "$RUN/audit.log" --audit-policy-file "$ROOT/testbed/audit-policy.yaml" \
+  --audit-log-maxsize 200 --audit-log-maxbackup 1 \
+  --profiling=false \
+  --v=0
+
+kubeconfig() { # FILE USER CERT KEY
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: $api_url
+    certificate-authority: $pki/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $3
+    client-key: $4
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: $2, namespace: default}
+current-context: testbed
+KC
+}
+kubeconfig "$LOCAL/kubeconfig" testbed-admin "$pki/admin.crt" "$pki/admin.key"
+kubeconfig "$RUN/kcm.kubeconfig" kube-controller-manager "$pki/kcm.crt" "$pki/kcm.key"
+
+readyz() { curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$api_url/readyz"; }
+wait_until 60 kube-apiserver readyz || { tail -30 "$RUN/kube-apiserver.log" >&2; die "kube-apiserver did not become ready"; }
+api_ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+
+# ---------------------------------------------------- kube-controller-manager
+kcm_port=$(free_port)
+start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+  --kubeconfig "$RUN/kcm.kubeconfig" \
+  --authentication-kubeconfig "$RUN/kcm.kubeconfig" --authorization-kubeconfig "$RUN/kcm.kubeconfig" \
+  --controllers garbagecollector,namespace,serviceaccount \
+  --bind-address 127.0.0.1 --secure-port "$kcm_port" \
+  --leader-elect=false --v=0
+kcm_healthz() { curl -sfk --max-time 2 "https://127.0.0.1:$kcm_port/healthz"; }
+wait_until 60 kube-controller-manager kcm_healthz || { tail -30 "$RUN/kube-controller-manager.log" >&2; die "kube-controller-manager did not start"; }
+
+# ------------------------------------------------------------- demo pool
+wait_until 30 "Cognito proxy" test -s "$RUN/proxy.port"
+proxy_url="http://127.0.0.1:$(cat "$RUN/proxy.port")"
+wait_until 30 moto curl -sf "http://127.0.0.1:$moto_port/moto-api/"
+wait_until 30 "Cognito proxy" curl -sf "$proxy_url/_proxy/health"
+demo_pool=$(curl -sf -X POST "$proxy_url/_proxy/pools" -d "{\"name\":\"demo\",\"region\":\"$REGION\",\"guest\":true}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["IdentityPoolId"])') || die "could not create the demo identity pool"
+
+cat > "$LOCAL/env" <<ENV
+# Written by testbed/up.sh: source it to talk to the local test bed.
+export KUBECONFIG="$LOCAL/kubeconfig"
+export AWS_ENDPOINT_URL_COGNITO_IDENTITY="$proxy_url"
+export COGNITO_EMULATOR_URL="http://127.0.0.1:$moto_port"
+export AWS_REGION="$REGION"
+export AWS_DEFAULT_REGION="$REGION"
+export DEMO_IDENTITY_POOL_ID="$demo_pool"
+export PATH="$K8S_BIN:$VENV/bin:\$PATH"
+ENV
+total_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+echo "$api_ready_ms $total_ms" > "$RUN/startup-ms"
+log "API server ready in ${api_ready_ms} ms; whole test bed in ${total_ms} ms"
+log "source .local/env   # KUBECONFIG, AWS_ENDPOINT_URL_COGNITO_IDENTITY, DEMO_IDENTITY_POOL_ID=$demo_pool"

@@ -1,0 +1,252 @@
+//! Test support: the real control plane and the Cognito emulator behind the proxy.
+//!
+//! `testbed()` finds a running test bed (from the environment `make test` exports, or
+//! from `.local/env`), and starts one with `testbed/up.sh` when there is none. Each test
+//! gets its own namespace (`TestNs`) so tests run in parallel, its own `kube::Client`,
+//! its own identity pools, and the proxy's control API (`Proxy`) to program faults and
+//! read exact call counts per pool.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+
+/// Where the test bed is.
+#[derive(Debug, Clone)]
+pub struct TestBed {
+    pub kubeconfig: PathBuf,
+    /// The proxy (what the controller talks to): `AWS_ENDPOINT_URL_COGNITO_IDENTITY`.
+    pub cognito_endpoint: String,
+    /// moto itself.
+    pub emulator_url: String,
+    pub region: String,
+    pub demo_pool: String,
+}
+
+/// The project root (this crate lives in `tests/support`).
+pub fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn parse_env_file(path: &Path) -> Option<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect(),
+    )
+}
+
+fn from_map(m: &BTreeMap<String, String>) -> Option<TestBed> {
+    Some(TestBed {
+        kubeconfig: PathBuf::from(m.get("KUBECONFIG")?),
+        cognito_endpoint: m.get("AWS_ENDPOINT_URL_COGNITO_IDENTITY")?.clone(),
+        emulator_url: m.get("COGNITO_EMULATOR_URL")?.clone(),
+        region: m.get("AWS_REGION")?.clone(),
+        demo_pool: m.get("DEMO_IDENTITY_POOL_ID")?.clone(),
+    })
+}
+
+/// The running test bed; starts one (once per test binary) when none is up.
+pub fn testbed() -> &'static TestBed {
+    static BED: OnceLock<TestBed> = OnceLock::new();
+    BED.get_or_init(|| {
+        let env_file = root().join(".local/env");
+        let up = std::process::Command::new(root().join("testbed/up.sh"))
+            .status()
+            .expect("run testbed/up.sh");
+        assert!(up.success(), "testbed/up.sh failed");
+        let vars = parse_env_file(&env_file).expect("read .local/env");
+        from_map(&vars).expect(".local/env lacks a variable")
+    })
+}
+
+/// A kube client for the admin identity of the test bed.
+pub async fn client() -> kube::Client {
+    let kc = Kubeconfig::read_from(&testbed().kubeconfig).expect("read kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+/// A namespace of the test's own, deleted by `cleanup()`.
+pub struct TestNs {
+    pub name: String,
+    pub client: kube::Client,
+}
+
+impl TestNs {
+    pub async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        let name = format!("{prefix}-{}", rand_suffix());
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"cognito-unauth-controller.test": "true"}}
+        }))
+        .expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        Self { name, client }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+    }
+}
+
+pub fn rand_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
+
+/// The proxy's control API.
+#[derive(Clone)]
+pub struct Proxy {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Proxy {
+    pub fn new() -> Self {
+        Self {
+            base: format!("{}/_proxy", testbed().cognito_endpoint),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("proxy control call");
+        let status = resp.status();
+        let v: Value = resp.json().await.expect("proxy JSON");
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// Creates an identity pool on moto; returns its id.
+    pub async fn create_pool(&self, guest: bool) -> String {
+        let region = &testbed().region;
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/pools",
+                Some(json!({"name": format!("t_{}", rand_suffix()), "region": region, "guest": guest})),
+            )
+            .await;
+        v["IdentityPoolId"].as_str().expect("pool id").to_string()
+    }
+
+    pub async fn set_guest(&self, pool: &str, guest: bool) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/pools/{pool}"),
+            Some(json!({"guest": guest})),
+        )
+        .await;
+    }
+
+    pub async fn delete_pool(&self, pool: &str) {
+        self.call(reqwest::Method::DELETE, &format!("/pools/{pool}"), None)
+            .await;
+    }
+
+    pub async fn delete_identity(&self, identity: &str) {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/identities/{identity}"),
+            None,
+        )
+        .await;
+    }
+
+    /// Adds a rule (see testbed/cognito/README.md); returns its id.
+    pub async fn add_rule(&self, rule: Value) -> u64 {
+        let v = self.call(reqwest::Method::POST, "/rules", Some(rule)).await;
+        v["id"].as_u64().expect("rule id")
+    }
+
+    pub async fn delete_rule(&self, id: u64) {
+        self.call(reqwest::Method::DELETE, &format!("/rules/{id}"), None)
+            .await;
+    }
+
+    /// Calls the proxy received for `pool`, by operation.
+    pub async fn pool_calls(&self, pool: &str, operation: &str) -> u64 {
+        let v = self.call(reqwest::Method::GET, "/calls", None).await;
+        v["pools"][pool][operation].as_u64().unwrap_or(0)
+    }
+
+    /// Every credential the proxy handed out (for the no-leak checks).
+    pub async fn issued(&self) -> Vec<Value> {
+        let v = self.call(reqwest::Method::GET, "/issued", None).await;
+        v["credentials"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// An unsigned Cognito Identity client pointed at the proxy, as the controller builds it.
+pub async fn cognito_client() -> aws_sdk_cognitoidentity::Client {
+    let bed = testbed();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .no_credentials()
+        .region(aws_config::Region::new(bed.region.clone()))
+        .endpoint_url(&bed.cognito_endpoint)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    aws_sdk_cognitoidentity::Client::new(&conf)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
