@@ -39,7 +39,7 @@ pub const DEFAULT_RENEW_BEFORE: &str = "20m";
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[kube(printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#)]
-#[kube(printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiration"}"#)]
+#[kube(printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiration"}"#)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.region) || self.identityPoolId.startsWith(self.region + ':')"
@@ -147,6 +147,12 @@ pub struct CognitoUnauthCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub failed_attempts: Option<i32>,
+    /// When the last failed attempt happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+    /// The reason of the last failed attempt (kept while Ready says Expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_reason: Option<String>,
     /// `Ready` is True when the Secret holds unexpired credentials from the current spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -1,9 +1,16 @@
 //! cognito-unauth-controller: keeps Amazon Cognito guest (unauthenticated) credentials
 //! fresh in Kubernetes Secrets.
 //!
-//! Each concern has its own module: the API types ([`crd`]), the pure steps that
-//! decide and schedule ([`schedule`]), the Secret's rendering and reading ([`secret`]).
+//! Each concern has its own module: the API types ([`crd`]); the pure steps that decide
+//! ([`plan`]), schedule ([`schedule`]), render and read the Secret ([`secret`]) and build
+//! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]); the
+//! reconcile steps with their I/O ([`reconcile`]); and the runtime wiring ([`controller`]).
 
+pub mod cognito;
+pub mod controller;
 pub mod crd;
+pub mod plan;
+pub mod reconcile;
 pub mod schedule;
 pub mod secret;
+pub mod status;

@@ -1,0 +1,329 @@
+//! Amazon Cognito Identity, behind a trait so tests can inject faults.
+//!
+//! GetId and GetCredentialsForIdentity are public, unsigned APIs: the client is built
+//! with no credentials provider, and the SDK sends no Authorization header. The
+//! endpoint comes from the SDK's standard configuration (`AWS_ENDPOINT_URL_COGNITO_IDENTITY`
+//! or `AWS_ENDPOINT_URL`). The SDK's own retries are off: the controller owns the retry
+//! schedule, so every call it makes is one call on the wire.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_cognitoidentity::Client;
+use aws_sdk_cognitoidentity::error::{ProvideErrorMetadata, SdkError};
+use jiff::Timestamp;
+
+use crate::secret::Credentials;
+
+/// Why Cognito did not hand out credentials. Messages are Cognito's own words or the
+/// transport's; they never carry credential material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CognitoError {
+    #[error("identity pool not found: {0}")]
+    PoolNotFound(String),
+    #[error("identity not found: {0}")]
+    IdentityNotFound(String),
+    #[error("guest access is not allowed: {0}")]
+    GuestAccessDisabled(String),
+    #[error("invalid identity pool configuration: {0}")]
+    InvalidPoolConfiguration(String),
+    #[error("Cognito rejected a parameter: {0}")]
+    InvalidParameter(String),
+    #[error("throttled by Cognito: {0}")]
+    Throttled(String),
+    #[error("Cognito unavailable: {0}")]
+    Unavailable(String),
+    #[error("malformed response from Cognito: {0}")]
+    Malformed(String),
+}
+
+impl CognitoError {
+    /// Terminal errors need a change on the AWS side or in the spec; they retry slowly.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::PoolNotFound(_)
+                | Self::GuestAccessDisabled(_)
+                | Self::InvalidPoolConfiguration(_)
+                | Self::InvalidParameter(_)
+        )
+    }
+
+    /// A short, fixed label for metrics and the condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::PoolNotFound(_) | Self::IdentityNotFound(_) => "IdentityPoolNotFound",
+            Self::GuestAccessDisabled(_) => "GuestAccessDisabled",
+            Self::InvalidPoolConfiguration(_) => "InvalidPoolConfiguration",
+            Self::InvalidParameter(_) => "InvalidParameter",
+            Self::Throttled(_) => "Throttled",
+            Self::Unavailable(_) | Self::Malformed(_) => "CognitoUnavailable",
+        }
+    }
+}
+
+/// The two calls the controller needs.
+pub trait Cognito: Send + Sync + 'static {
+    /// GetId: a new identity in `pool`.
+    fn get_id(
+        &self,
+        region: &str,
+        pool: &str,
+    ) -> impl Future<Output = Result<String, CognitoError>> + Send;
+    /// GetCredentialsForIdentity for a guest identity.
+    fn get_credentials(
+        &self,
+        region: &str,
+        identity_id: &str,
+        custom_role_arn: Option<&str>,
+    ) -> impl Future<Output = Result<Credentials, CognitoError>> + Send;
+}
+
+/// Timeouts for Cognito calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            operation: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Loads the SDK's shared configuration without credentials (the calls are unsigned).
+///
+/// The endpoint is the SDK's standard one (`AWS_ENDPOINT_URL_COGNITO_IDENTITY` and friends)
+/// unless `endpoint` overrides it (tests point an in-process controller at the proxy).
+pub async fn load_sdk_config(timeouts: Timeouts, endpoint: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(url) = endpoint {
+        loader = loader.endpoint_url(url);
+    }
+    loader
+        .no_credentials()
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(timeouts.connect)
+                .operation_attempt_timeout(timeouts.operation)
+                .operation_timeout(timeouts.operation)
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// Cognito through aws-sdk-cognitoidentity, one client per region.
+#[derive(Clone)]
+pub struct SdkCognito {
+    base: SdkConfig,
+    clients: Arc<Mutex<HashMap<String, Client>>>,
+}
+
+impl SdkCognito {
+    pub fn new(base: SdkConfig) -> Self {
+        Self {
+            base,
+            clients: Arc::default(),
+        }
+    }
+
+    fn client(&self, region: &str) -> Client {
+        let mut clients = match self.clients.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_cognitoidentity::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                Client::from_conf(conf)
+            })
+            .clone()
+    }
+}
+
+/// Maps an SDK error to what the controller does about it.
+fn classify<E>(
+    err: SdkError<E, aws_sdk_cognitoidentity::config::http::HttpResponse>,
+    op: Op,
+) -> CognitoError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let status = se.raw().status().as_u16();
+            let msg = e.message().unwrap_or("no message").to_string();
+            match e.code() {
+                Some("ResourceNotFoundException") if op == Op::GetCredentials => {
+                    CognitoError::IdentityNotFound(msg)
+                }
+                Some("ResourceNotFoundException") => CognitoError::PoolNotFound(msg),
+                Some("NotAuthorizedException") => CognitoError::GuestAccessDisabled(msg),
+                Some("InvalidIdentityPoolConfigurationException") => {
+                    CognitoError::InvalidPoolConfiguration(msg)
+                }
+                Some("InvalidParameterException") => CognitoError::InvalidParameter(msg),
+                Some(
+                    "TooManyRequestsException" | "LimitExceededException" | "ThrottlingException",
+                ) => CognitoError::Throttled(msg),
+                Some(code) => CognitoError::Unavailable(format!("{code} (HTTP {status}): {msg}")),
+                None => CognitoError::Unavailable(format!("HTTP {status}")),
+            }
+        }
+        SdkError::TimeoutError(_) => CognitoError::Unavailable("timed out".into()),
+        SdkError::DispatchFailure(d) => CognitoError::Unavailable(if d.is_timeout() {
+            "timed out".to_string()
+        } else if d.is_io() {
+            "connection failed or was reset".to_string()
+        } else {
+            "request could not be sent".to_string()
+        }),
+        SdkError::ResponseError(r) => CognitoError::Unavailable(format!(
+            "unreadable response (HTTP {})",
+            r.raw().status().as_u16()
+        )),
+        _ => CognitoError::Unavailable("request could not be built".into()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    GetId,
+    GetCredentials,
+}
+
+/// Turns GetCredentialsForIdentity's answer into credentials, refusing anything incomplete.
+pub fn credentials_from(
+    out: Option<aws_sdk_cognitoidentity::types::Credentials>,
+) -> Result<Credentials, CognitoError> {
+    let c = out.ok_or_else(|| CognitoError::Malformed("no Credentials".into()))?;
+    let nonempty = |v: Option<String>, what: &str| {
+        v.filter(|s| !s.is_empty())
+            .ok_or_else(|| CognitoError::Malformed(format!("no {what}")))
+    };
+    let exp = c
+        .expiration
+        .ok_or_else(|| CognitoError::Malformed("no Expiration".into()))?;
+    let expiration = Timestamp::new(exp.secs(), exp.subsec_nanos() as i32)
+        .map_err(|_| CognitoError::Malformed("Expiration out of range".into()))?;
+    Ok(Credentials {
+        access_key_id: nonempty(c.access_key_id, "AccessKeyId")?,
+        secret_access_key: nonempty(c.secret_key, "SecretKey")?,
+        session_token: nonempty(c.session_token, "SessionToken")?,
+        expiration,
+    })
+}
+
+impl Cognito for SdkCognito {
+    async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
+        let out = self
+            .client(region)
+            .get_id()
+            .identity_pool_id(pool)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::GetId))?;
+        out.identity_id
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| CognitoError::Malformed("no IdentityId".into()))
+    }
+
+    async fn get_credentials(
+        &self,
+        region: &str,
+        identity_id: &str,
+        custom_role_arn: Option<&str>,
+    ) -> Result<Credentials, CognitoError> {
+        let out = self
+            .client(region)
+            .get_credentials_for_identity()
+            .identity_id(identity_id)
+            .set_custom_role_arn(custom_role_arn.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::GetCredentials))?;
+        credentials_from(out.credentials)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_cognitoidentity::types::Credentials as Sdk;
+    use aws_smithy_types::DateTime;
+
+    fn with(ak: Option<&str>, sk: Option<&str>, st: Option<&str>, exp: bool) -> Sdk {
+        Sdk::builder()
+            .set_access_key_id(ak.map(String::from))
+            .set_secret_key(sk.map(String::from))
+            .set_session_token(st.map(String::from))
+            .set_expiration(exp.then(|| DateTime::from_secs_and_nanos(1_800_000_000, 500)))
+            .build()
+    }
+
+    fn full() -> Sdk {
+        with(Some("AK"), Some("SK"), Some("ST"), true)
+    }
+
+    #[test]
+    fn complete_answers_become_credentials() {
+        let c = credentials_from(Some(full())).unwrap();
+        assert_eq!(c.access_key_id, "AK");
+        assert_eq!(c.expiration, Timestamp::new(1_800_000_000, 500).unwrap());
+    }
+
+    #[test]
+    fn incomplete_answers_are_refused_without_echoing_secrets() {
+        let cases = [
+            (None, "no Credentials"),
+            (
+                Some(with(None, Some("SK"), Some("ST"), true)),
+                "no AccessKeyId",
+            ),
+            (
+                Some(with(Some("AK"), Some(""), Some("ST"), true)),
+                "no SecretKey",
+            ),
+            (
+                Some(with(Some("AK"), Some("SK"), None, true)),
+                "no SessionToken",
+            ),
+            (
+                Some(with(Some("AK"), Some("SK"), Some("ST"), false)),
+                "no Expiration",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = credentials_from(input).unwrap_err();
+            assert_eq!(err, CognitoError::Malformed(want.into()));
+            assert!(!err.to_string().contains("SK") && !err.to_string().contains("ST"));
+        }
+    }
+
+    #[test]
+    fn terminal_and_transient_classes() {
+        assert!(CognitoError::PoolNotFound(String::new()).is_terminal());
+        assert!(CognitoError::GuestAccessDisabled(String::new()).is_terminal());
+        assert!(CognitoError::InvalidPoolConfiguration(String::new()).is_terminal());
+        assert!(!CognitoError::Throttled(String::new()).is_terminal());
+        assert!(!CognitoError::Unavailable(String::new()).is_terminal());
+        assert!(!CognitoError::IdentityNotFound(String::new()).is_terminal());
+        assert_eq!(
+            CognitoError::Malformed(String::new()).reason(),
+            "CognitoUnavailable"
+        );
+    }
+}
