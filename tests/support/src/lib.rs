@@ -26,6 +26,32 @@ pub struct TestBed {
     pub emulator_url: String,
     pub region: String,
     pub demo_pool: String,
+    /// Directory with kubectl, kube-apiserver, kube-controller-manager.
+    pub bin: PathBuf,
+    /// The project venv (aws CLI, boto3, moto).
+    pub venv: PathBuf,
+}
+
+impl TestBed {
+    /// The environment for a child process (controller, kubectl, aws) to reach the test bed.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let path = format!(
+            "{}:{}:{}",
+            self.bin.display(),
+            self.venv.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        vec![
+            ("KUBECONFIG".into(), self.kubeconfig.display().to_string()),
+            (
+                "AWS_ENDPOINT_URL_COGNITO_IDENTITY".into(),
+                self.cognito_endpoint.clone(),
+            ),
+            ("AWS_REGION".into(), self.region.clone()),
+            ("AWS_DEFAULT_REGION".into(), self.region.clone()),
+            ("PATH".into(), path),
+        ]
+    }
 }
 
 /// The project root (this crate lives in `tests/support`).
@@ -51,6 +77,8 @@ fn from_map(m: &BTreeMap<String, String>) -> Option<TestBed> {
         emulator_url: m.get("COGNITO_EMULATOR_URL")?.clone(),
         region: m.get("AWS_REGION")?.clone(),
         demo_pool: m.get("DEMO_IDENTITY_POOL_ID")?.clone(),
+        bin: PathBuf::from(m.get("TESTBED_BIN")?),
+        venv: PathBuf::from(m.get("TESTBED_VENV")?),
     })
 }
 

@@ -1,0 +1,937 @@
+//! The controller against the real API server and the Cognito emulator behind the proxy.
+//!
+//! Each test has its own namespace, its own identity pool (so the proxy's counts are its
+//! own) and its own in-process controller watching only that namespace.
+
+use std::time::Duration;
+
+use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
+use cognito_unauth_controller::controller::{self, Settings};
+use cognito_unauth_controller::crd::CognitoUnauthCredential;
+use cognito_unauth_controller::secret;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{CustomResourceExt, ResourceExt};
+use serde_json::{Value, json};
+use testbed_support::{Proxy, TestNs, testbed};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn rand_number() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000_000_000
+}
+
+async fn ensure_crd(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = CognitoUnauthCredential::crd();
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("controller-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds, &crd.name_any(), conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("watch CRD");
+}
+
+/// An in-process controller for one namespace; stops gracefully on `stop()`.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(ns: &TestNs) -> Self {
+        ensure_crd(&ns.client).await;
+        let sdk = load_sdk_config(Timeouts::default(), Some(&testbed().cognito_endpoint)).await;
+        let (tx, rx) = oneshot::channel::<()>();
+        let settings = Settings {
+            namespace: Some(ns.name.clone()),
+            ..Settings::default()
+        };
+        let client = ns.client.clone();
+        let task = tokio::spawn(async move {
+            controller::run(client, SdkCognito::new(sdk), settings, async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Self {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("controller stops in time")
+            .expect("controller task");
+    }
+}
+
+/// A pool of the test's own, with credentials unique per call and the given lifetime.
+async fn pool(proxy: &Proxy, lifetime_seconds: u64) -> String {
+    let pool = proxy.create_pool(true).await;
+    proxy
+        .add_rule(json!({"pool": pool, "unique_credentials": true, "lifetime_seconds": lifetime_seconds, "semantics": true}))
+        .await;
+    pool
+}
+
+async fn create_cuc(ns: &TestNs, name: &str, spec: Value) -> CognitoUnauthCredential {
+    let obj: CognitoUnauthCredential = serde_json::from_value(json!({
+        "apiVersion": "cognito.kubecred.io/v1alpha1",
+        "kind": "CognitoUnauthCredential",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("resource");
+    ns.api::<CognitoUnauthCredential>()
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create resource")
+}
+
+fn ready(obj: &CognitoUnauthCredential) -> Option<(String, String)> {
+    let c = obj
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+/// Waits (on a watch, not a sleep) until the resource satisfies `pred`.
+async fn wait_cuc(
+    ns: &TestNs,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&CognitoUnauthCredential) -> bool,
+) -> CognitoUnauthCredential {
+    let api = ns.api::<CognitoUnauthCredential>();
+    let cond = move |o: Option<&CognitoUnauthCredential>| o.is_some_and(&pred);
+    match tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(o))) => o,
+        other => {
+            let now = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "timed out waiting for {what} on {name}: {other:?}\nstatus now: {:#?}",
+                now.and_then(|o| o.status)
+            )
+        }
+    }
+}
+
+/// Waits (on a watch) until the Secret satisfies `pred`.
+async fn wait_secret(
+    ns: &TestNs,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Secret) -> bool,
+) -> Secret {
+    let cond = move |o: Option<&Secret>| o.is_some_and(&pred);
+    match tokio::time::timeout(WAIT, await_condition(ns.api::<Secret>(), name, cond)).await {
+        Ok(Ok(Some(s))) => s,
+        other => panic!("timed out waiting for {what} on Secret {name}: {other:?}"),
+    }
+}
+
+fn annotation(s: &Secret, key: &str) -> String {
+    s.annotations().get(key).cloned().unwrap_or_default()
+}
+
+async fn wait_reason(
+    ns: &TestNs,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> CognitoUnauthCredential {
+    let (s, r) = (status.to_string(), reason.to_string());
+    wait_cuc(ns, name, &format!("Ready={status}/{reason}"), move |o| {
+        ready(o) == Some((s.clone(), r.clone()))
+    })
+    .await
+}
+
+fn text(s: &Secret, key: &str) -> String {
+    let data = s.data.as_ref().expect("secret data");
+    String::from_utf8(
+        data.get(key)
+            .unwrap_or_else(|| panic!("missing {key}"))
+            .0
+            .clone(),
+    )
+    .expect("utf-8")
+}
+
+fn rotation(o: &CognitoUnauthCredential) -> Option<jiff::Timestamp> {
+    o.status.as_ref()?.last_rotation_time.as_ref().map(|t| t.0)
+}
+
+async fn events(ns: &TestNs, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = ns.api();
+    api.list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Counts resourceVersion changes of the resource `name` and the Secret `secret` over `window`.
+async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Duration) -> usize {
+    let cucs = watcher(
+        ns.api::<CognitoUnauthCredential>(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+    .map(|o| o.map(|o| o.resource_version()))
+    .boxed();
+    let secrets = watcher(
+        ns.api::<Secret>(),
+        watcher::Config::default().fields(&format!("metadata.name={secret}")),
+    )
+    .applied_objects()
+    .map(|o| o.map(|o| o.resource_version()))
+    .boxed();
+    let mut merged = futures::stream::select(cucs, secrets);
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::sleep(window);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            item = merged.next() => match item {
+                Some(Ok(Some(rv))) => { seen.insert(rv); }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    // The first sighting of each object is its current version, not a write.
+    seen.len().saturating_sub(2)
+}
+
+#[tokio::test]
+async fn issues_a_complete_secret_with_one_identity_and_honest_status() {
+    let proxy = Proxy::new();
+    let pool = pool(&proxy, 3600).await;
+    let ns = TestNs::new("issue").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(
+        &ns,
+        "app",
+        json!({"identityPoolId": pool, "secretTemplate": {"labels": {"team": "a"}, "annotations": {"note": "n"}}}),
+    )
+    .await;
+    let obj = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+
+    let s = ns.api::<Secret>().get("app").await.unwrap();
+    let issued = proxy.issued().await;
+    let last = issued.last().expect("issued credentials");
+    assert_eq!(
+        text(&s, "AWS_ACCESS_KEY_ID"),
+        last["AccessKeyId"].as_str().unwrap()
+    );
+    assert_eq!(
+        text(&s, "AWS_SECRET_ACCESS_KEY"),
+        last["SecretKey"].as_str().unwrap()
+    );
+    assert_eq!(
+        text(&s, "AWS_SESSION_TOKEN"),
+        last["SessionToken"].as_str().unwrap()
+    );
+    assert_eq!(text(&s, "AWS_REGION"), testbed().region);
+    assert_eq!(text(&s, "AWS_DEFAULT_REGION"), testbed().region);
+    let exp = text(&s, "AWS_CREDENTIAL_EXPIRATION");
+    assert_eq!(exp.len(), 20, "{exp}");
+    assert!(exp.ends_with('Z'));
+    assert_eq!(
+        text(&s, "credentials"),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+            last["AccessKeyId"].as_str().unwrap(),
+            last["SecretKey"].as_str().unwrap(),
+            last["SessionToken"].as_str().unwrap()
+        )
+    );
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    let or = &s.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(or.kind, "CognitoUnauthCredential");
+    assert_eq!(Some(or.uid.clone()), obj.uid());
+    assert_eq!(or.controller, Some(true));
+    let labels = s.metadata.labels.as_ref().unwrap();
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "cognito-unauth-controller"
+    );
+    assert_eq!(labels["team"], "a");
+    let ann = s.metadata.annotations.as_ref().unwrap();
+    assert_eq!(ann["cognito.kubecred.io/expiration"], exp);
+    assert_eq!(ann["note"], "n");
+
+    let st = obj.status.clone().unwrap();
+    assert!(
+        st.identity_id
+            .as_deref()
+            .is_some_and(|i| i.starts_with(&testbed().region))
+    );
+    assert_eq!(st.secret_name.as_deref(), Some("app"));
+    assert_eq!(st.observed_generation, obj.metadata.generation);
+    assert_eq!(
+        st.expiration.as_ref().map(|t| t.0.to_string()),
+        Some(exp.clone())
+    );
+    let renewal = st.renewal_time.as_ref().unwrap().0;
+    let expiration = st.expiration.as_ref().unwrap().0;
+    let before = expiration.duration_since(renewal).as_secs();
+    assert!(
+        (20 * 60..=21 * 60).contains(&before),
+        "renews {before}s before expiry"
+    );
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        1
+    );
+
+    // Nothing to do until the renewal time: no Cognito calls, no writes.
+    assert_eq!(
+        writes_during(&ns, "app", "app", Duration::from_secs(4)).await,
+        0
+    );
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        1
+    );
+
+    let ev = events(&ns, "app").await;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| t == "Normal" && r == "IdentityCreated"),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|(t, r, m)| t == "Normal"
+            && r == "CredentialsRotated"
+            && m.contains("next rotation at")),
+        "{ev:?}"
+    );
+    // No credential material in status or events.
+    let status_text = serde_json::to_string(&st).unwrap();
+    for secret_part in ["AccessKeyId", "SecretKey", "SessionToken"] {
+        let v = last[secret_part].as_str().unwrap();
+        assert!(!status_text.contains(v));
+        assert!(ev.iter().all(|(_, _, m)| !m.contains(v)));
+    }
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn rotates_from_the_real_expiration_with_one_identity_and_survives_a_restart() {
+    let proxy = Proxy::new();
+    // 12 s credentials: renewBefore (20m) is longer, so rotation at two thirds (~8 s).
+    let pool = pool(&proxy, 12).await;
+    let ns = TestNs::new("rotate").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
+    let first = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let t0 = rotation(&first).unwrap();
+    let key0 = text(
+        &ns.api::<Secret>().get("app").await.unwrap(),
+        "AWS_ACCESS_KEY_ID",
+    );
+
+    let second = wait_cuc(&ns, "app", "a rotation", |o| {
+        rotation(o).is_some_and(|t| t > t0)
+    })
+    .await;
+    let t1 = rotation(&second).unwrap();
+    let gap = t1.duration_since(t0).as_secs_f64();
+    assert!(
+        (6.0..=10.5).contains(&gap),
+        "rotated after {gap}s, expected about 8"
+    );
+    let third = wait_cuc(&ns, "app", "another rotation", |o| {
+        rotation(o).is_some_and(|t| t > t1)
+    })
+    .await;
+    let key2 = text(
+        &ns.api::<Secret>().get("app").await.unwrap(),
+        "AWS_ACCESS_KEY_ID",
+    );
+    assert_ne!(key0, key2);
+    assert_eq!(
+        third.status.as_ref().unwrap().identity_id,
+        first.status.as_ref().unwrap().identity_id
+    );
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        3
+    );
+
+    // A restart with valid credentials: no Cognito calls, no writes.
+    ctl.stop().await;
+    let calls_before = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+    let ctl = Running::start(&ns).await;
+    assert_eq!(
+        writes_during(&ns, "app", "app", Duration::from_secs(3)).await,
+        0
+    );
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        calls_before
+    );
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn suspend_stops_calls_and_keeps_the_secret() {
+    let proxy = Proxy::new();
+    let pool = pool(&proxy, 6).await;
+    let ns = TestNs::new("suspend").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
+    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    ns.api::<CognitoUnauthCredential>()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    wait_cuc(&ns, "app", "Suspended", |o| {
+        ready(o).is_some_and(|(_, r)| r == "Suspended")
+    })
+    .await;
+    let before = ns.api::<Secret>().get("app").await.unwrap().data;
+    let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+    // Past the expiry of the 6 s credentials: Ready turns False, still no calls.
+    wait_reason(&ns, "app", "False", "Suspended").await;
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        calls
+    );
+    assert_eq!(ns.api::<Secret>().get("app").await.unwrap().data, before);
+    ns.api::<CognitoUnauthCredential>()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .unwrap();
+    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        calls + 1
+    );
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
+    let proxy = Proxy::new();
+    let pool = pool(&proxy, 3600).await;
+    let ns = TestNs::new("drift").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(
+        &ns,
+        "app",
+        json!({"identityPoolId": pool, "secretName": "app-creds"}),
+    )
+    .await;
+    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let secrets = ns.api::<Secret>();
+    let key0 = text(
+        &secrets.get("app-creds").await.unwrap(),
+        "AWS_ACCESS_KEY_ID",
+    );
+
+    // Deleted: put back with fresh credentials.
+    secrets
+        .delete("app-creds", &DeleteParams::default())
+        .await
+        .unwrap();
+    let back = tokio::time::timeout(
+        WAIT,
+        await_condition(secrets.clone(), "app-creds", conditions::is_created()),
+    )
+    .await
+    .expect("recreated in time")
+    .unwrap()
+    .unwrap();
+    let key1 = text(&back, "AWS_ACCESS_KEY_ID");
+    assert_ne!(key0, key1);
+
+    // Edited: put right.
+    secrets
+        .patch(
+            "app-creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"AWS_ACCESS_KEY_ID": "EDITED"}})),
+        )
+        .await
+        .unwrap();
+    let repaired = tokio::time::timeout(
+        WAIT,
+        await_condition(secrets.clone(), "app-creds", |s: Option<&Secret>| {
+            s.is_some_and(|s| {
+                let k = text(s, "AWS_ACCESS_KEY_ID");
+                k != "EDITED" && secret::inspect(s, "").intact
+            })
+        }),
+    )
+    .await
+    .expect("repaired in time")
+    .unwrap()
+    .unwrap();
+    let key2 = text(&repaired, "AWS_ACCESS_KEY_ID");
+    assert_ne!(key2, key1);
+    let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+    assert_eq!(calls, 3);
+
+    // Force-rotate: once per new value.
+    let cucs = ns.api::<CognitoUnauthCredential>();
+    cucs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": "1"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let forced = wait_secret(&ns, "app-creds", "forced rotation", |s| {
+        annotation(s, "cognito.kubecred.io/force-rotate") == "1"
+    })
+    .await;
+    assert_ne!(text(&forced, "AWS_ACCESS_KEY_ID"), key2);
+    assert_eq!(
+        writes_during(&ns, "app", "app-creds", Duration::from_secs(3)).await,
+        0
+    );
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        calls + 1
+    );
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
+
+    // Renaming the Secret moves the credentials and removes the old one.
+    cucs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"secretName": "renamed"}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(secrets.clone(), "renamed", conditions::is_created()),
+    )
+    .await
+    .expect("new Secret in time")
+    .unwrap();
+    let old_uid = back.uid().unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            secrets.clone(),
+            "app-creds",
+            conditions::is_deleted(&old_uid),
+        ),
+    )
+    .await
+    .expect("old Secret removed in time")
+    .unwrap();
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn never_takes_a_secret_it_does_not_own() {
+    let proxy = Proxy::new();
+    let pool = pool(&proxy, 3600).await;
+    let ns = TestNs::new("conflict").await;
+    let secrets = ns.api::<Secret>();
+    let theirs: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "app", "labels": {"owner": "someone"}},
+        "stringData": {"AWS_ACCESS_KEY_ID": "theirs"}
+    }))
+    .unwrap();
+    let theirs = secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let ctl = Running::start(&ns).await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
+    let obj = wait_reason(&ns, "app", "False", "SecretConflict").await;
+    let after = secrets.get("app").await.unwrap();
+    assert_eq!(after.data, theirs.data);
+    assert_eq!(after.resource_version(), theirs.resource_version());
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, 0);
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        0
+    );
+    let ev = events(&ns, "app").await;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "SecretConflict"),
+        "{ev:?}"
+    );
+    assert!(
+        obj.status.unwrap().conditions[0]
+            .message
+            .contains("not owned")
+    );
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_the_resource_garbage_collects_the_secret() {
+    let proxy = Proxy::new();
+    let pool = pool(&proxy, 3600).await;
+    let ns = TestNs::new("gc").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
+    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let secrets = ns.api::<Secret>();
+    let uid = secrets.get("app").await.unwrap().uid().unwrap();
+    ns.api::<CognitoUnauthCredential>()
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(secrets, "app", conditions::is_deleted(&uid)),
+    )
+    .await
+    .expect("the garbage collector removed the Secret in time")
+    .unwrap();
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+/// Every error class the proxy can produce becomes its condition reason, with the last
+/// good Secret kept, bounded calls, and recovery once the fault clears.
+#[tokio::test]
+async fn errors_become_reasons_and_the_last_good_secret_is_kept() {
+    let proxy = Proxy::new();
+    let pool = pool(&proxy, 3600).await;
+    let ns = TestNs::new("errors").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
+    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let secrets = ns.api::<Secret>();
+    let mut good = secrets.get("app").await.unwrap().data;
+    let cucs = ns.api::<CognitoUnauthCredential>();
+
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"error": "TooManyRequestsException"}), "Throttled"),
+        (json!({"error": "LimitExceededException"}), "Throttled"),
+        (
+            json!({"error": "InternalErrorException"}),
+            "CognitoUnavailable",
+        ),
+        (json!({"http_status": 503}), "CognitoUnavailable"),
+        (json!({"connection": "reset"}), "CognitoUnavailable"),
+        (
+            json!({"error": "NotAuthorizedException"}),
+            "GuestAccessDisabled",
+        ),
+        (
+            json!({"error": "InvalidIdentityPoolConfigurationException"}),
+            "InvalidPoolConfiguration",
+        ),
+        (
+            json!({"error": "InvalidParameterException"}),
+            "InvalidParameter",
+        ),
+    ];
+    for (i, (fault, want)) in cases.into_iter().enumerate() {
+        let mut rule = fault.clone();
+        rule["pool"] = json!(pool);
+        let id = proxy.add_rule(rule).await;
+        let before = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+        cucs.patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": format!("f{i}")}}})),
+        )
+        .await
+        .unwrap();
+        let o = wait_reason(&ns, "app", "False", want).await;
+        let st = o.status.unwrap();
+        assert!(st.failed_attempts.unwrap_or(0) >= 1, "{fault}");
+        assert!(
+            st.conditions[0]
+                .message
+                .contains("keeps credentials valid until"),
+            "{}",
+            st.conditions[0].message
+        );
+        assert_eq!(
+            secrets.get("app").await.unwrap().data,
+            good,
+            "{fault}: the Secret must be kept"
+        );
+        // One call per attempt: the first retry is at least 2.5 s away.
+        assert_eq!(
+            proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+            before + 1,
+            "{fault}"
+        );
+        proxy.delete_rule(id).await;
+        // The fault clears; a spec change retries at once, even after a terminal error.
+        cucs.patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"renewBefore": format!("{}m", 21 + i)}})),
+        )
+        .await
+        .unwrap();
+        let o = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+        assert_eq!(o.status.unwrap().failed_attempts, None);
+        let now = secrets.get("app").await.unwrap().data;
+        assert_ne!(now, good, "{fault}: recovered with fresh credentials");
+        assert_eq!(
+            proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+            before + 2,
+            "{fault}"
+        );
+        good = now;
+    }
+    let ev = events(&ns, "app").await;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "RotationFailed"),
+        "{ev:?}"
+    );
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn terminal_errors_on_first_issue_and_expiry_of_kept_credentials() {
+    let proxy = Proxy::new();
+    let ns = TestNs::new("terminal").await;
+    let ctl = Running::start(&ns).await;
+
+    // A pool that does not exist.
+    let missing = format!(
+        "{}:00000000-0000-0000-0000-{:012}",
+        testbed().region,
+        rand_number()
+    );
+    proxy
+        .add_rule(json!({"pool": missing, "semantics": true}))
+        .await;
+    create_cuc(&ns, "missing", json!({"identityPoolId": missing})).await;
+    // A pool with guest access off (the proxy's semantics rule says what Cognito would).
+    let off = proxy.create_pool(false).await;
+    proxy
+        .add_rule(json!({"pool": off, "semantics": true}))
+        .await;
+    create_cuc(&ns, "guest-off", json!({"identityPoolId": off})).await;
+    // Credentials that expire while Cognito throttles: Expired only once really expired.
+    let short = pool(&proxy, 4).await;
+    create_cuc(&ns, "expiring", json!({"identityPoolId": short})).await;
+    wait_reason(&ns, "expiring", "True", "CredentialsIssued").await;
+    proxy
+        .add_rule(json!({"pool": short, "error": "TooManyRequestsException"}))
+        .await;
+    let throttled = wait_reason(&ns, "expiring", "False", "Throttled").await;
+    let exp = throttled
+        .status
+        .as_ref()
+        .unwrap()
+        .expiration
+        .as_ref()
+        .unwrap()
+        .0;
+    let expired = wait_reason(&ns, "expiring", "False", "Expired").await;
+    assert!(jiff::Timestamp::now() >= exp);
+    assert!(
+        expired.status.unwrap().conditions[0]
+            .message
+            .contains("expired at")
+    );
+    // The Secret still holds the last (now expired) credentials: never emptied.
+    let s = ns.api::<Secret>().get("expiring").await.unwrap();
+    assert!(secret::inspect(&s, "").intact);
+
+    let o = wait_reason(&ns, "guest-off", "False", "GuestAccessDisabled").await;
+    assert!(
+        o.status.unwrap().conditions[0]
+            .message
+            .contains("Unauthenticated access is not supported")
+    );
+    wait_reason(&ns, "missing", "False", "IdentityPoolNotFound").await;
+    // Terminal errors retry slowly: one GetId each so far.
+    assert_eq!(proxy.pool_calls(&missing, "GetId").await, 1);
+    assert_eq!(proxy.pool_calls(&off, "GetId").await, 1);
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_forgotten_identity_is_recreated_and_a_new_pool_gets_a_new_identity() {
+    let proxy = Proxy::new();
+    let pool_a = pool(&proxy, 3600).await;
+    let ns = TestNs::new("identity").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool_a})).await;
+    let o = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let id0 = o.status.unwrap().identity_id.unwrap();
+    proxy.delete_identity(&id0).await;
+    let cucs = ns.api::<CognitoUnauthCredential>();
+    cucs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": "x"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let old = id0.clone();
+    let secret = wait_secret(&ns, "app", "credentials of a new identity", move |s| {
+        let id = annotation(s, "cognito.kubecred.io/identity-id");
+        !id.is_empty() && id != old
+    })
+    .await;
+    let id1 = annotation(&secret, "cognito.kubecred.io/identity-id");
+    let want = id1.clone();
+    let o = wait_cuc(&ns, "app", "status with the new identity", move |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.identity_id.clone())
+            .as_deref()
+            == Some(want.as_str())
+            && ready(o).is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    assert!(rotation(&o).is_some());
+    assert_eq!(proxy.pool_calls(&pool_a, "GetId").await, 2);
+    let ev = events(&ns, "app").await;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "IdentityRecreated"),
+        "{ev:?}"
+    );
+
+    let pool_b = pool(&proxy, 3600).await;
+    cucs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"identityPoolId": pool_b}})),
+    )
+    .await
+    .unwrap();
+    let pb = pool_b.clone();
+    let secret = wait_secret(&ns, "app", "credentials from the new pool", move |s| {
+        annotation(s, "cognito.kubecred.io/identity-pool-id") == pb
+    })
+    .await;
+    assert_ne!(annotation(&secret, "cognito.kubecred.io/identity-id"), id1);
+    assert_eq!(proxy.pool_calls(&pool_b, "GetId").await, 1);
+    assert_eq!(
+        proxy.pool_calls(&pool_b, "GetCredentialsForIdentity").await,
+        1
+    );
+    ctl.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn status_is_written_only_when_it_changes() {
+    let proxy = Proxy::new();
+    let pool = pool(&proxy, 3600).await;
+    let ns = TestNs::new("status").await;
+    let ctl = Running::start(&ns).await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
+    let o = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let ltt = o.status.as_ref().unwrap().conditions[0]
+        .last_transition_time
+        .clone();
+    // A label change triggers a reconcile, but nothing about the credentials changed.
+    let cucs = ns.api::<CognitoUnauthCredential>();
+    cucs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        writes_during(&ns, "app", "app", Duration::from_secs(3)).await,
+        0
+    );
+    let o = cucs.get("app").await.unwrap();
+    assert_eq!(
+        o.status.as_ref().unwrap().conditions[0].last_transition_time,
+        ltt
+    );
+    // A spec change bumps observedGeneration without new credentials.
+    cucs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"renewBefore": "30m"}})),
+    )
+    .await
+    .unwrap();
+    let o = wait_cuc(&ns, "app", "observedGeneration 2", |o| {
+        o.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await;
+    let st = o.status.unwrap();
+    assert_eq!(st.conditions[0].observed_generation, Some(2));
+    assert_eq!(st.conditions[0].last_transition_time, ltt);
+    let before = st
+        .expiration
+        .unwrap()
+        .0
+        .duration_since(st.renewal_time.unwrap().0)
+        .as_secs();
+    assert!((30 * 60..=31 * 60).contains(&before), "{before}");
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        1
+    );
+    ctl.stop().await;
+    ns.cleanup().await;
+}
