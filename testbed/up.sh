@@ -152,6 +152,8 @@ export COGNITO_EMULATOR_URL="http://127.0.0.1:$moto_port"
 export AWS_REGION="$REGION"
 export AWS_DEFAULT_REGION="$REGION"
 export DEMO_IDENTITY_POOL_ID="$demo_pool"
+export TESTBED_BIN="$K8S_BIN"
+export TESTBED_VENV="$VENV"
 export PATH="$K8S_BIN:$VENV/bin:\$PATH"
 ENV
 total_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
