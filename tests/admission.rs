@@ -1,0 +1,208 @@
+//! Bad input is refused at admission by the CRD's schema and CEL rules, on the real API
+//! server, with a message a user understands. Server-side dry-run apply with strict field
+//! validation (what `kubectl apply` does) so nothing is stored.
+
+use cognito_unauth_controller::crd::CognitoUnauthCredential;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{CustomResourceExt, ResourceExt};
+use serde_json::{Value, json};
+use testbed_support::TestNs;
+
+const POOL: &str = "us-east-1:0a1b2c3d-1111-2222-3333-444455556666";
+
+async fn ensure_crd(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = CognitoUnauthCredential::crd();
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("admission-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        await_condition(crds, &crd.name_any(), conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established")
+    .expect("watch");
+}
+
+fn with(spec: Value) -> Value {
+    json!({
+        "apiVersion": "cognito.kubecred.io/v1alpha1",
+        "kind": "CognitoUnauthCredential",
+        "metadata": {"name": "x"},
+        "spec": spec,
+    })
+}
+
+async fn dry_run(api: &Api<CognitoUnauthCredential>, obj: &Value) -> Result<(), String> {
+    let pp = PatchParams::apply("admission-tests")
+        .dry_run()
+        .validation_strict();
+    let name = obj["metadata"]["name"].as_str().unwrap_or("x");
+    match api.patch(name, &pp, &Patch::Apply(obj)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(s.message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn malformed_resources_are_refused_with_clear_messages() {
+    let ns = TestNs::new("admission").await;
+    ensure_crd(&ns.client).await;
+    let api = ns.api::<CognitoUnauthCredential>();
+    let long_pool = format!("us-east-1:{}", "0".repeat(50));
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "no spec",
+            json!({"apiVersion": "cognito.kubecred.io/v1alpha1", "kind": "CognitoUnauthCredential", "metadata": {"name": "x"}}),
+            "spec: Required value",
+        ),
+        (
+            "empty spec",
+            with(json!({})),
+            "spec.identityPoolId: Required value",
+        ),
+        (
+            "empty pool id",
+            with(json!({"identityPoolId": ""})),
+            "spec.identityPoolId",
+        ),
+        (
+            "pool id without region",
+            with(json!({"identityPoolId": "0a1b2c3d-1111-2222-3333-444455556666"})),
+            "spec.identityPoolId: Invalid value",
+        ),
+        (
+            "pool id with upper case",
+            with(json!({"identityPoolId": "US-EAST-1:0A1B2C3D-1111-2222-3333-444455556666"})),
+            "should match",
+        ),
+        (
+            "pool id not a uuid",
+            with(json!({"identityPoolId": "us-east-1:not-a-uuid"})),
+            "should match",
+        ),
+        (
+            "pool id too long",
+            with(json!({"identityPoolId": long_pool})),
+            "Too long: may not be",
+        ),
+        (
+            "pool id a number",
+            with(json!({"identityPoolId": 42})),
+            ".spec.identityPoolId: expected string",
+        ),
+        (
+            "region contradicts the pool",
+            with(json!({"identityPoolId": POOL, "region": "eu-west-1"})),
+            "region must equal the region prefix of identityPoolId",
+        ),
+        (
+            "region malformed",
+            with(json!({"identityPoolId": POOL, "region": "Tokyo"})),
+            "spec.region: Invalid value",
+        ),
+        (
+            "renewBefore unparseable",
+            with(json!({"identityPoolId": POOL, "renewBefore": "twenty minutes"})),
+            "spec.renewBefore: Invalid value",
+        ),
+        (
+            "renewBefore without unit",
+            with(json!({"identityPoolId": POOL, "renewBefore": "20"})),
+            "spec.renewBefore: Invalid value",
+        ),
+        (
+            "renewBefore too short",
+            with(json!({"identityPoolId": POOL, "renewBefore": "4m59s"})),
+            "renewBefore must be between 5m and 50m",
+        ),
+        (
+            "renewBefore too long",
+            with(json!({"identityPoolId": POOL, "renewBefore": "1h"})),
+            "renewBefore must be between 5m and 50m",
+        ),
+        (
+            "renewBefore negative",
+            with(json!({"identityPoolId": POOL, "renewBefore": "-20m"})),
+            "spec.renewBefore: Invalid value",
+        ),
+        (
+            "renewBefore a number",
+            with(json!({"identityPoolId": POOL, "renewBefore": 1200})),
+            ".spec.renewBefore: expected string",
+        ),
+        (
+            "secretName upper case",
+            with(json!({"identityPoolId": POOL, "secretName": "My-Secret"})),
+            "spec.secretName: Invalid value",
+        ),
+        (
+            "secretName with slash",
+            with(json!({"identityPoolId": POOL, "secretName": "other-ns/secret"})),
+            "spec.secretName: Invalid value",
+        ),
+        (
+            "secretName empty",
+            with(json!({"identityPoolId": POOL, "secretName": ""})),
+            "spec.secretName",
+        ),
+        (
+            "secretName too long",
+            with(json!({"identityPoolId": POOL, "secretName": "a".repeat(254)})),
+            "Too long",
+        ),
+        (
+            "unknown field",
+            with(json!({"identityPoolId": POOL, "secretNamespace": "kube-system"})),
+            ".spec.secretNamespace: field not declared in schema",
+        ),
+        (
+            "suspend not a bool",
+            with(json!({"identityPoolId": POOL, "suspend": "yes"})),
+            ".spec.suspend: expected boolean",
+        ),
+        (
+            "role ARN malformed",
+            with(json!({"identityPoolId": POOL, "customRoleArn": "my-role"})),
+            "spec.customRoleArn",
+        ),
+        (
+            "template labels not strings",
+            with(json!({"identityPoolId": POOL, "secretTemplate": {"labels": {"a": 1}}})),
+            ".spec.secretTemplate.labels.a: expected string",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    let mut failures = vec![];
+    for (what, obj, want) in &cases {
+        match dry_run(&api, obj).await {
+            Ok(()) => failures.push(format!("{what}: accepted")),
+            Err(msg) if !msg.contains(want) => {
+                failures.push(format!("{what}: message {msg:?} lacks {want:?}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The same rules let good input through.
+    let good = [
+        json!({"identityPoolId": POOL}),
+        json!({"identityPoolId": POOL, "region": "us-east-1", "renewBefore": "5m"}),
+        json!({"identityPoolId": POOL, "renewBefore": "50m", "secretName": "app.aws-creds"}),
+        json!({"identityPoolId": "ap-northeast-1:fc81b5de-4fa4-4087-adb5-4598fd25982a", "renewBefore": "45m0s", "suspend": true}),
+        json!({"identityPoolId": "us-gov-west-1:fc81b5de-4fa4-4087-adb5-4598fd25982a", "customRoleArn": "arn:aws-us-gov:iam::123456789012:role/guest/app"}),
+    ];
+    for spec in good {
+        assert_eq!(dry_run(&api, &with(spec.clone())).await, Ok(()), "{spec}");
+    }
+    ns.cleanup().await;
+}
