@@ -1,85 +1,235 @@
 //! Runtime wiring: the kube-runtime Controller over CognitoUnauthCredentials and the
-//! Secrets they own (metadata only, and only ours, by label), driving `reconcile`.
+//! Secrets they own (metadata only, and only ours, by label), driving `reconcile`;
+//! one Controller per watched namespace (or one for all); optional leader election on a
+//! coordination.k8s.io Lease, with only the leader reconciling.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use crate::cognito::Cognito;
 use crate::crd::CognitoUnauthCredential;
+use crate::http::Health;
+use crate::metrics::{Metered, Metrics};
 use crate::reconcile::{self, Context, MANAGER};
 use crate::secret::MANAGED_SELECTOR;
+
+/// Leader election on a Lease.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    pub identity: String,
+    /// A holder that stops renewing loses the Lease after this long.
+    pub lease_duration: Duration,
+    /// The holder renews this long before the Lease would expire.
+    pub renew_grace: Duration,
+}
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Watch only this namespace; all namespaces when `None`.
-    pub namespace: Option<String>,
-    /// Reconciles running at once.
+    /// Namespaces to watch; all namespaces when empty.
+    pub namespaces: Vec<String>,
+    /// Reconciles running at once (per watched namespace).
     pub concurrency: u16,
     /// Identifies this replica in events.
     pub instance: Option<String>,
+    pub leader_election: Option<LeaderElection>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            namespace: None,
+            namespaces: Vec::new(),
             concurrency: 8,
             instance: None,
+            leader_election: None,
         }
     }
 }
 
-/// Runs until `shutdown` resolves; in-flight reconciles finish first.
+/// A shutdown signal many tasks can wait for.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+}
+
+/// Runs until `shutdown` resolves: stops taking work, lets in-flight reconciles finish,
+/// releases the Lease.
 pub async fn run<C: Cognito>(
     client: kube::Client,
     cognito: C,
     settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (cucs, secrets): (Api<CognitoUnauthCredential>, Api<Secret>) = match &settings.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), kube_lease_manager::LeaseManagerError> {
+    let stop = Stop::new(shutdown);
     let reporter = Reporter {
         controller: MANAGER.to_string(),
         instance: settings.instance.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(client, cognito, recorder));
-    info!(
-        namespace = settings.namespace.as_deref().unwrap_or("<all>"),
-        "controller starting"
-    );
-    Controller::new(cucs, watcher::Config::default().any_semantic())
-        .owns(
-            secrets,
-            watcher::Config::default()
-                .labels(MANAGED_SELECTOR)
-                .any_semantic(),
-        )
-        .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                match e {
-                    controller::Error::ReconcilerFailed(..) => {} // logged by error_policy
-                    other => warn!(error = %other, "controller"),
+    let cognito = Metered::new(cognito, metrics.clone());
+    let ctx = Arc::new(Context::new(client.clone(), cognito, recorder, metrics));
+
+    let Some(le) = settings.leader_election.clone() else {
+        run_controllers(&ctx, &settings, &health, stop.clone().wait()).await;
+        return Ok(());
+    };
+
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &le.lease_name)
+        .with_namespace(&le.lease_namespace)
+        .with_identity(&le.identity)
+        .with_duration(le.lease_duration.as_secs().max(1))
+        .with_grace(le.renew_grace.as_secs().max(1))
+        .with_field_manager(MANAGER)
+        .build()
+        .await?;
+    let (mut leading, task) = manager.watch().await;
+    // A standby replica is ready: it is waiting for the Lease, as it should.
+    health.set_ready(true);
+    info!(lease = %le.lease_name, identity = %le.identity, "waiting for leadership");
+    loop {
+        tokio::select! {
+            _ = stop.clone().wait() => break,
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+        }
+        info!(identity = %le.identity, "leading: starting to reconcile");
+        let mut lost = leading.clone();
+        let until = {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.wait() => {},
+                    _ = lost.wait_for(|l| !*l) => {},
                 }
             }
+        };
+        run_controllers(&ctx, &settings, &health, until).await;
+        if stop.requested() {
+            break;
+        }
+        warn!(identity = %le.identity, "lost leadership: stopped reconciling");
+    }
+    // Closing the channel makes the manager release the Lease, so a standby takes over at once.
+    drop(leading);
+    match task.await {
+        Ok(Ok(_)) => info!("lease released"),
+        Ok(Err(e)) => warn!(error = %e, "could not release the lease"),
+        Err(e) => error!(error = %e, "lease task failed"),
+    }
+    Ok(())
+}
+
+async fn run_controllers<C: Cognito>(
+    ctx: &Arc<Context<Metered<C>>>,
+    settings: &Settings,
+    health: &Arc<Health>,
+    until: impl Future<Output = ()> + Send + 'static,
+) {
+    let client = ctx.client.clone();
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        until.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    for scope in scopes {
+        let (cucs, secrets): (Api<CognitoUnauthCredential>, Api<Secret>) = match &scope {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let controller = Controller::new(cucs, watcher::Config::default().any_semantic())
+            .owns(
+                secrets,
+                watcher::Config::default()
+                    .labels(MANAGED_SELECTOR)
+                    .any_semantic(),
+            )
+            .with_config(controller::Config::default().concurrency(settings.concurrency));
+        stores.push(controller.store());
+        let mut stop = stop_rx.clone();
+        let metrics = ctx.metrics.clone();
+        let ctx = ctx.clone();
+        info!(
+            namespace = scope.as_deref().unwrap_or("<all>"),
+            "controller starting"
+        );
+        runs.push(async move {
+            controller
+                .graceful_shutdown_on(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .run(reconcile::reconcile, reconcile::error_policy, ctx)
+                .for_each(|res| {
+                    if let Err(controller::Error::ObjectNotFound(obj)) = &res {
+                        // Deleted: its Secret goes with it; so do its metric series.
+                        metrics.forget(obj.namespace.as_deref().unwrap_or_default(), &obj.name);
+                    } else if let Err(e) = &res
+                        && !matches!(e, controller::Error::ReconcilerFailed(..))
+                    {
+                        warn!(error = %e, "controller");
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        });
+    }
+    let ready = {
+        let health = health.clone();
+        tokio::spawn(async move {
+            // The store's readiness is a oneshot that wakes only its latest waiter, and the
+            // controller's own runner waits on it too: so re-poll instead of waiting once.
+            for store in &stores {
+                while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+                    .await
+                    .is_err()
+                {}
+            }
+            health.set_ready(true);
+            info!("caches synced; ready");
         })
-        .await;
+    };
+    join_all(runs).await;
+    ready.abort();
     info!("controller stopped");
 }

@@ -4,11 +4,14 @@
 //! Each concern has its own module: the API types ([`crd`]); the pure steps that decide
 //! ([`plan`]), schedule ([`schedule`]), render and read the Secret ([`secret`]) and build
 //! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]); the
-//! reconcile steps with their I/O ([`reconcile`]); and the runtime wiring ([`controller`]).
+//! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
+//! HTTP server ([`http`]); and the runtime wiring ([`controller`]).
 
 pub mod cognito;
 pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod schedule;

@@ -1,31 +1,68 @@
 //! cognito-unauth-controller: the binary. Flags, logging, clients; the rest is the library.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::Parser;
 use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
-use cognito_unauth_controller::controller::{self, Settings};
+use cognito_unauth_controller::controller::{self, LeaderElection, Settings};
+use cognito_unauth_controller::http::{self, Health};
+use cognito_unauth_controller::metrics::Metrics;
+use tracing::{error, info};
 
 /// Keeps Amazon Cognito guest (unauthenticated) credentials fresh in Kubernetes Secrets.
+///
+/// Every flag also reads the environment variable named in its help. The Cognito
+/// endpoint is the AWS SDK's standard one (AWS_ENDPOINT_URL_COGNITO_IDENTITY overrides it);
+/// no AWS credentials are used.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
-    /// Reconciles running at once.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
-    concurrency: u16,
+    /// Namespaces to watch, comma-separated (default: all namespaces).
+    #[arg(long = "namespaces", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of the HTTP server for /livez, /readyz and /metrics.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
+    metrics_address: SocketAddr,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Log filter (tracing EnvFilter syntax), e.g. info or cognito_unauth_controller=debug.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Only the holder of a coordination.k8s.io Lease reconciles (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_NAME",
+        default_value = "cognito-unauth-controller"
+    )]
+    leader_election_lease_name: String,
+    /// Namespace of the leader-election Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Seconds after which a Lease that is not renewed can be taken over.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_DURATION_SECONDS",
+        default_value_t = 15
+    )]
+    leader_election_lease_duration_seconds: u64,
+    /// Seconds before expiry at which the leader renews its Lease.
+    #[arg(long, env = "LEADER_ELECTION_RENEW_GRACE_SECONDS", default_value_t = 5)]
+    leader_election_renew_grace_seconds: u64,
     /// Connect timeout for Cognito calls, in seconds.
     #[arg(long, env = "COGNITO_CONNECT_TIMEOUT_SECONDS", default_value_t = 3)]
     cognito_connect_timeout_seconds: u64,
     /// Whole-call timeout for Cognito calls, in seconds.
     #[arg(long, env = "COGNITO_TIMEOUT_SECONDS", default_value_t = 10)]
     cognito_timeout_seconds: u64,
+    /// Reconciles running at once, per watched namespace.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
 }
 
 #[tokio::main]
@@ -42,40 +79,78 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     let sdk = load_sdk_config(
         Timeouts {
-            connect: std::time::Duration::from_secs(args.cognito_connect_timeout_seconds),
-            operation: std::time::Duration::from_secs(args.cognito_timeout_seconds),
+            connect: Duration::from_secs(args.cognito_connect_timeout_seconds),
+            operation: Duration::from_secs(args.cognito_timeout_seconds),
         },
         None,
     )
     .await;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let (bound, server) = http::bind(args.metrics_address, metrics.clone(), health.clone()).await?;
+    info!(address = %bound, "serving /livez, /readyz and /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let pod = std::env::var("POD_NAME").ok();
+    let leader_election = args.leader_elect.then(|| LeaderElection {
+        lease_name: args.leader_election_lease_name.clone(),
+        lease_namespace: args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_string()),
+        identity: pod
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+        lease_duration: Duration::from_secs(args.leader_election_lease_duration_seconds),
+        renew_grace: Duration::from_secs(args.leader_election_renew_grace_seconds),
+    });
     let settings = Settings {
-        namespace: args.namespace,
+        namespaces: args
+            .namespaces
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
         concurrency: args.concurrency,
-        instance: std::env::var("POD_NAME").ok(),
+        instance: pod,
+        leader_election,
     };
-    controller::run(client, SdkCognito::new(sdk), settings, shutdown_signal()).await;
+    controller::run(
+        client,
+        SdkCognito::new(sdk),
+        settings,
+        metrics,
+        health,
+        shutdown_signal(),
+    )
+    .await?;
+    info!("exiting");
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "controller".to_string())
 }
 
 /// SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
             }
         }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    info!("shutdown requested");
 }

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::cognito::{Cognito, CognitoError};
 use crate::crd::{CognitoUnauthCredential, CognitoUnauthCredentialStatus, FORCE_ROTATE_ANNOTATION};
+use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
 use crate::schedule;
 use crate::secret::{self, Credentials, Owner, Provenance};
@@ -54,6 +55,7 @@ pub struct Context<C> {
     pub client: kube::Client,
     pub cognito: C,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
     /// Consecutive API failures per object, for `error_policy`'s backoff.
     api_failures: Mutex<HashMap<String, u32>>,
     /// Status we wrote that the watch cache may not show yet: resourceVersion and status.
@@ -61,11 +63,17 @@ pub struct Context<C> {
 }
 
 impl<C: Cognito> Context<C> {
-    pub fn new(client: kube::Client, cognito: C, recorder: Recorder) -> Self {
+    pub fn new(
+        client: kube::Client,
+        cognito: C,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             client,
             cognito,
             recorder,
+            metrics,
             api_failures: Mutex::default(),
             written: Mutex::default(),
         }
@@ -168,6 +176,7 @@ pub fn error_policy<C: Cognito>(
         *n
     };
     let delay = schedule::backoff(n, obj.uid().as_deref().unwrap_or_default());
+    ctx.metrics.reconcile_error(err.metric_label());
     warn!(error = %err, label = err.metric_label(), attempt = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -182,6 +191,7 @@ pub async fn reconcile<C: Cognito>(
     obj: Arc<CognitoUnauthCredential>,
     ctx: Arc<Context<C>>,
 ) -> Result<Action, Error> {
+    ctx.metrics.reconciled();
     let result = reconcile_inner(&obj, &ctx).await;
     if result.is_ok() {
         ctx.failures().remove(&key(&obj));
@@ -196,6 +206,8 @@ async fn reconcile_inner<C: Cognito>(
     if obj.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes the Secret through its owner reference.
         lock(&ctx.written).remove(&key(obj));
+        ctx.metrics
+            .forget(&obj.namespace().unwrap_or_default(), &obj.name_any());
         return Ok(Action::await_change());
     }
     let ns = obj.namespace().ok_or(Error::MissingField("namespace"))?;
@@ -391,6 +403,7 @@ async fn reconcile_inner<C: Cognito>(
     };
 
     ctx.write_status(&api, obj, &old, &next).await?;
+    ctx.metrics.observe(&ns, &name, &next);
     Ok(action)
 }
 
@@ -524,6 +537,7 @@ async fn rotate<C: Cognito>(
                 show(renewal)
             );
             info!(why = a.why.as_str(), expiration = %show(kept.credentials.expiration), renewal = %show(renewal), "credentials rotated");
+            ctx.metrics.rotated();
             ctx.event(obj, EventType::Normal, "CredentialsRotated", msg)
                 .await;
             remove_previous_secret(a.secrets, a.old, a.secret_name, a.uid).await?;
@@ -558,6 +572,7 @@ async fn rotate<C: Cognito>(
                 ),
             };
             warn!(reason = e.reason(), error = %e, retry_in = ?delay, "rotation failed");
+            ctx.metrics.rotation_failed(e.reason());
             ctx.event(obj, EventType::Warning, "RotationFailed", msg.clone())
                 .await;
             set_ready(a.next, false, reason, msg, generation, now, a.old);

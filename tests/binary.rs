@@ -14,7 +14,8 @@ fn controller(ns: &str, log: &Path) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_cognito-unauth-controller"))
         .envs(testbed().env())
-        .env("WATCH_NAMESPACE", ns)
+        .env("WATCH_NAMESPACES", ns)
+        .env("METRICS_ADDRESS", "127.0.0.1:0")
         .env("LOG_LEVEL", "debug")
         .env("LOG_FORMAT", "json")
         .stdout(out.try_clone().expect("log"))

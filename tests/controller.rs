@@ -3,11 +3,14 @@
 //! Each test has its own namespace, its own identity pool (so the proxy's counts are its
 //! own) and its own in-process controller watching only that namespace.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
 use cognito_unauth_controller::controller::{self, Settings};
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
+use cognito_unauth_controller::http::Health;
+use cognito_unauth_controller::metrics::Metrics;
 use cognito_unauth_controller::secret;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Secret};
@@ -59,15 +62,26 @@ impl Running {
         let sdk = load_sdk_config(Timeouts::default(), Some(&testbed().cognito_endpoint)).await;
         let (tx, rx) = oneshot::channel::<()>();
         let settings = Settings {
-            namespace: Some(ns.name.clone()),
+            namespaces: vec![ns.name.clone()],
             ..Settings::default()
         };
         let client = ns.client.clone();
         let task = tokio::spawn(async move {
-            controller::run(client, SdkCognito::new(sdk), settings, async move {
+            let metrics = Arc::new(Metrics::new());
+            let health = Arc::new(Health::default());
+            let stop = async move {
                 let _ = rx.await;
-            })
-            .await;
+            };
+            controller::run(
+                client,
+                SdkCognito::new(sdk),
+                settings,
+                metrics,
+                health,
+                stop,
+            )
+            .await
+            .expect("controller");
         });
         Self {
             stop: Some(tx),

@@ -1,0 +1,344 @@
+//! Prometheus metrics (prometheus-client), cert-manager's model: per-resource expiration,
+//! renewal and ready gauges, plus Cognito requests by operation and outcome with latency,
+//! rotations, failures by reason, reconcile errors by class and build info.
+//!
+//! Per-resource series use the labels `namespace` and `name` only, and are removed when
+//! the resource goes away, so the series count follows the resource count.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::cognito::{Cognito, CognitoError};
+use crate::crd::CognitoUnauthCredentialStatus;
+use crate::secret::Credentials;
+use crate::status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub namespace: String,
+    pub name: String,
+    /// True, False or Unknown; the series for the current value is 1, the others 0.
+    pub condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: String,
+    /// `ok` or the condition reason of the error (Throttled, CognitoUnavailable, ...).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 12))
+}
+
+/// Every metric the controller exports, registered under `cognito_unauth_controller_`.
+pub struct Metrics {
+    pub registry: Registry,
+    expiration: Family<ResourceLabels, FloatGauge>,
+    renewal: Family<ResourceLabels, FloatGauge>,
+    ready: Family<ReadyLabels, Gauge>,
+    cognito_requests: Family<RequestLabels, Counter>,
+    cognito_latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    rotations: Counter,
+    rotation_failures: Family<ReasonLabels, Counter>,
+    reconcile_errors: Family<ClassLabels, Counter>,
+    reconciliations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cognito_unauth_controller");
+        let m = Self {
+            expiration: Family::default(),
+            renewal: Family::default(),
+            ready: Family::default(),
+            cognito_requests: Family::default(),
+            cognito_latency: Family::new_with_constructor(latency_histogram),
+            rotations: Counter::default(),
+            rotation_failures: Family::default(),
+            reconcile_errors: Family::default(),
+            reconciliations: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "credential_expiration_timestamp_seconds",
+            "When the credentials in the resource's Secret expire (Unix time)",
+            m.expiration.clone(),
+        );
+        registry.register(
+            "credential_renewal_timestamp_seconds",
+            "When the controller will next rotate the resource's credentials (Unix time)",
+            m.renewal.clone(),
+        );
+        registry.register(
+            "credential_ready_status",
+            "The resource's Ready condition: 1 for the current status (True, False or Unknown)",
+            m.ready.clone(),
+        );
+        registry.register(
+            "cognito_requests",
+            "Cognito Identity calls by operation and outcome",
+            m.cognito_requests.clone(),
+        );
+        registry.register(
+            "cognito_request_duration_seconds",
+            "Latency of Cognito Identity calls",
+            m.cognito_latency.clone(),
+        );
+        registry.register(
+            "rotations",
+            "Credentials written to a Secret",
+            m.rotations.clone(),
+        );
+        registry.register(
+            "rotation_failures",
+            "Failed attempts to get credentials, by condition reason",
+            m.rotation_failures.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed on the Kubernetes API, by class",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconciliations",
+            "Reconciles run",
+            m.reconciliations.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information; always 1", build);
+        Self { registry, ..m }
+    }
+
+    fn labels(namespace: &str, name: &str) -> ResourceLabels {
+        ResourceLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Sets the per-resource gauges from the status just computed.
+    pub fn observe(&self, namespace: &str, name: &str, st: &CognitoUnauthCredentialStatus) {
+        let l = Self::labels(namespace, name);
+        match &st.expiration {
+            Some(t) => {
+                self.expiration
+                    .get_or_create(&l)
+                    .set(t.0.as_second() as f64);
+            }
+            None => {
+                self.expiration.remove(&l);
+            }
+        }
+        match &st.renewal_time {
+            Some(t) => {
+                self.renewal.get_or_create(&l).set(t.0.as_second() as f64);
+            }
+            None => {
+                self.renewal.remove(&l);
+            }
+        }
+        let current = status::ready_of(st).map_or("Unknown", |c| c.status.as_str());
+        for condition in ["True", "False", "Unknown"] {
+            let rl = ReadyLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                condition: condition.to_string(),
+            };
+            self.ready
+                .get_or_create(&rl)
+                .set(i64::from(condition == current));
+        }
+    }
+
+    /// Drops the per-resource series of a resource that is gone.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let l = Self::labels(namespace, name);
+        self.expiration.remove(&l);
+        self.renewal.remove(&l);
+        for condition in ["True", "False", "Unknown"] {
+            self.ready.remove(&ReadyLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                condition: condition.to_string(),
+            });
+        }
+    }
+
+    pub fn rotated(&self) {
+        self.rotations.inc();
+    }
+
+    pub fn rotation_failed(&self, reason: &str) {
+        self.rotation_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn reconcile_error(&self, class: &str) {
+        self.reconcile_errors
+            .get_or_create(&ClassLabels {
+                class: class.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn reconciled(&self) {
+        self.reconciliations.inc();
+    }
+
+    fn request(&self, operation: &str, started: Instant, outcome: &str) {
+        self.cognito_requests
+            .get_or_create(&RequestLabels {
+                operation: operation.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.cognito_latency
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// A Cognito client that records every call in the metrics.
+pub struct Metered<C> {
+    inner: C,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl<C> Metered<C> {
+    pub fn new(inner: C, metrics: std::sync::Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+fn outcome<T>(r: &Result<T, CognitoError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
+    }
+}
+
+impl<C: Cognito> Cognito for Metered<C> {
+    async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
+        let started = Instant::now();
+        let r = self.inner.get_id(region, pool).await;
+        self.metrics.request("GetId", started, outcome(&r));
+        r
+    }
+
+    async fn get_credentials(
+        &self,
+        region: &str,
+        identity_id: &str,
+        custom_role_arn: Option<&str>,
+    ) -> Result<Credentials, CognitoError> {
+        let started = Instant::now();
+        let r = self
+            .inner
+            .get_credentials(region, identity_id, custom_role_arn)
+            .await;
+        self.metrics
+            .request("GetCredentialsForIdentity", started, outcome(&r));
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ready, reason, time};
+    use jiff::Timestamp;
+
+    #[test]
+    fn per_resource_series_follow_status_and_go_away() {
+        let m = Metrics::new();
+        let exp = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut st = CognitoUnauthCredentialStatus {
+            expiration: Some(time(exp)),
+            renewal_time: Some(time(exp - jiff::SignedDuration::from_mins(20))),
+            ..Default::default()
+        };
+        st.conditions.push(ready(
+            true,
+            reason::CREDENTIALS_ISSUED,
+            String::new(),
+            None,
+            exp,
+            &[],
+        ));
+        m.observe("ns", "app", &st);
+        let text = m.render().unwrap();
+        assert!(text.contains(
+            "cognito_unauth_controller_credential_expiration_timestamp_seconds{namespace=\"ns\",name=\"app\"} 1800000000"
+        ), "{text}");
+        assert!(text.contains(
+            "cognito_unauth_controller_credential_ready_status{namespace=\"ns\",name=\"app\",condition=\"True\"} 1"
+        ));
+        assert!(text.contains(
+            "cognito_unauth_controller_credential_ready_status{namespace=\"ns\",name=\"app\",condition=\"False\"} 0"
+        ));
+        assert!(text.contains("cognito_unauth_controller_build_info{version="));
+        m.forget("ns", "app");
+        let text = m.render().unwrap();
+        assert!(!text.contains("name=\"app\""), "{text}");
+    }
+}
