@@ -169,7 +169,7 @@ pub fn render(
                 name: owner.name.clone(),
                 uid: owner.uid.clone(),
                 controller: Some(true),
-                block_owner_deletion: Some(true),
+                block_owner_deletion: None,
             }]),
             ..ObjectMeta::default()
         },

@@ -86,6 +86,16 @@ go_ldflags() {
         "$pkg" "$v" "$pkg" "$major" "$pkg" "$minor" "$pkg"
     done
   fi
+  v=$(awk '$1 == "require" && $2 == "helm.sh/helm/v3" {print $3}' "$dir/go.mod")
+  if [[ -n "$v" ]]; then
+    # As helm's Makefile does: its version, and the Kubernetes version it assumes offline.
+    local cg minor
+    cg=$(awk '$1 == "k8s.io/client-go" {print $2}' "$dir/go.mod")
+    minor=${cg#v0.}; minor=${minor%%.*}
+    printf -- '-X helm.sh/helm/v3/internal/version.version=%s ' "$v"
+    printf -- '-X helm.sh/helm/v3/pkg/%s.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/%s.k8sVersionMinor=%s ' \
+      lint/rules lint/rules "$minor" chartutil chartutil "$minor"
+  fi
   printf -- '-s -w'
 }
 

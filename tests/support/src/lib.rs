@@ -96,6 +96,46 @@ pub fn testbed() -> &'static TestBed {
     })
 }
 
+/// The helm binary, built from the Go module proxy by the test bed (once).
+pub fn helm() -> &'static PathBuf {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg("source testbed/lib.sh >/dev/null && ensure_helm >&2 && helm_bin_dir")
+            .current_dir(root())
+            .output()
+            .expect("run testbed/lib.sh");
+        assert!(
+            out.status.success(),
+            "building helm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("helm")
+    })
+}
+
+/// A kubeconfig file that acts as `user` (impersonation by the admin), for RBAC tests.
+pub fn impersonating_kubeconfig(user: &str, groups: &[&str], path: &Path) {
+    let admin = std::fs::read_to_string(&testbed().kubeconfig).expect("admin kubeconfig");
+    let mut extra = format!("    as: {user}\n    as-groups:\n");
+    for g in groups {
+        extra.push_str(&format!("    - {g}\n"));
+    }
+    let out = admin.replacen("  user:\n", &format!("  user:\n{extra}"), 1);
+    assert_ne!(out, admin, "unexpected kubeconfig layout");
+    std::fs::write(path, out).expect("write kubeconfig");
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> kube::Client {
+    let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    kube::Client::try_from(cfg).expect("client")
+}
+
 /// A kube client for the admin identity of the test bed.
 pub async fn client() -> kube::Client {
     let kc = Kubeconfig::read_from(&testbed().kubeconfig).expect("read kubeconfig");
