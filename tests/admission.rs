@@ -3,33 +3,11 @@
 //! validation (what `kubectl apply` does) so nothing is stored.
 
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
-use testbed_support::TestNs;
+use testbed_support::{TestNs, install_crd};
 
 const POOL: &str = "us-east-1:0a1b2c3d-1111-2222-3333-444455556666";
-
-async fn ensure_crd(client: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = CognitoUnauthCredential::crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("admission-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        await_condition(crds, &crd.name_any(), conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established")
-    .expect("watch");
-}
 
 fn with(spec: Value) -> Value {
     json!({
@@ -55,7 +33,7 @@ async fn dry_run(api: &Api<CognitoUnauthCredential>, obj: &Value) -> Result<(), 
 #[tokio::test]
 async fn malformed_resources_are_refused_with_clear_messages() {
     let ns = TestNs::new("admission").await;
-    ensure_crd(&ns.client).await;
+    install_crd();
     let api = ns.api::<CognitoUnauthCredential>();
     let long_pool = format!("us-east-1:{}", "0".repeat(50));
     let cases: Vec<(&str, Value, &str)> = vec![

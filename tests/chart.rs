@@ -2,15 +2,15 @@
 //! manifests in both modes, and the controller running with exactly the chart's RBAC
 //! (impersonating the chart's ServiceAccount) through the whole credential flow.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use testbed_support::{
-    Proxy, TestNs, client_from, helm, impersonating_kubeconfig, rand_suffix, testbed,
+    ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, helm, impersonating_kubeconfig,
+    kubectl, kubectl_apply, rand_suffix, test_dir, testbed,
 };
 
 const CHART: &str = concat!(
@@ -48,52 +48,6 @@ fn template(release: &str, ns: &str, sets: &[&str]) -> Result<String, String> {
     }
 }
 
-fn apply(manifests: &str) {
-    let mut child = Command::new("kubectl")
-        .args([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager",
-            "helm-test",
-            "-f",
-            "-",
-        ])
-        .envs(testbed().env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(manifests.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("kubectl");
-    assert!(
-        out.status.success(),
-        "the API server refused the chart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .envs(testbed().env())
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn kinds(manifests: &str) -> Vec<String> {
     manifests
         .lines()
@@ -103,7 +57,7 @@ fn kinds(manifests: &str) -> Vec<String> {
 }
 
 /// The controller binary with the chart's ServiceAccount's permissions, nothing more.
-fn controller_as(sa_ns: &str, sa: &str, dir: &Path, env: &[(&str, &str)]) -> Child {
+fn controller_as(sa_ns: &str, sa: &str, dir: &Path, env: &[(&str, &str)]) -> ControllerProcess {
     let kubeconfig = dir.join("impersonated.kubeconfig");
     impersonating_kubeconfig(
         &format!("system:serviceaccount:{sa_ns}:{sa}"),
@@ -114,44 +68,18 @@ fn controller_as(sa_ns: &str, sa: &str, dir: &Path, env: &[(&str, &str)]) -> Chi
         ],
         &kubeconfig,
     );
-    let log = std::fs::File::create(dir.join("controller.log")).expect("log");
-    Command::new(env!("CARGO_BIN_EXE_cognito-unauth-controller"))
-        .envs(testbed().env())
-        .env("KUBECONFIG", &kubeconfig)
-        .env("METRICS_ADDRESS", "127.0.0.1:0")
-        .envs(env.iter().copied())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start controller")
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while child.try_wait().ok().flatten().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "controller ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cuc-chart-{name}"));
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d
+    let kc = kubeconfig.display().to_string();
+    let mut all = vec![("KUBECONFIG", kc.as_str())];
+    all.extend_from_slice(env);
+    ControllerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_cognito-unauth-controller")),
+        &dir.join("controller.log"),
+        &all,
+    )
 }
 
 async fn cuc_ready(ns: &TestNs, pool: &str) {
-    let manifest = format!(
-        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata:\n  name: app\n  namespace: {}\nspec:\n  identityPoolId: {pool}\n",
-        ns.name
-    );
-    apply(&manifest);
+    kubectl_apply(&cuc_manifest(&ns.name, "app", pool));
     kubectl(&[
         "-n",
         &ns.name,
@@ -248,9 +176,9 @@ async fn cluster_mode_rbac_is_enough_for_the_whole_flow() {
         "replicas > 1 must turn leader election on"
     );
     assert!(rendered.contains("helm.sh/resource-policy: keep"));
-    apply(&rendered);
+    kubectl_apply(&rendered);
 
-    let dir = tmpdir(&ns.name);
+    let dir = test_dir(&ns.name);
     let sa = format!("{release}-cognito-unauth-controller");
     let child = controller_as(
         &ns.name,
@@ -279,7 +207,7 @@ async fn cluster_mode_rbac_is_enough_for_the_whole_flow() {
         "jsonpath={.spec.holderIdentity}",
     ]);
     assert_eq!(lease, "chart-replica");
-    stop(child);
+    assert!(child.terminate().success());
     let log = std::fs::read_to_string(dir.join("controller.log")).unwrap();
     assert!(
         !log.contains("403") && !log.contains("forbidden"),
@@ -323,13 +251,13 @@ async fn namespaced_mode_works_in_its_namespace_and_is_refused_elsewhere() {
         !k.iter().any(|x| x == "CustomResourceDefinition"),
         "crds.install=false"
     );
-    apply(&rendered);
+    kubectl_apply(&rendered);
 
-    let dir = tmpdir(&ns.name);
+    let dir = test_dir(&ns.name);
     let sa = format!("{release}-cognito-unauth-controller");
     let child = controller_as(&ns.name, &sa, &dir, &[("WATCH_NAMESPACES", &ns.name)]);
     cuc_ready(&ns, &pool).await;
-    stop(child);
+    assert!(child.terminate().success());
 
     // The same identity is refused Secrets in any other namespace, by the API server.
     let client = client_from(&dir.join("impersonated.kubeconfig")).await;

@@ -14,13 +14,12 @@ use cognito_unauth_controller::metrics::Metrics;
 use cognito_unauth_controller::secret;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
-use testbed_support::{Proxy, TestNs, testbed};
+use testbed_support::{Proxy, TestNs, install_crd, testbed};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -31,25 +30,6 @@ fn rand_number() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000_000_000
 }
 
-async fn ensure_crd(client: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = CognitoUnauthCredential::crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("controller-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    tokio::time::timeout(
-        WAIT,
-        await_condition(crds, &crd.name_any(), conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch CRD");
-}
-
 /// An in-process controller for one namespace; stops gracefully on `stop()`.
 struct Running {
     stop: Option<oneshot::Sender<()>>,
@@ -58,7 +38,7 @@ struct Running {
 
 impl Running {
     async fn start(ns: &TestNs) -> Self {
-        ensure_crd(&ns.client).await;
+        install_crd();
         let sdk = load_sdk_config(Timeouts::default(), Some(&testbed().cognito_endpoint)).await;
         let (tx, rx) = oneshot::channel::<()>();
         let settings = Settings {

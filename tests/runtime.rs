@@ -2,39 +2,22 @@
 //! Lease with failover, and SIGTERM releasing the Lease.
 
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::wait::await_condition;
 use serde_json::json;
-use testbed_support::{Proxy, TestNs, eventually, testbed};
+use testbed_support::{
+    ControllerProcess, Proxy, TestNs, cuc_manifest, eventually, install_crd, kubectl,
+    kubectl_apply, test_dir,
+};
 
-struct Proc {
-    child: Child,
-    port: u16,
-}
+const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start(ns: &str, log: &Path, extra: &[(&str, &str)]) -> Proc {
-    let port = free_port();
-    let out = std::fs::File::create(log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_cognito-unauth-controller"))
-        .envs(testbed().env())
-        .env("WATCH_NAMESPACES", ns)
-        .env("METRICS_ADDRESS", format!("127.0.0.1:{port}"))
-        .envs(extra.iter().copied())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start controller");
-    Proc { child, port }
+fn start(ns: &str, log: &Path, extra: &[(&str, &str)]) -> ControllerProcess {
+    let mut env = vec![("WATCH_NAMESPACES", ns)];
+    env.extend_from_slice(extra);
+    ControllerProcess::start(Path::new(BIN), log, &env)
 }
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -54,70 +37,6 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn apply_cuc(ns: &str, name: &str, pool: &str) {
-    let manifest = format!(
-        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  identityPoolId: {pool}\n"
-    );
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .envs(testbed().env())
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(manifest.as_bytes())
-        .expect("write");
-    assert!(child.wait().expect("kubectl").success());
-}
-
-fn kubectl(args: &[&str]) {
-    let ok = Command::new("kubectl")
-        .args(args)
-        .envs(testbed().env())
-        .status()
-        .expect("kubectl");
-    assert!(ok.success(), "kubectl {args:?}");
-}
-
-fn install_crd() {
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/crds/"),
-    ]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/cognitounauthcredentials.cognito.kubecred.io",
-        "--timeout=30s",
-    ]);
-}
-
-fn signal(p: &Proc, sig: &str) {
-    kubectl_free_kill(sig, p.child.id());
-}
-
-fn kubectl_free_kill(sig: &str, pid: u32) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
-
-async fn exit_status(p: &mut Proc) -> std::process::ExitStatus {
-    eventually(Duration::from_secs(20), "the controller to exit", || {
-        let s = p.child.try_wait().expect("wait");
-        async move { s }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn readyz_and_metrics_show_the_resource_and_cognito_calls() {
     let proxy = Proxy::new();
@@ -127,9 +46,8 @@ async fn readyz_and_metrics_show_the_resource_and_cognito_calls() {
         .await;
     let ns = TestNs::new("metrics").await;
     install_crd();
-    let dir = std::env::temp_dir().join(format!("cuc-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut p = start(&ns.name, &dir.join("c.log"), &[]);
+    let dir = test_dir(&ns.name);
+    let p = start(&ns.name, &dir.join("c.log"), &[]);
     assert_eq!(
         eventually(Duration::from_secs(30), "/livez", || get(p.port, "/livez"))
             .await
@@ -141,7 +59,7 @@ async fn readyz_and_metrics_show_the_resource_and_cognito_calls() {
     })
     .await;
 
-    apply_cuc(&ns.name, "app", &pool);
+    kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
     kubectl(&[
         "-n",
         &ns.name,
@@ -224,8 +142,7 @@ async fn readyz_and_metrics_show_the_resource_and_cognito_calls() {
     })
     .await;
 
-    signal(&p, "-TERM");
-    assert!(exit_status(&mut p).await.success());
+    assert!(p.terminate().success());
     ns.cleanup().await;
 }
 
@@ -238,8 +155,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
         .await;
     let ns = TestNs::new("leader").await;
     install_crd();
-    let dir = std::env::temp_dir().join(format!("cuc-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir(&ns.name);
     let le = |id: &'static str| {
         vec![
             ("LEADER_ELECT", "true"),
@@ -267,14 +183,14 @@ async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
     .await
     .expect("replica-a leads")
     .unwrap();
-    let mut b = start(&ns.name, &dir.join("b.log"), &le("replica-b"));
+    let b = start(&ns.name, &dir.join("b.log"), &le("replica-b"));
     // The standby is ready too (readiness does not depend on leading).
     eventually(Duration::from_secs(30), "standby /readyz 200", || async {
         get(b.port, "/readyz").await.filter(|(s, _)| *s == 200)
     })
     .await;
 
-    apply_cuc(&ns.name, "app", &pool);
+    kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
     kubectl(&[
         "-n",
         &ns.name,
@@ -302,8 +218,8 @@ async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
 
     // Kill the leader outright: the standby takes over within the lease duration.
     let killed_at = std::time::Instant::now();
-    signal(&a, "-KILL");
-    let _ = exit_status(&mut a).await;
+    a.signal("-KILL");
+    let _ = a.wait_exit();
     tokio::time::timeout(
         Duration::from_secs(20),
         await_condition(
@@ -331,8 +247,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
     assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
 
     // SIGTERM: the leader releases the Lease and exits 0.
-    signal(&b, "-TERM");
-    assert!(exit_status(&mut b).await.success());
+    assert!(b.terminate().success());
     let l = leases.get("cognito-unauth-controller").await.unwrap();
     assert_eq!(holder(Some(&l)), "", "the Lease was not released");
     ns.cleanup().await;

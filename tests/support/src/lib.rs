@@ -318,3 +318,145 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs kubectl against the test bed; panics with its stderr when it fails.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .envs(testbed().env())
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl apply --server-side` of `manifests` (YAML, any number of documents).
+pub fn kubectl_apply(manifests: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kubectl")
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "tests",
+            "-f",
+            "-",
+        ])
+        .envs(testbed().env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(manifests.as_bytes())
+        .expect("write manifests");
+    let out = child.wait_with_output().expect("kubectl");
+    assert!(
+        out.status.success(),
+        "the API server refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Installs the CRD from crds/ and waits until it is Established.
+pub fn install_crd() {
+    let crds = root().join("crds");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        "tests",
+        "-f",
+        &crds.display().to_string(),
+    ]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/cognitounauthcredentials.cognito.kubecred.io",
+        "--timeout=30s",
+    ]);
+}
+
+/// A minimal CognitoUnauthCredential manifest.
+pub fn cuc_manifest(namespace: &str, name: &str, pool: &str) -> String {
+    format!(
+        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  identityPoolId: {pool}\n"
+    )
+}
+
+/// The controller binary running as a child process, logging to a file.
+pub struct ControllerProcess {
+    pub child: std::process::Child,
+    /// Port of its HTTP server (/livez, /readyz, /metrics) on 127.0.0.1.
+    pub port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl ControllerProcess {
+    /// Starts `bin` with the test bed's environment plus `env`, logging to `log`.
+    pub fn start(bin: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let out = std::fs::File::create(log).expect("log file");
+        let child = std::process::Command::new(bin)
+            .envs(testbed().env())
+            .env("METRICS_ADDRESS", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("start controller");
+        Self { child, port }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    }
+
+    /// Waits (at most 20 s) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the controller did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        self.wait_exit()
+    }
+}
+
+/// A fresh directory for a test's files (logs, kubeconfigs).
+pub fn test_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cuc-test-{name}"));
+    std::fs::create_dir_all(&d).expect("test dir");
+    d
+}
