@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use serde_json::json;
 use testbed_support::{
     ControllerProcess, Proxy, TestNs, cuc_manifest, install_crd, kubectl, kubectl_apply, test_dir,
     testbed,
@@ -48,10 +47,7 @@ fn aws_client(cmd: &Path, args: &[&str], extra: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn binary_issues_credentials_that_real_aws_clients_accept() {
     let proxy = Proxy::new();
-    let pool = proxy.create_pool(true).await;
-    proxy
-        .add_rule(json!({"pool": pool, "unique_credentials": true, "lifetime_seconds": 3600}))
-        .await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("binary").await;
     let dir = test_dir(&ns.name);
     install_crd();

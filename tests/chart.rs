@@ -136,10 +136,7 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
 #[tokio::test]
 async fn cluster_mode_rbac_is_enough_for_the_whole_flow() {
     let proxy = Proxy::new();
-    let pool = proxy.create_pool(true).await;
-    proxy
-        .add_rule(json!({"pool": pool, "unique_credentials": true, "lifetime_seconds": 3600}))
-        .await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("chart-cluster").await;
     let release = format!("c{}", rand_suffix());
     let rendered = template(
@@ -226,10 +223,7 @@ async fn cluster_mode_rbac_is_enough_for_the_whole_flow() {
 #[tokio::test]
 async fn namespaced_mode_works_in_its_namespace_and_is_refused_elsewhere() {
     let proxy = Proxy::new();
-    let pool = proxy.create_pool(true).await;
-    proxy
-        .add_rule(json!({"pool": pool, "unique_credentials": true, "lifetime_seconds": 3600}))
-        .await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("chart-ns").await;
     let other = TestNs::new("chart-other").await;
     let release = format!("n{}", rand_suffix());

@@ -80,15 +80,6 @@ impl Running {
     }
 }
 
-/// A pool of the test's own, with credentials unique per call and the given lifetime.
-async fn pool(proxy: &Proxy, lifetime_seconds: u64) -> String {
-    let pool = proxy.create_pool(true).await;
-    proxy
-        .add_rule(json!({"pool": pool, "unique_credentials": true, "lifetime_seconds": lifetime_seconds, "semantics": true}))
-        .await;
-    pool
-}
-
 async fn create_cuc(ns: &TestNs, name: &str, spec: Value) -> CognitoUnauthCredential {
     let obj: CognitoUnauthCredential = serde_json::from_value(json!({
         "apiVersion": "cognito.kubecred.io/v1alpha1",
@@ -235,7 +226,7 @@ async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Duration) 
 #[tokio::test]
 async fn issues_a_complete_secret_with_one_identity_and_honest_status() {
     let proxy = Proxy::new();
-    let pool = pool(&proxy, 3600).await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("issue").await;
     let ctl = Running::start(&ns).await;
     create_cuc(
@@ -352,7 +343,7 @@ async fn issues_a_complete_secret_with_one_identity_and_honest_status() {
 async fn rotates_from_the_real_expiration_with_one_identity_and_survives_a_restart() {
     let proxy = Proxy::new();
     // 12 s credentials: renewBefore (20m) is longer, so rotation at two thirds (~8 s).
-    let pool = pool(&proxy, 12).await;
+    let pool = proxy.realistic_pool(12).await;
     let ns = TestNs::new("rotate").await;
     let ctl = Running::start(&ns).await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
@@ -412,7 +403,7 @@ async fn rotates_from_the_real_expiration_with_one_identity_and_survives_a_resta
 #[tokio::test]
 async fn suspend_stops_calls_and_keeps_the_secret() {
     let proxy = Proxy::new();
-    let pool = pool(&proxy, 6).await;
+    let pool = proxy.realistic_pool(6).await;
     let ns = TestNs::new("suspend").await;
     let ctl = Running::start(&ns).await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
@@ -458,7 +449,7 @@ async fn suspend_stops_calls_and_keeps_the_secret() {
 #[tokio::test]
 async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
     let proxy = Proxy::new();
-    let pool = pool(&proxy, 3600).await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("drift").await;
     let ctl = Running::start(&ns).await;
     create_cuc(
@@ -577,7 +568,7 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
 #[tokio::test]
 async fn never_takes_a_secret_it_does_not_own() {
     let proxy = Proxy::new();
-    let pool = pool(&proxy, 3600).await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("conflict").await;
     let secrets = ns.api::<Secret>();
     let theirs: Secret = serde_json::from_value(json!({
@@ -618,7 +609,7 @@ async fn never_takes_a_secret_it_does_not_own() {
 #[tokio::test]
 async fn deleting_the_resource_garbage_collects_the_secret() {
     let proxy = Proxy::new();
-    let pool = pool(&proxy, 3600).await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("gc").await;
     let ctl = Running::start(&ns).await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
@@ -645,7 +636,7 @@ async fn deleting_the_resource_garbage_collects_the_secret() {
 #[tokio::test]
 async fn errors_become_reasons_and_the_last_good_secret_is_kept() {
     let proxy = Proxy::new();
-    let pool = pool(&proxy, 3600).await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("errors").await;
     let ctl = Running::start(&ns).await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
@@ -762,7 +753,7 @@ async fn terminal_errors_on_first_issue_and_expiry_of_kept_credentials() {
         .await;
     create_cuc(&ns, "guest-off", json!({"identityPoolId": off})).await;
     // Credentials that expire while Cognito throttles: Expired only once really expired.
-    let short = pool(&proxy, 4).await;
+    let short = proxy.realistic_pool(4).await;
     create_cuc(&ns, "expiring", json!({"identityPoolId": short})).await;
     wait_reason(&ns, "expiring", "True", "CredentialsIssued").await;
     proxy
@@ -805,7 +796,7 @@ async fn terminal_errors_on_first_issue_and_expiry_of_kept_credentials() {
 #[tokio::test]
 async fn a_forgotten_identity_is_recreated_and_a_new_pool_gets_a_new_identity() {
     let proxy = Proxy::new();
-    let pool_a = pool(&proxy, 3600).await;
+    let pool_a = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("identity").await;
     let ctl = Running::start(&ns).await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool_a})).await;
@@ -848,7 +839,7 @@ async fn a_forgotten_identity_is_recreated_and_a_new_pool_gets_a_new_identity() 
         "{ev:?}"
     );
 
-    let pool_b = pool(&proxy, 3600).await;
+    let pool_b = proxy.realistic_pool(3600).await;
     cucs.patch(
         "app",
         &PatchParams::default(),
@@ -874,7 +865,7 @@ async fn a_forgotten_identity_is_recreated_and_a_new_pool_gets_a_new_identity() 
 #[tokio::test]
 async fn status_is_written_only_when_it_changes() {
     let proxy = Proxy::new();
-    let pool = pool(&proxy, 3600).await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("status").await;
     let ctl = Running::start(&ns).await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;

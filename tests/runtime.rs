@@ -40,10 +40,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn readyz_and_metrics_show_the_resource_and_cognito_calls() {
     let proxy = Proxy::new();
-    let pool = proxy.create_pool(true).await;
-    proxy
-        .add_rule(json!({"pool": pool, "unique_credentials": true, "lifetime_seconds": 3600}))
-        .await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("metrics").await;
     install_crd();
     let dir = test_dir(&ns.name);
@@ -149,10 +146,7 @@ async fn readyz_and_metrics_show_the_resource_and_cognito_calls() {
 #[tokio::test]
 async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
     let proxy = Proxy::new();
-    let pool = proxy.create_pool(true).await;
-    proxy
-        .add_rule(json!({"pool": pool, "unique_credentials": true, "lifetime_seconds": 3600}))
-        .await;
+    let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("leader").await;
     install_crd();
     let dir = test_dir(&ns.name);

@@ -240,6 +240,20 @@ impl Proxy {
         v["IdentityPoolId"].as_str().expect("pool id").to_string()
     }
 
+    /// A guest-enabled pool of the caller's own whose credentials are unique per call and
+    /// live `lifetime_seconds`, with Cognito's semantics (unknown pool, guest off) on.
+    pub async fn realistic_pool(&self, lifetime_seconds: u64) -> String {
+        let pool = self.create_pool(true).await;
+        self.add_rule(json!({
+            "pool": pool,
+            "unique_credentials": true,
+            "lifetime_seconds": lifetime_seconds,
+            "semantics": true,
+        }))
+        .await;
+        pool
+    }
+
     pub async fn set_guest(&self, pool: &str, guest: bool) {
         self.call(
             reqwest::Method::PUT,
