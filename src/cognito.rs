@@ -108,6 +108,9 @@ pub async fn load_sdk_config(timeouts: Timeouts, endpoint: Option<&str>) -> SdkC
         loader = loader.endpoint_url(url);
     }
     loader
+        // Each pool's region is set per client; a fixed base region keeps the SDK from
+        // probing the environment for one (no instance-metadata calls).
+        .region(Region::new("us-east-1"))
         .no_credentials()
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(

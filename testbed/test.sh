@@ -38,4 +38,6 @@ testbed/up.sh
 source "$LOCAL/env"
 step "tests against the real control plane and the Cognito emulator"
 cargo test --locked --test '*'
+step "container image: the Dockerfile's final stage with buildah, and its binary runs"
+testbed/image.sh
 log "make test passed in $(( $(date +%s) - t_start ))s"
