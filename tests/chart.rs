@@ -173,7 +173,20 @@ async fn cluster_mode_rbac_is_enough_for_the_whole_flow() {
         "replicas > 1 must turn leader election on"
     );
     assert!(rendered.contains("helm.sh/resource-policy: keep"));
-    kubectl_apply(&rendered);
+    // Pod Security "restricted" enforced on the release namespace: the API server warns
+    // about any workload whose pods would violate it.
+    kubectl(&[
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    let warnings = kubectl_apply(&rendered);
+    assert!(
+        !warnings.contains("PodSecurity"),
+        "the chart's pods are not restricted-compliant: {warnings}"
+    );
 
     let dir = test_dir(&ns.name);
     let sa = format!("{release}-cognito-unauth-controller");

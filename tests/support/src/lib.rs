@@ -348,8 +348,9 @@ pub fn kubectl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `kubectl apply --server-side` of `manifests` (YAML, any number of documents).
-pub fn kubectl_apply(manifests: &str) {
+/// `kubectl apply --server-side` of `manifests` (YAML, any number of documents); returns
+/// kubectl's warnings (stderr).
+pub fn kubectl_apply(manifests: &str) -> String {
     use std::io::Write;
     let mut child = std::process::Command::new("kubectl")
         .args([
@@ -379,6 +380,7 @@ pub fn kubectl_apply(manifests: &str) {
         "the API server refused: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Installs the CRD from crds/ and waits until it is Established.
