@@ -37,7 +37,8 @@ testbed/up.sh
 # shellcheck disable=SC1091
 source "$LOCAL/env"
 step "tests against the real control plane and the Cognito emulator"
-cargo test --locked --test '*'
+# The tests mostly wait on the API server and the emulator: run more than the 2 cores.
+cargo test --locked --test '*' -- --test-threads 8
 step "container image: the Dockerfile's final stage with buildah, and its binary runs"
 testbed/image.sh
 log "make test passed in $(( $(date +%s) - t_start ))s"

@@ -23,6 +23,10 @@ use testbed_support::{Proxy, TestNs, install_crd, testbed};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The fault matrix (docs/reliability.md is generated from it).
+#[path = "controller/faults.rs"]
+mod faults;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn rand_number() -> u64 {
@@ -38,8 +42,12 @@ struct Running {
 
 impl Running {
     async fn start(ns: &TestNs) -> Self {
+        Self::start_with(ns, Timeouts::default()).await
+    }
+
+    async fn start_with(ns: &TestNs, timeouts: Timeouts) -> Self {
         install_crd();
-        let sdk = load_sdk_config(Timeouts::default(), Some(&testbed().cognito_endpoint)).await;
+        let sdk = load_sdk_config(timeouts, Some(&testbed().cognito_endpoint)).await;
         let (tx, rx) = oneshot::channel::<()>();
         let settings = Settings {
             namespaces: vec![ns.name.clone()],
@@ -561,6 +569,12 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
     .await
     .expect("old Secret removed in time")
     .unwrap();
+    faults::record(
+        "user-edits-secret",
+        "A user deletes the Secret, or edits its data",
+        "put right within seconds with fresh credentials (the old ones are gone); one GetCredentialsForIdentity each; same identity",
+        "recreated and repaired, 1 call each, 1 GetId in all",
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }
@@ -602,6 +616,12 @@ async fn never_takes_a_secret_it_does_not_own() {
             .message
             .contains("not owned")
     );
+    faults::record(
+        "unowned-secret",
+        "An unowned Secret already holds the name",
+        "left untouched (same resourceVersion and data); Ready=False/SecretConflict; Warning event; no Cognito call",
+        "untouched, 0 calls",
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }
@@ -627,6 +647,12 @@ async fn deleting_the_resource_garbage_collects_the_secret() {
     .await
     .expect("the garbage collector removed the Secret in time")
     .unwrap();
+    faults::record(
+        "user-deletes-resource",
+        "A user deletes the resource",
+        "its Secret is deleted by the garbage collector (owner reference, controller=true)",
+        "Secret gone",
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }
