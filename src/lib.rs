@@ -13,6 +13,8 @@ pub mod crd;
 pub mod http;
 pub mod metrics;
 pub mod plan;
+#[cfg(test)]
+mod properties;
 pub mod reconcile;
 pub mod schedule;
 pub mod secret;
