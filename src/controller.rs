@@ -24,6 +24,9 @@ use crate::metrics::{Metered, Metrics};
 use crate::reconcile::{self, Context, MANAGER};
 use crate::secret::MANAGED_SELECTOR;
 
+/// How long in-flight reconciles may run on after a stop request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Leader election on a Lease.
 #[derive(Debug, Clone)]
 pub struct LeaderElection {
@@ -229,7 +232,18 @@ async fn run_controllers<C: Cognito>(
             info!("caches synced; ready");
         })
     };
-    join_all(runs).await;
+    // Graceful shutdown lets in-flight reconciles finish; it cannot end a controller whose
+    // caches never synced (e.g. its list is forbidden), so after a stop request give it a
+    // bounded grace, then abandon the rest. Reconciles are idempotent: abandoning one
+    // leaves either the old or the new Secret, never a partial one.
+    let mut stopping = stop_rx.clone();
+    tokio::select! {
+        _ = join_all(runs) => {}
+        _ = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => warn!(grace = ?SHUTDOWN_GRACE, "in-flight work did not finish in time; abandoned"),
+    }
     ready.abort();
     info!("controller stopped");
 }

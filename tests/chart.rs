@@ -293,3 +293,194 @@ async fn namespaced_mode_works_in_its_namespace_and_is_refused_elsewhere() {
     ns.cleanup().await;
     other.cleanup().await;
 }
+
+/// One run of the full flow as `sa`: issue, force a rotation (a second event of the same
+/// reason is a patch), rename the Secret (the old one is deleted); leader election on.
+/// Returns whether anything was refused (in the log) or the flow did not complete.
+fn flow_as(ns: &str, sa: &str, pool: &str) -> bool {
+    let dir = test_dir(ns);
+    let child = controller_as(
+        ns,
+        sa,
+        &dir,
+        &[
+            ("WATCH_NAMESPACES", ns),
+            ("LEADER_ELECT", "true"),
+            ("LEADER_ELECTION_NAMESPACE", ns),
+            ("LEADER_ELECTION_LEASE_NAME", sa),
+            ("POD_NAME", "minimality"),
+        ],
+    );
+    let name = "app".to_string();
+    kubectl_apply(&cuc_manifest(ns, &name, pool));
+    let wait = |what: &str| {
+        Command::new("kubectl")
+            .args([
+                "-n",
+                ns,
+                "wait",
+                what,
+                &format!("cuc/{name}"),
+                "--timeout=12s",
+            ])
+            .envs(testbed().env())
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let mut completed = wait("--for=condition=Ready");
+    if completed {
+        kubectl(&[
+            "-n",
+            ns,
+            "annotate",
+            &format!("cuc/{name}"),
+            "cognito.kubecred.io/force-rotate=1",
+        ]);
+        let rotated = Command::new("kubectl")
+            .args([
+                "-n",
+                ns,
+                "wait",
+                "--for=jsonpath={.metadata.annotations.cognito\\.kubecred\\.io/force-rotate}=1",
+                &format!("secret/{name}"),
+                "--timeout=12s",
+            ])
+            .envs(testbed().env())
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        completed = rotated;
+        kubectl_apply(&format!(
+            "{}  secretName: {name}-renamed\n",
+            cuc_manifest(ns, &name, pool)
+        ));
+        let deleted = Command::new("kubectl")
+            .args([
+                "-n",
+                ns,
+                "wait",
+                "--for=delete",
+                &format!("secret/{name}"),
+                "--timeout=12s",
+            ])
+            .envs(testbed().env())
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        completed &= deleted;
+    }
+    // Exit status aside: without its Lease permissions the controller exits with an error.
+    let _ = child.terminate();
+    let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
+    !completed || log.contains("forbidden") || log.contains("Forbidden")
+}
+
+/// The chart's RBAC is the minimum: with all of it the flow runs clean; with any single
+/// verb removed, the API server refuses something the controller does.
+#[tokio::test]
+async fn every_verb_in_the_chart_rbac_is_needed() {
+    let proxy = Proxy::new();
+    let pool = proxy.realistic_pool(3600).await;
+    let ns = TestNs::new("minimal-rbac").await;
+    let release = format!("m{}", rand_suffix());
+    let rendered = template(
+        &release,
+        &ns.name,
+        &[
+            &format!("watchNamespaces={{{}}}", ns.name),
+            "replicaCount=2",
+            "crds.install=false",
+        ],
+    )
+    .expect("render");
+    let docs: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d["kind"] == "Role")
+        .collect();
+    // (role name, rule index, verb) for every verb the chart grants.
+    let mut grants = vec![];
+    for role in &docs {
+        for (i, rule) in role["rules"].as_array().expect("rules").iter().enumerate() {
+            for verb in rule["verbs"].as_array().expect("verbs") {
+                grants.push((role.clone(), i, verb.as_str().expect("verb").to_string()));
+            }
+        }
+    }
+    assert!(grants.len() >= 14, "{grants:?}");
+
+    // Each variant in a namespace of its own (a controller acts on its whole namespace),
+    // with a ServiceAccount bound to the chart's Roles less one verb.
+    let variant = |ns: &str, skip: Option<(&serde_json::Value, usize, &str)>| {
+        let mut out = format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: controller, namespace: {ns}}}\n"
+        );
+        for role in &docs {
+            let mut role = role.clone();
+            if let Some((r, i, verb)) = skip
+                && r["metadata"]["name"] == role["metadata"]["name"]
+            {
+                role["rules"][i]["verbs"]
+                    .as_array_mut()
+                    .expect("verbs")
+                    .retain(|v| v != verb);
+                // A rule left with no verb is not a valid rule: drop it.
+                role["rules"]
+                    .as_array_mut()
+                    .expect("rules")
+                    .retain(|r| r["verbs"].as_array().is_some_and(|v| !v.is_empty()));
+            }
+            let name = role["metadata"]["name"].as_str().expect("name").to_string();
+            role["metadata"]["namespace"] = json!(ns);
+            out.push_str("---\n");
+            out.push_str(&serde_json::to_string(&role).expect("json"));
+            out.push_str(&format!(
+                "\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\nsubjects: [{{kind: ServiceAccount, name: controller, namespace: {ns}}}]\n"
+            ));
+        }
+        out
+    };
+    kubectl_apply(&variant(&ns.name, None));
+    let (n, p) = (ns.name.clone(), pool.clone());
+    let full = tokio::task::spawn_blocking(move || flow_as(&n, "controller", &p))
+        .await
+        .expect("flow");
+    assert!(!full, "the chart's full RBAC was refused something");
+
+    let mut spaces = vec![];
+    let mut labels = vec![];
+    for (role, i, verb) in &grants {
+        let vns = TestNs::new("minus").await;
+        kubectl_apply(&variant(&vns.name, Some((role, *i, verb))));
+        let resource = role["rules"][*i]["resources"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        labels.push(format!("{verb} {resource}"));
+        spaces.push(vns);
+    }
+    // Blocking runs (processes, kubectl wait) side by side on the blocking pool.
+    let results: Vec<bool> = futures::future::join_all(spaces.iter().map(|vns| {
+        let (n, p) = (vns.name.clone(), pool.clone());
+        tokio::task::spawn_blocking(move || flow_as(&n, "controller", &p))
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.expect("flow"))
+    .collect();
+    let unneeded: Vec<_> = labels
+        .iter()
+        .zip(&results)
+        .filter(|(_, refused)| !**refused)
+        .map(|(l, _)| l.clone())
+        .collect();
+    assert!(
+        unneeded.is_empty(),
+        "verbs the flow never needed: {unneeded:?}"
+    );
+    for vns in spaces {
+        vns.cleanup().await;
+    }
+    ns.cleanup().await;
+}

@@ -470,6 +470,16 @@ impl ControllerProcess {
     }
 }
 
+impl Drop for ControllerProcess {
+    /// A test that fails half-way must not leave its controller running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A fresh directory for a test's files (logs, kubeconfigs).
 pub fn test_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("cuc-test-{name}"));
