@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down unit lint crds check-crds image reliability testbed-binaries
+.PHONY: help run test up down unit lint crds check-crds fuzz image reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ check-crds: ## Fail when crds/ is stale
 
 reliability: ## Run the fault matrix and regenerate docs/reliability.md
 	testbed/reliability.sh
+
+fuzz: ## Run each cargo-fuzz target for FUZZ_SECONDS (default 60); needs nightly and cargo-fuzz
+	cd fuzz && for t in secret_inspect cognito_credentials; do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; done
 
 image: ## Build the Dockerfile's final stage with buildah from a host-built static binary
 	testbed/image.sh
