@@ -115,6 +115,27 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // The Prometheus Operator objects render (their CRDs are not on the test bed).
+    let monitoring = template(
+        "x",
+        "default",
+        &["serviceMonitor.enabled=true", "prometheusRule.enabled=true"],
+    )
+    .expect("render");
+    let k = kinds(&monitoring);
+    assert!(
+        k.iter().any(|x| x == "ServiceMonitor") && k.iter().any(|x| x == "PrometheusRule"),
+        "{k:?}"
+    );
+    assert!(monitoring.contains(
+        "cognito_unauth_controller_credential_expiration_timestamp_seconds - time() < 600"
+    ));
+    assert!(
+        monitoring.contains(
+            "cognito_unauth_controller_credential_ready_status{condition=\"False\"} == 1"
+        )
+    );
+
     let bad = [
         "replicaCount=-1",
         "logFormat=xml",
