@@ -98,6 +98,46 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     );
     assert!(who.starts_with("arn:aws:"), "{who}");
 
+    // A failure and a drift repair, so errors and every event kind are in what we scan.
+    let throttle = proxy
+        .add_rule(
+            serde_json::json!({"pool": pool, "error": "TooManyRequestsException", "times": 1}),
+        )
+        .await;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "cuc/app",
+        "cognito.kubecred.io/force-rotate=1",
+    ]);
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=jsonpath={.status.lastFailureReason}=Throttled",
+        "cuc/app",
+        "--timeout=30s",
+    ]);
+    proxy.delete_rule(throttle).await;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=jsonpath={.metadata.annotations.cognito\\.kubecred\\.io/force-rotate}=1",
+        "secret/app",
+        "--timeout=30s",
+    ]);
+    kubectl(&["-n", &ns.name, "delete", "secret", "app"]);
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=create",
+        "secret/app",
+        "--timeout=30s",
+    ]);
+
     // SIGTERM: exits 0. A restart with valid credentials makes no Cognito call.
     assert!(first.terminate().success());
     let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
@@ -118,14 +158,32 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
     assert!(second.terminate().success());
 
-    // Debug logs never carry the credentials the proxy issued.
+    // Nothing the controller wrote carries the credentials the proxy issued: its logs at
+    // debug level, the events, the resource (status, conditions, error messages).
     let logs = std::fs::read_to_string(dir.join("controller.log")).unwrap()
         + &std::fs::read_to_string(dir.join("controller2.log")).unwrap();
-    assert!(logs.contains("credentials rotated"), "debug log is empty?");
-    for c in proxy.issued().await {
+    assert!(
+        logs.contains("credentials rotated") && logs.contains("rotation failed"),
+        "debug log incomplete?"
+    );
+    let events = kubectl(&["-n", &ns.name, "get", "events", "-o", "json"]);
+    assert!(
+        events.contains("RotationFailed") && events.contains("CredentialsRotated"),
+        "{events}"
+    );
+    let resource = kubectl(&["-n", &ns.name, "get", "cuc", "app", "-o", "json"]);
+    let issued = proxy.issued().await;
+    assert!(issued.len() >= 3, "{} credentials issued", issued.len());
+    for c in issued {
         for k in ["AccessKeyId", "SecretKey", "SessionToken"] {
             let v = c[k].as_str().unwrap();
-            assert!(!logs.contains(v), "{k} leaked into the logs");
+            for (what, text) in [
+                ("logs", &logs),
+                ("events", &events),
+                ("the resource", &resource),
+            ] {
+                assert!(!text.contains(v), "{k} leaked into {what}");
+            }
         }
     }
     ns.cleanup().await;
