@@ -13,12 +13,15 @@ testbed/up.sh
 source "$LOCAL/env"
 cargo test --locked --test controller -- --test-threads 8 \
   faults:: repairs_a_deleted never_takes deleting_the_resource
+cargo test --locked --test runtime -- --test-threads 8 one_leader leader_failover
+cargo test --locked --test apiserver_restart
 python3 - "$rows" > docs/reliability.md <<'PY'
 import json, os, sys, platform, datetime
 rows = [json.load(open(os.path.join(sys.argv[1], f))) for f in sorted(os.listdir(sys.argv[1]))]
 print("# Reliability: the fault matrix\n")
 print("Each row is a test against the real API server and the Cognito emulator behind the")
-print("proxy (tests/controller/faults.rs and tests/controller.rs); a row is written only when its")
+print("proxy (tests/controller/faults.rs, tests/controller.rs, tests/runtime.rs,")
+print("tests/apiserver_restart.rs); a row is written only when its")
 print("test passes. Rerun and regenerate this page with `make reliability`.\n")
 print("In every Cognito fault the test also watches every version of the Secret while the")
 print("fault lasts and asserts that each one is present and intact (never empty, partial or")
@@ -29,10 +32,9 @@ for r in rows:
     print(f"| {r['fault']} | {r['asserted']} | {r['measured']} | {r['result']} |")
 print()
 print(f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} cores.\n")
-print("Covered elsewhere: leader failover without rotation and SIGTERM releasing the Lease")
-print("(tests/runtime.rs); throttling, 5xx, resets and every error class's reason with the")
-print("Secret kept (tests/controller.rs). Not yet in the matrix: the API server restarted")
-print("mid-run, a conflicting writer between read and write (409), leader failover during a")
-print("rotation.")
+print("Covered elsewhere: SIGTERM releasing the Lease (tests/runtime.rs); every error")
+print("class's reason with the Secret kept (tests/controller.rs); admission refusals")
+print("(tests/admission.rs); the chart's RBAC being minimal (tests/chart.rs). Not yet in the")
+print("matrix: a conflicting writer between the controller's read and write (409).")
 PY
 log "wrote docs/reliability.md from $(ls "$rows" | wc -l) rows"

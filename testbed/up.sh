@@ -84,19 +84,22 @@ wait_until 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health" \
 api_port=$(free_port)
 api_url="https://127.0.0.1:$api_port"
 echo "$api_url" > "$RUN/apiserver.url"
-start kube-apiserver "$K8S_BIN/kube-apiserver" \
-  --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-  --client-ca-file "$pki/ca.crt" \
-  --authorization-mode RBAC \
-  --service-account-issuer https://kubernetes.default.svc \
-  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/24 \
-  --audit-log-path "$RUN/audit.log" --audit-policy-file "$ROOT/testbed/audit-policy.yaml" \
-  --audit-log-maxsize 200 --audit-log-maxbackup 1 \
-  --profiling=false \
+apiserver_args=(
+  --etcd-servers "http://127.0.0.1:$etcd_port"
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port"
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key"
+  --client-ca-file "$pki/ca.crt"
+  --authorization-mode RBAC
+  --service-account-issuer https://kubernetes.default.svc
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key"
+  --service-cluster-ip-range 10.96.0.0/24
+  --audit-log-path "$RUN/audit.log" --audit-policy-file "$ROOT/testbed/audit-policy.yaml"
+  --audit-log-maxsize 200 --audit-log-maxbackup 1
+  --profiling=false
   --v=0
+)
+printf '%s\n' "$K8S_BIN/kube-apiserver" "${apiserver_args[@]}" > "$RUN/kube-apiserver.cmd"
+start kube-apiserver "$K8S_BIN/kube-apiserver" "${apiserver_args[@]}"
 
 kubeconfig() { # FILE USER CERT KEY
   cat > "$1" <<KC

@@ -241,9 +241,120 @@ async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
     );
     assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
 
+    testbed_support::record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "failover",
+        "Leader SIGKILLed while idle; a standby holds",
+        "exactly one replica reconciles; the standby takes the Lease within the lease duration and rotates nothing still valid",
+        &format!(
+            "takeover {:.1}s after the kill (lease 6 s); 0 extra Cognito calls",
+            took.as_secs_f64()
+        ),
+    );
+
     // SIGTERM: the leader releases the Lease and exits 0.
     assert!(b.terminate().success());
     let l = leases.get("cognito-unauth-controller").await.unwrap();
     assert_eq!(holder(Some(&l)), "", "the Lease was not released");
+    ns.cleanup().await;
+}
+
+/// Leader failover in the middle of a rotation: the leader dies with
+/// GetCredentialsForIdentity in flight; the standby takes the Lease and finishes the
+/// rotation once, with the same identity.
+#[tokio::test]
+async fn leader_failover_during_a_rotation_finishes_it_once() {
+    let proxy = Proxy::new();
+    let pool = proxy.realistic_pool(3600).await;
+    let ns = TestNs::new("failover-rotation").await;
+    install_crd();
+    let dir = test_dir(&ns.name);
+    let le = |id: &'static str| {
+        vec![
+            ("LEADER_ELECT", "true"),
+            ("LEADER_ELECTION_NAMESPACE", ns.name.as_str()),
+            ("LEADER_ELECTION_LEASE_DURATION_SECONDS", "6"),
+            ("LEADER_ELECTION_RENEW_GRACE_SECONDS", "2"),
+            ("POD_NAME", id),
+        ]
+    };
+    let mut a = start(&ns.name, &dir.join("a.log"), &le("replica-a"));
+    kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=condition=Ready",
+        "cuc/app",
+        "--timeout=30s",
+    ]);
+    let b = start(&ns.name, &dir.join("b.log"), &le("replica-b"));
+    let key = |s: &k8s_openapi::api::core::v1::Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("AWS_ACCESS_KEY_ID"))
+            .map(|v| v.0.clone())
+    };
+    let before = key(&ns
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("app")
+        .await
+        .unwrap());
+
+    proxy
+        .add_rule(json!({"pool": pool, "operation": "GetCredentialsForIdentity", "delay_ms": 4000, "times": 1}))
+        .await;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "cuc/app",
+        "cognito.kubecred.io/force-rotate=1",
+    ]);
+    eventually(
+        Duration::from_secs(20),
+        "the rotation in flight",
+        || async {
+            (proxy.pool_calls(&pool, "GetCredentialsForIdentity").await == 2).then_some(())
+        },
+    )
+    .await;
+    let killed = std::time::Instant::now();
+    a.signal("-KILL");
+    let _ = a.wait_exit();
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=jsonpath={.metadata.annotations.cognito\\.kubecred\\.io/force-rotate}=1",
+        "secret/app",
+        "--timeout=30s",
+    ]);
+    let took = killed.elapsed();
+    let secret = ns
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("app")
+        .await
+        .unwrap();
+    assert!(cognito_unauth_controller::secret::inspect(&secret, "").intact);
+    assert_ne!(key(&secret), before);
+    tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may happen
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        3,
+        "one lost call, one by the new leader"
+    );
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
+    assert!(b.terminate().success());
+    testbed_support::record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "failover-rotation",
+        "Leader SIGKILLed with GetCredentialsForIdentity in flight; a standby holds",
+        "the standby takes the Lease and finishes the rotation once (same identity); the Secret is intact throughout",
+        &format!(
+            "rotation finished {:.1}s after the kill (lease 6 s); 1 GetId; 3 GetCredentialsForIdentity (1 initial, 1 lost, 1 by the new leader)",
+            took.as_secs_f64()
+        ),
+    );
     ns.cleanup().await;
 }

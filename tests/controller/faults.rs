@@ -84,10 +84,7 @@ impl SecretLog {
 
 /// A row of docs/reliability.md.
 pub(crate) fn record(id: &str, fault: &str, asserted: &str, measured: &str) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-matrix");
-    std::fs::create_dir_all(&dir).expect("fault-matrix dir");
-    let row = json!({"id": id, "fault": fault, "asserted": asserted, "measured": measured, "result": "pass"});
-    std::fs::write(dir.join(format!("{id}.json")), row.to_string()).expect("write row");
+    testbed_support::record_fault(env!("CARGO_TARGET_TMPDIR"), id, fault, asserted, measured);
 }
 
 /// The most attempts the backoff allows within `window` after a first failed attempt:

@@ -486,3 +486,12 @@ pub fn test_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("test dir");
     d
 }
+
+/// Writes a row of docs/reliability.md (`make reliability` collects them) under
+/// `target_tmpdir` (the test's `CARGO_TARGET_TMPDIR`). Call it when the test has passed.
+pub fn record_fault(target_tmpdir: &str, id: &str, fault: &str, asserted: &str, measured: &str) {
+    let dir = Path::new(target_tmpdir).join("fault-matrix");
+    std::fs::create_dir_all(&dir).expect("fault-matrix dir");
+    let row = json!({"id": id, "fault": fault, "asserted": asserted, "measured": measured, "result": "pass"});
+    std::fs::write(dir.join(format!("{id}.json")), row.to_string()).expect("write row");
+}
