@@ -672,9 +672,8 @@ fn template_applied(s: &Secret, obj: &CognitoUnauthCredential) -> bool {
     has(&s.metadata.labels, &t.labels) && has(&s.metadata.annotations, &t.annotations)
 }
 
-/// Creates the Secret, or updates ours with optimistic concurrency. Never takes over a
-/// Secret someone else created: creation fails with 409 and the next reconcile reports
-/// the conflict.
+/// Creates the Secret, or applies our fields to ours (uid as the precondition). Never
+/// takes over a Secret someone else created.
 async fn apply_secret(
     secrets: &Api<Secret>,
     obj: &CognitoUnauthCredential,
@@ -705,10 +704,16 @@ async fn apply_secret(
                 field_manager: Some(MANAGER.to_string()),
                 ..PostParams::default()
             };
+            // Never takes over: if someone created it meanwhile, this fails with 409 and
+            // the next reconcile reports the conflict.
             secrets.create(&pp, &desired).await.map_err(Error::Kube)?;
         }
         Some(current) => {
-            desired.metadata.resource_version = current.metadata.resource_version.clone();
+            // Server-side apply of our fields only, forced: a concurrent writer of other
+            // fields (labels, annotations) neither conflicts with us nor loses its change.
+            // The uid is the precondition: if the Secret was replaced by another object of
+            // the same name, the API server refuses, and we never write into it.
+            desired.metadata.uid = current.metadata.uid.clone();
             let mut value = serde_json::to_value(&desired)
                 .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
             value["apiVersion"] = json!("v1");

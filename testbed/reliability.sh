@@ -12,7 +12,7 @@ testbed/up.sh
 # shellcheck disable=SC1091
 source "$LOCAL/env"
 cargo test --locked --test controller -- --test-threads 8 \
-  faults:: repairs_a_deleted never_takes deleting_the_resource
+  fault repairs_a_deleted never_takes deleting_the_resource
 cargo test --locked --test runtime -- --test-threads 8 one_leader leader_failover
 cargo test --locked --test apiserver_restart
 python3 - "$rows" > docs/reliability.md <<'PY'
@@ -34,7 +34,7 @@ print()
 print(f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} cores.\n")
 print("Covered elsewhere: SIGTERM releasing the Lease (tests/runtime.rs); every error")
 print("class's reason with the Secret kept (tests/controller.rs); admission refusals")
-print("(tests/admission.rs); the chart's RBAC being minimal (tests/chart.rs). Not yet in the")
-print("matrix: a conflicting writer between the controller's read and write (409).")
+print("(tests/admission.rs); the chart's RBAC being minimal (tests/chart.rs); property")
+print("tests of the pure steps (src/properties.rs) and fuzzing of untrusted input (`make fuzz`).")
 PY
 log "wrote docs/reliability.md from $(ls "$rows" | wc -l) rows"
