@@ -884,6 +884,12 @@ async fn a_forgotten_identity_is_recreated_and_a_new_pool_gets_a_new_identity() 
         proxy.pool_calls(&pool_b, "GetCredentialsForIdentity").await,
         1
     );
+    faults::record(
+        "identity-deleted",
+        "Cognito no longer knows the identity (GetCredentialsForIdentity: ResourceNotFound)",
+        "a new identity is created once (Warning IdentityRecreated) and credentials issued; a changed pool gets its own identity",
+        "2 GetId for the old pool, 1 for the new; Ready",
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }

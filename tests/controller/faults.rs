@@ -557,3 +557,61 @@ async fn fault_conflicting_writer() {
     ctl.stop().await;
     ns.cleanup().await;
 }
+
+/// SIGKILL at another point: while GetId is in flight, before any identity is stored.
+/// That identity is lost with the process (Cognito created it, nobody recorded it); the
+/// restart creates one more and converges, with nothing half-written.
+#[tokio::test]
+async fn fault_sigkill_during_get_id() {
+    let proxy = Proxy::new();
+    let pool = proxy.realistic_pool(3600).await;
+    proxy
+        .add_rule(json!({"pool": pool, "operation": "GetId", "delay_ms": 3000, "times": 1}))
+        .await;
+    let ns = TestNs::new("sigkill-getid").await;
+    install_crd();
+    let dir = test_dir(&ns.name);
+    let bin = Path::new(env!("CARGO_BIN_EXE_cognito-unauth-controller"));
+    let env = [("WATCH_NAMESPACES", ns.name.as_str())];
+    let mut first = ControllerProcess::start(bin, &dir.join("first.log"), &env);
+    kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
+    testbed_support::eventually(Duration::from_secs(30), "GetId in flight", || async {
+        (proxy.pool_calls(&pool, "GetId").await == 1).then_some(())
+    })
+    .await;
+    first.signal("-KILL");
+    let _ = first.wait_exit();
+    assert!(ns.api::<Secret>().get_opt("app").await.unwrap().is_none());
+    let second = ControllerProcess::start(bin, &dir.join("second.log"), &env);
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=condition=Ready",
+        "cuc/app",
+        "--timeout=30s",
+    ]);
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, 2);
+    assert_eq!(creds_calls(&proxy, &pool).await, 1);
+    let s = ns.api::<Secret>().get("app").await.unwrap();
+    let st = ns
+        .api::<CognitoUnauthCredential>()
+        .get("app")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        st.identity_id.as_deref(),
+        Some(annotation(&s, "cognito.kubecred.io/identity-id").as_str())
+    );
+    assert!(secret::inspect(&s, "").intact);
+    assert!(second.terminate().success());
+    record(
+        "sigkill-getid",
+        "Controller SIGKILLed while GetId is in flight (no identity stored yet)",
+        "no Secret half-written; after restart Ready with one identity in status and Secret; the lost call's identity is the only waste",
+        "2 GetId (1 lost with the process), 1 GetCredentialsForIdentity",
+    );
+    ns.cleanup().await;
+}
