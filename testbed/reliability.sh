@@ -12,7 +12,7 @@ testbed/up.sh
 # shellcheck disable=SC1091
 source "$LOCAL/env"
 cargo test --locked --test controller -- --test-threads 8 \
-  fault repairs_a_deleted never_takes deleting_the_resource
+  fault repairs_a_deleted never_takes deleting_the_resource a_forgotten_identity
 cargo test --locked --test runtime -- --test-threads 8 one_leader leader_failover
 cargo test --locked --test apiserver_restart
 python3 - "$rows" > docs/reliability.md <<'PY'
