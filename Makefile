@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down unit lint crds check-crds fuzz image reliability testbed-binaries
+.PHONY: help run test up down unit lint crds check-crds bench fuzz image reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ crds: ## Regenerate crds/ from the Rust types
 check-crds: ## Fail when crds/ is stale
 	cargo run --locked --quiet --bin crdgen | diff -u crds/cognitounauthcredentials.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
+
+bench: ## The benchmark at BENCH_N resources (default 1000); writes docs/benchmarks.md
+	testbed/bench.sh --markdown docs/benchmarks.md
 
 reliability: ## Run the fault matrix and regenerate docs/reliability.md
 	testbed/reliability.sh

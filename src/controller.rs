@@ -21,6 +21,7 @@ use crate::cognito::Cognito;
 use crate::crd::CognitoUnauthCredential;
 use crate::http::Health;
 use crate::metrics::{Metered, Metrics};
+use crate::quota::{Paced, Quotas};
 use crate::reconcile::{self, Context, MANAGER};
 use crate::secret::MANAGED_SELECTOR;
 
@@ -50,6 +51,8 @@ pub struct Settings {
     /// Identifies this replica in events.
     pub instance: Option<String>,
     pub leader_election: Option<LeaderElection>,
+    /// Client-side pacing under Cognito's per-account quotas.
+    pub quotas: Quotas,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             concurrency: 8,
             instance: None,
             leader_election: None,
+            quotas: Quotas::default(),
         }
     }
 }
@@ -102,7 +106,9 @@ pub async fn run<C: Cognito>(
         instance: settings.instance.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let cognito = Metered::new(cognito, metrics.clone());
+    // Paced outside Metered: the metrics count calls on the wire and their latency,
+    // not the time spent waiting for a turn under the quota.
+    let cognito = Paced::new(Metered::new(cognito, metrics.clone()), settings.quotas);
     let ctx = Arc::new(Context::new(client.clone(), cognito, recorder, metrics));
 
     let Some(le) = settings.leader_election.clone() else {
@@ -155,7 +161,7 @@ pub async fn run<C: Cognito>(
 }
 
 async fn run_controllers<C: Cognito>(
-    ctx: &Arc<Context<Metered<C>>>,
+    ctx: &Arc<Context<C>>,
     settings: &Settings,
     health: &Arc<Health>,
     until: impl Future<Output = ()> + Send + 'static,

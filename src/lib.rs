@@ -3,7 +3,8 @@
 //!
 //! Each concern has its own module: the API types ([`crd`]); the pure steps that decide
 //! ([`plan`]), schedule ([`schedule`]), render and read the Secret ([`secret`]) and build
-//! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]); the
+//! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]) and its pacing under the quotas
+//! ([`quota`]); the
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
 //! HTTP server ([`http`]); and the runtime wiring ([`controller`]).
 
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod plan;
 #[cfg(test)]
 mod properties;
+pub mod quota;
 pub mod reconcile;
 pub mod schedule;
 pub mod secret;

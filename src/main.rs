@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
 use cognito_unauth_controller::controller::{self, LeaderElection, Settings};
-use cognito_unauth_controller::http::{self, Health};
+use cognito_unauth_controller::http::{self as admin, Health};
 use cognito_unauth_controller::metrics::Metrics;
+use cognito_unauth_controller::quota::Quotas;
 use tracing::{error, info};
 
 /// Keeps Amazon Cognito guest (unauthenticated) credentials fresh in Kubernetes Secrets.
@@ -60,6 +61,12 @@ struct Args {
     /// Whole-call timeout for Cognito calls, in seconds.
     #[arg(long, env = "COGNITO_TIMEOUT_SECONDS", default_value_t = 10)]
     cognito_timeout_seconds: u64,
+    /// GetId calls per second allowed per region (AWS's default quota is 25/s per account).
+    #[arg(long, env = "COGNITO_GET_ID_RATE", default_value_t = 25.0)]
+    cognito_get_id_rate: f64,
+    /// GetCredentialsForIdentity calls per second allowed per region (AWS default: 200/s).
+    #[arg(long, env = "COGNITO_GET_CREDENTIALS_RATE", default_value_t = 200.0)]
+    cognito_get_credentials_rate: f64,
     /// Reconciles running at once, per watched namespace.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
@@ -76,7 +83,16 @@ async fn main() -> anyhow::Result<()> {
         fmt.init();
     }
 
-    let client = kube::Client::try_default().await?;
+    let mut config = kube::Config::infer().await?;
+    // Identifies our requests in the API server's audit log and metrics.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!(
+            "cognito-unauth-controller/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
+    let client = kube::Client::try_from(config)?;
     let sdk = load_sdk_config(
         Timeouts {
             connect: Duration::from_secs(args.cognito_connect_timeout_seconds),
@@ -87,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let (bound, server) = http::bind(args.metrics_address, metrics.clone(), health.clone()).await?;
+    let (bound, server) =
+        admin::bind(args.metrics_address, metrics.clone(), health.clone()).await?;
     info!(address = %bound, "serving /livez, /readyz and /metrics");
     tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -118,6 +135,10 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         instance: pod,
         leader_election,
+        quotas: Quotas {
+            get_id_per_second: args.cognito_get_id_rate,
+            get_credentials_per_second: args.cognito_get_credentials_rate,
+        },
     };
     controller::run(
         client,

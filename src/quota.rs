@@ -1,0 +1,176 @@
+//! Client-side pacing under Cognito's quotas.
+//!
+//! AWS's default Cognito Identity quotas are per account and region: GetId 25 requests/s
+//! and GetCredentialsForIdentity 200 requests/s. Going over them answers
+//! TooManyRequestsException to every client of the account, not just to us. So calls
+//! wait for a token from a per-region, per-operation bucket before they go out: a mass
+//! apply or a restart becomes a steady stream at the quota instead of a burst of errors.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cognito::{Cognito, CognitoError};
+use crate::secret::Credentials;
+
+/// Requests per second allowed per region and operation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quotas {
+    pub get_id_per_second: f64,
+    pub get_credentials_per_second: f64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            get_id_per_second: 25.0,
+            get_credentials_per_second: 200.0,
+        }
+    }
+}
+
+/// A token bucket that hands out reservations: each caller learns when its turn is.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    stamp: Instant,
+}
+
+impl Bucket {
+    /// `rate` tokens a second; at most one second's worth (and at least one) stored.
+    pub fn new(rate: f64, now: Instant) -> Self {
+        let burst = rate.max(1.0);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            stamp: now,
+        }
+    }
+
+    /// Takes a token (possibly one not yet earned) and returns how long to wait for it.
+    pub fn reserve(&mut self, now: Instant) -> Duration {
+        if self.rate <= 0.0 || !self.rate.is_finite() {
+            return Duration::ZERO; // no quota configured: no pacing
+        }
+        let earned = now.saturating_duration_since(self.stamp).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.stamp = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// A Cognito client that waits for its turn under the quotas.
+pub struct Paced<C> {
+    inner: C,
+    quotas: Quotas,
+    buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
+}
+
+impl<C> Paced<C> {
+    pub fn new(inner: C, quotas: Quotas) -> Self {
+        Self {
+            inner,
+            quotas,
+            buckets: Mutex::default(),
+        }
+    }
+
+    async fn turn(&self, region: &str, operation: &'static str) {
+        let rate = match operation {
+            "GetId" => self.quotas.get_id_per_second,
+            _ => self.quotas.get_credentials_per_second,
+        };
+        let wait = {
+            let mut buckets = match self.buckets.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let now = Instant::now();
+            buckets
+                .entry((region.to_string(), operation))
+                .or_insert_with(|| Bucket::new(rate, now))
+                .reserve(now)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl<C: Cognito> Cognito for Paced<C> {
+    async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
+        self.turn(region, "GetId").await;
+        self.inner.get_id(region, pool).await
+    }
+
+    async fn get_credentials(
+        &self,
+        region: &str,
+        identity_id: &str,
+        custom_role_arn: Option<&str>,
+    ) -> Result<Credentials, CognitoError> {
+        self.turn(region, "GetCredentialsForIdentity").await;
+        self.inner
+            .get_credentials(region, identity_id, custom_role_arn)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_bucket_lets_a_second_of_calls_through_then_paces() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(25.0, t0);
+        for _ in 0..25 {
+            assert_eq!(b.reserve(t0), Duration::ZERO);
+        }
+        // The 26th waits one interval, the 27th two: reservations queue up in order.
+        assert!((b.reserve(t0).as_secs_f64() - 0.04).abs() < 1e-9);
+        assert!((b.reserve(t0).as_secs_f64() - 0.08).abs() < 1e-9);
+    }
+
+    #[test]
+    fn n_calls_take_about_n_over_rate_seconds() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(25.0, t0);
+        let last = (0..1000).map(|_| b.reserve(t0)).max().unwrap_or_default();
+        // 1000 calls at 25/s with a burst of 25: the last one goes at (1000-25)/25 s.
+        assert!((last.as_secs_f64() - 39.0).abs() < 1e-6, "{last:?}");
+    }
+
+    #[test]
+    fn tokens_refill_with_time_up_to_the_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10.0, t0);
+        for _ in 0..10 {
+            b.reserve(t0);
+        }
+        assert!(b.reserve(t0) > Duration::ZERO);
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..9 {
+            assert_eq!(b.reserve(later), Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn zero_rate_means_no_pacing() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(0.0, t0);
+        for _ in 0..1000 {
+            assert_eq!(b.reserve(t0), Duration::ZERO);
+        }
+    }
+}

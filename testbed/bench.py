@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""The benchmark: what the controller costs the cluster and the AWS account.
+
+Runs on the local test bed with the proxy enforcing AWS's default Cognito quotas
+(GetId 25/s, GetCredentialsForIdentity 200/s, account-wide), against the shipped binary
+(the image profile). Writes are counted from the API server's own audit log, by the
+controller's user agent. Prints one summary line per figure; with --markdown FILE also
+writes the table.
+
+    testbed/bench.py --n 1000 [--markdown docs/benchmarks.md] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / ".local"
+UA = "cognito-unauth-controller/"
+
+
+def env_file() -> dict[str, str]:
+    out = {}
+    for line in (LOCAL / "env").read_text().splitlines():
+        if line.startswith("export "):
+            k, v = line[len("export "):].split("=", 1)
+            out[k] = v.strip('"')
+    return out
+
+
+ENV = env_file()
+PROXY = ENV["AWS_ENDPOINT_URL_COGNITO_IDENTITY"] + "/_proxy"
+CHILD_ENV = dict(os.environ)
+CHILD_ENV.update({k: v for k, v in ENV.items() if k != "PATH"})
+CHILD_ENV["PATH"] = f"{ENV['TESTBED_BIN']}:{ENV['TESTBED_VENV']}/bin:{os.environ['PATH']}"
+
+
+def proxy(method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(PROXY + path, method=method, data=json.dumps(body).encode() if body is not None else None)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def kubectl(*args: str, stdin: str | None = None) -> str:
+    r = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, env=CHILD_ENV, timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"kubectl {args[:3]}: {r.stderr}")
+    return r.stdout
+
+
+def calls(pool: str) -> dict[str, int]:
+    return proxy("GET", "/calls")["pools"].get(pool, {})
+
+
+def throttled() -> int:
+    return sum(o.get("TooManyRequestsException", 0) for o in proxy("GET", "/calls")["outcomes"].values())
+
+
+class Audit:
+    """Counts the controller's writes from the API server's audit log."""
+
+    def __init__(self) -> None:
+        self.path = LOCAL / "run" / "audit.log"
+
+    def mark(self) -> int:
+        return self.path.stat().st_size
+
+    def writes(self, since: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with open(self.path, "rb") as f:
+            f.seek(since)
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if not (e.get("userAgent") or "").startswith(UA):
+                    continue
+                if e.get("verb") not in ("create", "update", "patch", "delete"):
+                    continue
+                ref = e.get("objectRef", {})
+                key = ref.get("resource", "?") + ("/" + ref["subresource"] if ref.get("subresource") else "")
+                out[key] = out.get(key, 0) + 1
+        return out
+
+
+class Controller:
+    def __init__(self, binary: Path, ns: str, log: Path) -> None:
+        env = dict(CHILD_ENV, WATCH_NAMESPACES=ns, METRICS_ADDRESS="127.0.0.1:0", LOG_LEVEL="warn", CONCURRENCY="16")
+        self.log = log
+        self.proc = subprocess.Popen([str(binary)], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def rss_mib(self) -> tuple[float, float]:
+        st = {l.split(":")[0]: l.split(":")[1].strip() for l in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines() if ":" in l}
+        return int(st["VmRSS"].split()[0]) / 1024, int(st["VmHWM"].split()[0]) / 1024
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def ready_count(ns: str) -> tuple[int, int]:
+    items = json.loads(kubectl("-n", ns, "get", "cuc", "-o", "json"))["items"]
+    ready = 0
+    for o in items:
+        for c in (o.get("status") or {}).get("conditions", []):
+            if c["type"] == "Ready" and c["status"] == "True":
+                ready += 1
+    return ready, len(items)
+
+
+def wait_all_ready(ns: str, n: int, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        r, _ = ready_count(ns)
+        if r >= n:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise SystemExit(f"only {ready_count(ns)[0]}/{n} Ready after {timeout:.0f}s")
+
+
+def manifests(ns: str, n: int, pool: str, prefix: str = "cred") -> str:
+    docs = [
+        f"apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata:\n  name: {prefix}-{i:05d}\n  namespace: {ns}\nspec:\n  identityPoolId: {pool}\n"
+        for i in range(n)
+    ]
+    return "---\n".join(docs)
+
+
+def rotation_times(ns: str) -> dict[str, str]:
+    items = json.loads(kubectl("-n", ns, "get", "cuc", "-o", "json"))["items"]
+    return {o["metadata"]["name"]: (o.get("status") or {}).get("lastRotationTime", "") for o in items}
+
+
+def cli_baseline(pool: str, n: int, ns: str) -> dict:
+    """The manual way: get-id, get-credentials-for-identity, kubectl apply, per resource."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    aws = [f"{ENV['TESTBED_VENV']}/bin/aws", "--no-sign-request", "cognito-identity"]
+    for i in range(n):
+        out = subprocess.run(aws + ["get-id", "--identity-pool-id", pool, "--query", "IdentityId", "--output", "text"], capture_output=True, text=True, env=CHILD_ENV, check=True)
+        ident = out.stdout.strip()
+        out = subprocess.run(aws + ["get-credentials-for-identity", "--identity-id", ident, "--output", "json"], capture_output=True, text=True, env=CHILD_ENV, check=True)
+        c = json.loads(out.stdout)["Credentials"]
+        secret = {
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": f"manual-{i:05d}", "namespace": ns},
+            "stringData": {"AWS_ACCESS_KEY_ID": c["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": c["SecretKey"], "AWS_SESSION_TOKEN": c["SessionToken"]},
+        }
+        subprocess.run(["kubectl", "apply", "-f", "-"], input=json.dumps(secret), capture_output=True, text=True, env=CHILD_ENV, check=True)
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"n": n, "wall": wall, "cpu_per_credential": cpu / n, "identities": n}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--baseline-n", type=int, default=25, help="resources for the CLI loop")
+    ap.add_argument("--rotation-n", type=int, default=20)
+    ap.add_argument("--steady-seconds", type=int, default=60)
+    ap.add_argument("--markdown", help="write the table here")
+    ap.add_argument("--check", action="store_true", help="fail when a target is missed")
+    ap.add_argument("--binary", default=str(ROOT / "target/x86_64-unknown-linux-musl/image/cognito-unauth-controller"))
+    args = ap.parse_args()
+    n = args.n
+    binary = Path(args.binary)
+    tmp = Path(tempfile.mkdtemp(prefix="cuc-bench-"))
+    audit = Audit()
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(figure: str, measured: str, target: str, ratio: str) -> None:
+        rows.append((figure, measured, target, ratio))
+        print(f"bench: {figure}: {measured} (target {target}; {ratio})", flush=True)
+
+    # AWS's default quotas, account-wide, enforced by the proxy.
+    proxy("DELETE", "/rules")
+    proxy("POST", "/rules", {"operation": "GetId", "rate_per_second": 25})
+    proxy("POST", "/rules", {"operation": "GetCredentialsForIdentity", "rate_per_second": 200})
+    pool = proxy("POST", "/pools", {"region": ENV["AWS_REGION"], "guest": True, "name": "bench"})["IdentityPoolId"]
+    proxy("POST", "/rules", {"pool": pool, "unique_credentials": True, "lifetime_seconds": 3600, "semantics": True})
+    kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/cognitounauthcredentials.cognito.kubecred.io", "--timeout=60s")
+    ns = f"bench-{os.getpid()}"
+    kubectl("create", "namespace", ns)
+
+    # 1. Cold start: N at once.
+    ctl = Controller(binary, ns, tmp / "controller.log")
+    time.sleep(1)
+    cpu0, mark, thr0 = ctl.cpu_seconds(), audit.mark(), throttled()
+    t0 = time.monotonic()
+    kubectl("apply", "--server-side", "-f", "-", stdin=manifests(ns, n, pool))
+    took = wait_all_ready(ns, n, timeout=max(120, n / 25 * 3))
+    c = calls(pool)
+    bound = n / 25
+    thr = throttled() - thr0
+    row(f"cold start, {n} resources", f"all Ready in {took:.1f}s; {c.get('GetId', 0)} GetId, {c.get('GetCredentialsForIdentity', 0)} GetCredentialsForIdentity; {thr} throttled",
+        f"≤ {1.1 * bound:.1f}s (1.1 × N/25), no throttling", f"{took / bound:.2f} × N/25")
+    cold_cpu = ctl.cpu_seconds() - cpu0
+    cold_writes = audit.writes(mark)
+    row("cold start API writes", json.dumps(cold_writes, sort_keys=True), "-", f"{sum(cold_writes.values()) / n:.2f} per resource")
+    time.sleep(5)
+    rss, peak = ctl.rss_mib()
+    row(f"memory at {n} resources", f"RSS {rss:.1f} MiB settled, {peak:.1f} MiB peak", "≤ 40 MiB at 5,000", f"{peak / 40:.2f} of 40 MiB")
+    row("CPU per credential (controller, cold start)", f"{cold_cpu / n * 1000:.2f} ms", "-", "-")
+
+    # 2. Steady state: one-hour credentials, no rotation due.
+    mark, c0 = audit.mark(), calls(pool)
+    time.sleep(args.steady_seconds)
+    c1 = calls(pool)
+    steady_calls = sum(c1.values()) - sum(c0.values())
+    steady_writes = sum(audit.writes(mark).values())
+    row(f"steady state, {args.steady_seconds}s window", f"{steady_calls} Cognito calls, {steady_writes} API writes", "0 and 0", "met" if steady_calls == 0 and steady_writes == 0 else "missed")
+
+    # 3. Restart with N Ready.
+    ctl.stop()
+    mark, c0 = audit.mark(), calls(pool)
+    ctl = Controller(binary, ns, tmp / "controller2.log")
+    time.sleep(max(10, n / 200))
+    c1 = calls(pool)
+    restart_calls = sum(c1.values()) - sum(c0.values())
+    restart_writes = sum(audit.writes(mark).values())
+    row(f"restart with {n} Ready", f"{restart_calls} Cognito calls, {restart_writes} API writes", "0 and 0", "met" if restart_calls == 0 and restart_writes == 0 else "missed")
+
+    # 4. Rotation cost: short-lived credentials, one rotation of each resource.
+    rpool = proxy("POST", "/pools", {"region": ENV["AWS_REGION"], "guest": True, "name": "bench-rotation"})["IdentityPoolId"]
+    proxy("POST", "/rules", {"pool": rpool, "unique_credentials": True, "lifetime_seconds": 30, "semantics": True})
+    m = args.rotation_n
+    kubectl("apply", "--server-side", "-f", "-", stdin=manifests(ns, m, rpool, prefix="rot"))
+    wait_all_ready(ns, n + m, timeout=120)
+    first = {k: v for k, v in rotation_times(ns).items() if k.startswith("rot-")}
+    mark, c0, cpu0 = audit.mark(), calls(rpool), ctl.cpu_seconds()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = {k: v for k, v in rotation_times(ns).items() if k.startswith("rot-")}
+        if all(now[k] != first[k] for k in first):
+            break
+        time.sleep(0.5)
+    else:
+        raise SystemExit("not every resource rotated within 60s")
+    time.sleep(2)
+    c1 = calls(rpool)
+    w = audit.writes(mark)
+    per = {k: v / m for k, v in w.items()}
+    gc = (c1.get("GetCredentialsForIdentity", 0) - c0.get("GetCredentialsForIdentity", 0)) / m
+    gi = (c1.get("GetId", 0) - c0.get("GetId", 0)) / m
+    cpu_rot = (ctl.cpu_seconds() - cpu0) / m
+    row("rotation cost, per rotation", f"{gc:.2f} GetCredentialsForIdentity, {gi:.2f} GetId, Secret writes {per.get('secrets', 0):.2f}, status writes {per.get('cognitounauthcredentials/status', 0):.2f}, event writes {per.get('events', 0):.2f}",
+        "1, 0, 1, 1", "met" if (gc, gi, per.get('secrets', 0), per.get('cognitounauthcredentials/status', 0)) == (1, 0, 1, 1) else "missed")
+    row("CPU per rotation", f"{cpu_rot * 1000:.2f} ms", "-", "-")
+    ctl.stop()
+
+    # 5. Baseline: the manual CLI loop, same run.
+    base = cli_baseline(pool, args.baseline_n, ns)
+    ours = cold_cpu / n
+    row(f"manual CLI loop, {base['n']} resources", f"{base['wall']:.1f}s wall, {base['cpu_per_credential'] * 1000:.0f} ms CPU per credential, {base['identities']} identities (new ones every run)",
+        "≥ 50× the controller's CPU per credential", f"{base['cpu_per_credential'] / ours:.0f}× the controller's {ours * 1000:.2f} ms")
+
+    kubectl("delete", "namespace", ns, "--wait=false")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("# Benchmarks\n\n")
+            f.write(f"`make bench` (here: `testbed/bench.py --n {n}`) on the local test bed, the proxy enforcing AWS's\n")
+            f.write("default Cognito quotas (GetId 25/s, GetCredentialsForIdentity 200/s, account-wide), against the\n")
+            f.write("shipped binary (profile image). API writes are counted from the API server's audit log by the\n")
+            f.write("controller's user agent. Cognito calls are counted by the proxy.\n\n")
+            f.write(f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; the API server,\n")
+            f.write("etcd, moto, the proxy, the controller and the benchmark share it.\n\n")
+            f.write("| figure | measured | target | ratio |\n| --- | --- | --- | --- |\n")
+            for r in rows:
+                f.write("| " + " | ".join(r) + " |\n")
+    if args.check:
+        missed = [r for r in rows if r[3] == "missed"]
+        if missed:
+            print(f"bench: missed {len(missed)} target(s)", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
