@@ -31,6 +31,13 @@ impl Default for Quotas {
     }
 }
 
+/// Calls that may go out at once from a full bucket. Small, so that our calls never
+/// arrive faster than the account's own bucket refills.
+const BURST: f64 = 5.0;
+/// The share of a quota we use: the rest absorbs timing jitter between our clock and
+/// Cognito's, and other clients of the account.
+pub const HEADROOM: f64 = 0.95;
+
 /// A token bucket that hands out reservations: each caller learns when its turn is.
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -41,9 +48,9 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// `rate` tokens a second; at most one second's worth (and at least one) stored.
+    /// `rate` tokens a second; a burst of at most 5 (at least 1) stored.
     pub fn new(rate: f64, now: Instant) -> Self {
-        let burst = rate.max(1.0);
+        let burst = rate.clamp(1.0, BURST);
         Self {
             rate,
             burst,
@@ -86,10 +93,11 @@ impl<C> Paced<C> {
     }
 
     async fn turn(&self, region: &str, operation: &'static str) {
-        let rate = match operation {
-            "GetId" => self.quotas.get_id_per_second,
-            _ => self.quotas.get_credentials_per_second,
-        };
+        let rate = HEADROOM
+            * match operation {
+                "GetId" => self.quotas.get_id_per_second,
+                _ => self.quotas.get_credentials_per_second,
+            };
         let wait = {
             let mut buckets = match self.buckets.lock() {
                 Ok(g) => g,
@@ -131,13 +139,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_bucket_lets_a_second_of_calls_through_then_paces() {
+    fn a_full_bucket_lets_a_small_burst_through_then_paces() {
         let t0 = Instant::now();
         let mut b = Bucket::new(25.0, t0);
-        for _ in 0..25 {
+        for _ in 0..5 {
             assert_eq!(b.reserve(t0), Duration::ZERO);
         }
-        // The 26th waits one interval, the 27th two: reservations queue up in order.
+        // The 6th waits one interval, the 7th two: reservations queue up in order.
         assert!((b.reserve(t0).as_secs_f64() - 0.04).abs() < 1e-9);
         assert!((b.reserve(t0).as_secs_f64() - 0.08).abs() < 1e-9);
     }
@@ -145,24 +153,31 @@ mod tests {
     #[test]
     fn n_calls_take_about_n_over_rate_seconds() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(25.0, t0);
+        let mut b = Bucket::new(25.0 * HEADROOM, t0);
         let last = (0..1000).map(|_| b.reserve(t0)).max().unwrap_or_default();
-        // 1000 calls at 25/s with a burst of 25: the last one goes at (1000-25)/25 s.
-        assert!((last.as_secs_f64() - 39.0).abs() < 1e-6, "{last:?}");
+        // 1000 calls at 95% of 25/s with a burst of 5: the last goes at 995/23.75 s,
+        // within the benchmark's 1.1 × N/25 target.
+        assert!(
+            (last.as_secs_f64() - 995.0 / 23.75).abs() < 1e-6,
+            "{last:?}"
+        );
+        assert!(last.as_secs_f64() < 1.1 * 1000.0 / 25.0);
     }
 
     #[test]
     fn tokens_refill_with_time_up_to_the_burst() {
         let t0 = Instant::now();
         let mut b = Bucket::new(10.0, t0);
-        for _ in 0..10 {
+        for _ in 0..5 {
             b.reserve(t0);
         }
         assert!(b.reserve(t0) > Duration::ZERO);
+        // A minute later the bucket is full again, but holds no more than the burst.
         let later = t0 + Duration::from_secs(60);
-        for _ in 0..9 {
+        for _ in 0..5 {
             assert_eq!(b.reserve(later), Duration::ZERO);
         }
+        assert!(b.reserve(later) > Duration::ZERO);
     }
 
     #[test]

@@ -499,8 +499,12 @@ async fn rotate<C: Cognito>(
     let generation = obj.metadata.generation;
     let now = a.now;
     match fetch(ctx, obj, &mut a).await? {
-        Ok((identity_id, creds)) => {
-            let issued_at = Timestamp::now();
+        Ok((identity_id, mut creds)) => {
+            // Whole seconds, as the Secret and status keep them: the renewal time computed
+            // now must equal the one computed later from what is read back, or the next
+            // reconcile would see a different status and write it again.
+            let issued_at = time(Timestamp::now()).0;
+            creds.expiration = time(creds.expiration).0;
             let prov = Provenance {
                 identity_pool_id: obj.spec.identity_pool_id.clone(),
                 identity_id: identity_id.clone(),
