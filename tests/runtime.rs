@@ -20,6 +20,17 @@ fn start(ns: &str, log: &Path, extra: &[(&str, &str)]) -> ControllerProcess {
     ControllerProcess::start(Path::new(BIN), log, &env)
 }
 
+/// Leader election with a 6 s lease for replica `id`.
+fn leader_election<'a>(ns: &'a str, id: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("LEADER_ELECT", "true"),
+        ("LEADER_ELECTION_NAMESPACE", ns),
+        ("LEADER_ELECTION_LEASE_DURATION_SECONDS", "6"),
+        ("LEADER_ELECTION_RENEW_GRACE_SECONDS", "2"),
+        ("POD_NAME", id),
+    ]
+}
+
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
         .await
@@ -150,15 +161,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
     let ns = TestNs::new("leader").await;
     install_crd();
     let dir = test_dir(&ns.name);
-    let le = |id: &'static str| {
-        vec![
-            ("LEADER_ELECT", "true"),
-            ("LEADER_ELECTION_NAMESPACE", ns.name.as_str()),
-            ("LEADER_ELECTION_LEASE_DURATION_SECONDS", "6"),
-            ("LEADER_ELECTION_RENEW_GRACE_SECONDS", "2"),
-            ("POD_NAME", id),
-        ]
-    };
+    let le = |id: &'static str| leader_election(&ns.name, id);
     let mut a = start(&ns.name, &dir.join("a.log"), &le("replica-a"));
     let leases = ns.api::<Lease>();
     let holder = |l: Option<&Lease>| {
@@ -269,15 +272,7 @@ async fn leader_failover_during_a_rotation_finishes_it_once() {
     let ns = TestNs::new("failover-rotation").await;
     install_crd();
     let dir = test_dir(&ns.name);
-    let le = |id: &'static str| {
-        vec![
-            ("LEADER_ELECT", "true"),
-            ("LEADER_ELECTION_NAMESPACE", ns.name.as_str()),
-            ("LEADER_ELECTION_LEASE_DURATION_SECONDS", "6"),
-            ("LEADER_ELECTION_RENEW_GRACE_SECONDS", "2"),
-            ("POD_NAME", id),
-        ]
-    };
+    let le = |id: &'static str| leader_election(&ns.name, id);
     let mut a = start(&ns.name, &dir.join("a.log"), &le("replica-a"));
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
     kubectl(&[

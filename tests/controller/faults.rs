@@ -434,28 +434,30 @@ async fn fault_cognito_down_longer_than_the_lifetime() {
     ns.cleanup().await;
 }
 
-/// SIGKILL while GetCredentialsForIdentity is in flight: the identity survives (written to
-/// status before the call), nothing half-written, and the restart finishes the job with
-/// no second GetId.
-#[tokio::test]
-async fn fault_sigkill_between_fetch_and_write() {
+/// The real binary for a new namespace and pool, with `operation`'s first call held 3 s
+/// by the proxy: applies the resource and SIGKILLs the controller while that call is in
+/// flight. Returns what the restart needs.
+async fn killed_mid_call(
+    prefix: &str,
+    operation: &str,
+) -> (Proxy, String, TestNs, std::path::PathBuf) {
     let proxy = Proxy::new();
     let pool = proxy.realistic_pool(3600).await;
     proxy
-        .add_rule(json!({"pool": pool, "operation": "GetCredentialsForIdentity", "delay_ms": 3000, "times": 1}))
+        .add_rule(json!({"pool": pool, "operation": operation, "delay_ms": 3000, "times": 1}))
         .await;
-    let ns = TestNs::new("sigkill").await;
+    let ns = TestNs::new(prefix).await;
     install_crd();
     let dir = test_dir(&ns.name);
-    let bin = Path::new(env!("CARGO_BIN_EXE_cognito-unauth-controller"));
-    let env = [("WATCH_NAMESPACES", ns.name.as_str())];
-    let mut first = ControllerProcess::start(bin, &dir.join("first.log"), &env);
+    let mut first = ControllerProcess::start(
+        Path::new(BIN),
+        &dir.join("first.log"),
+        &[("WATCH_NAMESPACES", ns.name.as_str())],
+    );
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
-    testbed_support::eventually(
-        Duration::from_secs(30),
-        "GetCredentialsForIdentity in flight",
-        || async { (creds_calls(&proxy, &pool).await == 1).then_some(()) },
-    )
+    testbed_support::eventually(Duration::from_secs(30), "the call in flight", || async {
+        (proxy.pool_calls(&pool, operation).await == 1).then_some(())
+    })
     .await;
     first.signal("-KILL");
     let _ = first.wait_exit();
@@ -463,6 +465,17 @@ async fn fault_sigkill_between_fetch_and_write() {
         ns.api::<Secret>().get_opt("app").await.unwrap().is_none(),
         "a Secret appeared"
     );
+    (proxy, pool, ns, dir)
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
+
+/// SIGKILL while GetCredentialsForIdentity is in flight: the identity survives (written to
+/// status before the call), nothing half-written, and the restart finishes the job with
+/// no second GetId.
+#[tokio::test]
+async fn fault_sigkill_between_fetch_and_write() {
+    let (proxy, pool, ns, dir) = killed_mid_call("sigkill", "GetCredentialsForIdentity").await;
     let st = ns
         .api::<CognitoUnauthCredential>()
         .get("app")
@@ -472,7 +485,11 @@ async fn fault_sigkill_between_fetch_and_write() {
         .unwrap_or_default();
     assert!(st.identity_id.is_some(), "the identity was not kept");
 
-    let second = ControllerProcess::start(bin, &dir.join("second.log"), &env);
+    let second = ControllerProcess::start(
+        Path::new(BIN),
+        &dir.join("second.log"),
+        &[("WATCH_NAMESPACES", ns.name.as_str())],
+    );
     kubectl(&[
         "-n",
         &ns.name,
@@ -563,26 +580,12 @@ async fn fault_conflicting_writer() {
 /// restart creates one more and converges, with nothing half-written.
 #[tokio::test]
 async fn fault_sigkill_during_get_id() {
-    let proxy = Proxy::new();
-    let pool = proxy.realistic_pool(3600).await;
-    proxy
-        .add_rule(json!({"pool": pool, "operation": "GetId", "delay_ms": 3000, "times": 1}))
-        .await;
-    let ns = TestNs::new("sigkill-getid").await;
-    install_crd();
-    let dir = test_dir(&ns.name);
-    let bin = Path::new(env!("CARGO_BIN_EXE_cognito-unauth-controller"));
-    let env = [("WATCH_NAMESPACES", ns.name.as_str())];
-    let mut first = ControllerProcess::start(bin, &dir.join("first.log"), &env);
-    kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
-    testbed_support::eventually(Duration::from_secs(30), "GetId in flight", || async {
-        (proxy.pool_calls(&pool, "GetId").await == 1).then_some(())
-    })
-    .await;
-    first.signal("-KILL");
-    let _ = first.wait_exit();
-    assert!(ns.api::<Secret>().get_opt("app").await.unwrap().is_none());
-    let second = ControllerProcess::start(bin, &dir.join("second.log"), &env);
+    let (proxy, pool, ns, dir) = killed_mid_call("sigkill-getid", "GetId").await;
+    let second = ControllerProcess::start(
+        Path::new(BIN),
+        &dir.join("second.log"),
+        &[("WATCH_NAMESPACES", ns.name.as_str())],
+    );
     kubectl(&[
         "-n",
         &ns.name,
