@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, cuc_manifest, eventually, install_crd, kubectl,
-    kubectl_apply, record_fault, root, test_dir,
+    ControllerProcess, Proxy, TestNs, cuc_manifest, eventually, install_crd, kubectl_apply,
+    record_fault, root, test_dir, wait_ready,
 };
 
 #[tokio::test]
@@ -25,14 +25,7 @@ async fn rotation_goes_on_across_an_api_server_restart() {
         &[("WATCH_NAMESPACES", ns.name.as_str())],
     );
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
 
     let restart = std::process::Command::new(root().join("testbed/restart-apiserver.sh"))
         .env("DOWN_SECONDS", "6")
@@ -65,14 +58,7 @@ async fn rotation_goes_on_across_an_api_server_restart() {
     )
     .await;
     let took = back.elapsed();
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
     assert_eq!(
         proxy.pool_calls(&pool, "GetId").await,
         1,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use testbed_support::{
     ControllerProcess, Proxy, TestNs, cuc_manifest, install_crd, kubectl, kubectl_apply, test_dir,
-    testbed,
+    testbed, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
@@ -53,14 +53,7 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     install_crd();
     let first = controller(&ns.name, &dir.join("controller.log"));
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=60s",
-    ]);
+    wait_ready(&ns.name, "app", 60);
     let cols = kubectl(&["-n", &ns.name, "get", "cuc", "app", "--no-headers"]);
     assert!(
         cols.contains(&pool) && cols.contains("True") && cols.contains(" app "),
@@ -142,14 +135,7 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     assert!(first.terminate().success());
     let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
     let second = controller(&ns.name, &dir.join("controller2.log"));
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
     tokio::time::sleep(Duration::from_secs(3)).await; // a window in which nothing may happen
     assert_eq!(
         proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,

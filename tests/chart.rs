@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use testbed_support::{
     ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, helm, impersonating_kubeconfig,
-    kubectl, kubectl_apply, rand_suffix, test_dir, testbed,
+    kubectl, kubectl_apply, rand_suffix, test_dir, testbed, wait_ready,
 };
 
 const CHART: &str = concat!(
@@ -80,14 +80,7 @@ fn controller_as(sa_ns: &str, sa: &str, dir: &Path, env: &[(&str, &str)]) -> Con
 
 async fn cuc_ready(ns: &TestNs, pool: &str) {
     kubectl_apply(&cuc_manifest(&ns.name, "app", pool));
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=60s",
-    ]);
+    wait_ready(&ns.name, "app", 60);
     let s = ns.api::<Secret>().get("app").await.expect("the Secret");
     assert!(s.data.is_some_and(|d| d.contains_key("AWS_SESSION_TOKEN")));
 }

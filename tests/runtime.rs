@@ -9,7 +9,7 @@ use kube::runtime::wait::await_condition;
 use serde_json::json;
 use testbed_support::{
     ControllerProcess, Proxy, TestNs, cuc_manifest, eventually, install_crd, kubectl,
-    kubectl_apply, test_dir,
+    kubectl_apply, test_dir, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
@@ -68,14 +68,7 @@ async fn readyz_and_metrics_show_the_resource_and_cognito_calls() {
     .await;
 
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
     let obj = ns
         .api::<cognito_unauth_controller::crd::CognitoUnauthCredential>()
         .get("app")
@@ -188,14 +181,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_without_rotating() {
     .await;
 
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
     let reconciles = |port| async move {
         get(port, "/metrics")
             .await
@@ -275,14 +261,7 @@ async fn leader_failover_during_a_rotation_finishes_it_once() {
     let le = |id: &'static str| leader_election(&ns.name, id);
     let mut a = start(&ns.name, &dir.join("a.log"), &le("replica-a"));
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
     let b = start(&ns.name, &dir.join("b.log"), &le("replica-b"));
     let key = |s: &k8s_openapi::api::core::v1::Secret| {
         s.data

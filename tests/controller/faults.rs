@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use cognito_unauth_controller::schedule::{BACKOFF_BASE, BACKOFF_CAP};
-use testbed_support::{ControllerProcess, cuc_manifest, kubectl, kubectl_apply, test_dir};
+use testbed_support::{ControllerProcess, cuc_manifest, kubectl_apply, test_dir, wait_ready};
 
 use super::*;
 
@@ -490,14 +490,7 @@ async fn fault_sigkill_between_fetch_and_write() {
         &dir.join("second.log"),
         &[("WATCH_NAMESPACES", ns.name.as_str())],
     );
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
     assert_eq!(
         proxy.pool_calls(&pool, "GetId").await,
         1,
@@ -586,14 +579,7 @@ async fn fault_sigkill_during_get_id() {
         &dir.join("second.log"),
         &[("WATCH_NAMESPACES", ns.name.as_str())],
     );
-    kubectl(&[
-        "-n",
-        &ns.name,
-        "wait",
-        "--for=condition=Ready",
-        "cuc/app",
-        "--timeout=30s",
-    ]);
+    wait_ready(&ns.name, "app", 30);
     assert_eq!(proxy.pool_calls(&pool, "GetId").await, 2);
     assert_eq!(creds_calls(&proxy, &pool).await, 1);
     let s = ns.api::<Secret>().get("app").await.unwrap();

@@ -495,3 +495,15 @@ pub fn record_fault(target_tmpdir: &str, id: &str, fault: &str, asserted: &str, 
     let row = json!({"id": id, "fault": fault, "asserted": asserted, "measured": measured, "result": "pass"});
     std::fs::write(dir.join(format!("{id}.json")), row.to_string()).expect("write row");
 }
+
+/// `kubectl wait --for=condition=Ready cuc/NAME` in `namespace`, for at most `seconds`.
+pub fn wait_ready(namespace: &str, name: &str, seconds: u32) {
+    kubectl(&[
+        "-n",
+        namespace,
+        "wait",
+        "--for=condition=Ready",
+        &format!("cuc/{name}"),
+        &format!("--timeout={seconds}s"),
+    ]);
+}
