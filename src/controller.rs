@@ -10,10 +10,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -187,7 +188,15 @@ async fn run_controllers<C: Cognito>(
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        let controller = Controller::new(cucs, watcher::Config::default().any_semantic())
+        // Our own cache of the resources, without managedFields: they are most of a cached
+        // object's size and the controller never reads them.
+        let (reader, writer) = reflector::store();
+        let trigger = watcher(cucs, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o: &mut CognitoUnauthCredential| o.managed_fields_mut().clear())
+            .reflect(writer)
+            .touched_objects();
+        let controller = Controller::for_stream(trigger, reader)
             .owns(
                 secrets,
                 watcher::Config::default()
