@@ -601,12 +601,9 @@ fn record_failure(
     next.failed_attempts = Some(failed);
     next.last_failure_time = Some(time(now));
     next.last_failure_reason = Some(why.to_string());
-    let n = u32::try_from(failed).unwrap_or(1);
-    if reason::is_terminal(why) {
-        schedule::terminal_retry(n, seed)
-    } else {
-        schedule::backoff(n, seed)
-    }
+    // The same rule the next reconcile uses to decide whether the retry is due, from
+    // the same (whole-second) stored time, so the wake-up and the decision agree.
+    plan::retry_due(next, seed).map_or(schedule::BACKOFF_BASE, |due| schedule::until(now, due))
 }
 
 /// Status for good credentials in the Secret.
