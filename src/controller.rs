@@ -13,13 +13,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cognito::Cognito;
 use crate::crd::CognitoUnauthCredential;
+use crate::events::Recorder;
 use crate::http::Health;
 use crate::metrics::{Metered, Metrics};
 use crate::quota::{Paced, Quotas};
@@ -102,11 +102,7 @@ pub async fn run<C: Cognito>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), kube_lease_manager::LeaseManagerError> {
     let stop = Stop::new(shutdown);
-    let reporter = Reporter {
-        controller: MANAGER.to_string(),
-        instance: settings.instance.clone(),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = Recorder::new(client.clone(), MANAGER, settings.instance.as_deref());
     // Paced outside Metered: the metrics count calls on the wire and their latency,
     // not the time spent waiting for a turn under the quota.
     let cognito = Paced::new(Metered::new(cognito, metrics.clone()), settings.quotas);
@@ -167,6 +163,7 @@ async fn run_controllers<C: Cognito>(
     health: &Arc<Health>,
     until: impl Future<Output = ()> + Send + 'static,
 ) {
+    ctx.mark_started();
     let client = ctx.client.clone();
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]

@@ -6,11 +6,12 @@
 //! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]) and its pacing under the quotas
 //! ([`quota`]); the
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
-//! HTTP server ([`http`]); and the runtime wiring ([`controller`]).
+//! HTTP server ([`http`]); and the runtime wiring ([`controller`]), and events with compact series ([`events`]).
 
 pub mod cognito;
 pub mod controller;
 pub mod crd;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod plan;

@@ -32,6 +32,24 @@ pub struct Inputs<'a> {
     pub renew_before: Duration,
     /// Fixes the jitter for this resource (its uid).
     pub seed: &'a str,
+    /// When this controller started reconciling (process start or leadership).
+    pub started: Timestamp,
+}
+
+/// Overdue renewals found in the first minute after a start are spread over up to this
+/// long (never past half the credentials' remaining life), so a controller coming back
+/// after downtime does not rotate everything in one burst.
+pub const STARTUP_SPREAD: Duration = Duration::from_secs(60);
+
+/// When an overdue renewal found at start-up is due: `started` plus this resource's
+/// share of the spread, capped at half the time left before `expiration`.
+pub fn startup_slot(started: Timestamp, expiration: Timestamp, seed: &str) -> Timestamp {
+    let spread = jiff::SignedDuration::try_from(STARTUP_SPREAD).unwrap_or_default();
+    let room = (expiration.duration_since(started) / 2).max(jiff::SignedDuration::ZERO);
+    started
+        + spread
+            .min(room)
+            .mul_f64(schedule::unit_fraction(seed, u64::MAX))
 }
 
 /// Good credentials the Secret holds for the current spec.
@@ -182,6 +200,13 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
         };
     }
     if i.now >= k.renewal {
+        // Overdue when we started (e.g. after downtime): take this resource's slot.
+        if k.renewal < i.started {
+            let slot = startup_slot(i.started, k.credentials.expiration, i.seed);
+            if i.now < slot {
+                return Plan::Wait { renewal: slot };
+            }
+        }
         return Plan::Rotate {
             why: Why::Renewal,
             identity,
@@ -246,6 +271,7 @@ mod tests {
             force_token: None,
             renew_before: Duration::from_secs(1200),
             seed: "uid",
+            started: at(-1_000_000),
         }
     }
 
@@ -433,5 +459,70 @@ mod tests {
             panic!()
         };
         assert!(until.duration_since(at(0)) >= SignedDuration::from_secs(240));
+    }
+
+    #[test]
+    fn overdue_renewals_found_at_start_are_spread_over_the_first_minute() {
+        let spec = spec();
+        let status = synced();
+        // Issued at 0 for 1 h; renewal ~40 min; the controller was down and starts at 50 min.
+        let secret = observed(0, 3600, None);
+        let started = at(3000);
+        let mut i = inputs(3000, &spec, &status, &secret);
+        i.started = started;
+        let slots: Vec<Timestamp> = (0..200)
+            .map(|n| startup_slot(started, at(3600), &format!("uid-{n}")))
+            .collect();
+        assert!(
+            slots
+                .iter()
+                .all(|s| *s >= started && *s <= started + SignedDuration::from_secs(60))
+        );
+        let spread = slots
+            .iter()
+            .max()
+            .unwrap()
+            .duration_since(*slots.iter().min().unwrap());
+        assert!(spread > SignedDuration::from_secs(50), "spread {spread:?}");
+        let slot = startup_slot(started, at(3600), "uid");
+        match decide(&i) {
+            Plan::Wait { renewal } => assert_eq!(renewal, slot),
+            other => panic!("{other:?}"),
+        }
+        i.now = slot;
+        assert!(matches!(
+            decide(&i),
+            Plan::Rotate {
+                why: Why::Renewal,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_startup_spread_never_uses_more_than_half_the_remaining_life() {
+        let started = at(3540);
+        for n in 0..100 {
+            let slot = startup_slot(started, at(3600), &format!("uid-{n}"));
+            assert!(slot <= at(3570), "{slot}");
+        }
+        // Already expired: no delay at all.
+        assert_eq!(startup_slot(at(4000), at(3600), "uid"), at(4000));
+    }
+
+    #[test]
+    fn renewals_that_come_due_after_the_start_are_not_delayed() {
+        let spec = spec();
+        let status = synced();
+        let secret = observed(0, 3600, None);
+        let mut i = inputs(3000, &spec, &status, &secret);
+        i.started = at(100);
+        assert!(matches!(
+            decide(&i),
+            Plan::Rotate {
+                why: Why::Renewal,
+                ..
+            }
+        ));
     }
 }

@@ -7,6 +7,7 @@
 //! returned as errors, and `error_policy` retries those with backoff.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,13 +15,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::cognito::{Cognito, CognitoError};
 use crate::crd::{CognitoUnauthCredential, CognitoUnauthCredentialStatus, FORCE_ROTATE_ANNOTATION};
+use crate::events::{Event, EventType, Recorder};
 use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
 use crate::schedule;
@@ -60,6 +61,8 @@ pub struct Context<C> {
     api_failures: Mutex<HashMap<String, u32>>,
     /// Status we wrote that the watch cache may not show yet: resourceVersion and status.
     written: Mutex<HashMap<String, (u64, CognitoUnauthCredentialStatus)>>,
+    /// When reconciling (re)started, in Unix seconds: see `plan::startup_slot`.
+    started: AtomicI64,
 }
 
 impl<C: Cognito> Context<C> {
@@ -76,7 +79,19 @@ impl<C: Cognito> Context<C> {
             metrics,
             api_failures: Mutex::default(),
             written: Mutex::default(),
+            started: AtomicI64::new(Timestamp::now().as_second()),
         }
+    }
+
+    /// Records that reconciling starts now (at start-up, or on becoming the leader).
+    pub fn mark_started(&self) {
+        self.started
+            .store(Timestamp::now().as_second(), Ordering::Relaxed);
+    }
+
+    fn started(&self) -> Timestamp {
+        Timestamp::from_second(self.started.load(Ordering::Relaxed))
+            .unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -141,10 +156,9 @@ impl<C: Cognito> Context<C> {
     ) {
         let ev = Event {
             type_,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: "Reconcile".to_string(),
-            secondary: None,
+            reason,
+            note: &note,
+            action: "Reconcile",
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
@@ -266,6 +280,7 @@ async fn reconcile_inner<C: Cognito>(
             .map(String::as_str),
         renew_before,
         seed: &uid,
+        started: ctx.started(),
     };
     let kept = plan::kept(&inputs);
     let decision = plan::decide(&inputs);
@@ -550,34 +565,29 @@ async fn rotate<C: Cognito>(
         Err(e) => {
             let delay = record_failure(a.next, a.old, e.reason(), now, a.uid);
             let retry = now + delay;
-            let (reason, msg) = match a.kept {
+            // The event's note leaves out the retry time: repeats of one failure fold into
+            // one event's series, and an event's note cannot change.
+            let (reason, note) = match a.kept {
                 Some(k) if k.expired(now) => (
                     reason::EXPIRED,
                     format!(
-                        "The credentials in the Secret expired at {}; rotation failed: {e}; next attempt at {}",
+                        "The credentials in the Secret expired at {}; rotation failed: {e}",
                         show(k.credentials.expiration),
-                        show(retry)
                     ),
                 ),
                 Some(k) => (
                     e.reason(),
                     format!(
-                        "Rotation failed: {e}; the Secret keeps credentials valid until {}; next attempt at {}",
+                        "Rotation failed: {e}; the Secret keeps credentials valid until {}",
                         show(k.credentials.expiration),
-                        show(retry)
                     ),
                 ),
-                None => (
-                    e.reason(),
-                    format!(
-                        "Could not get credentials: {e}; next attempt at {}",
-                        show(retry)
-                    ),
-                ),
+                None => (e.reason(), format!("Could not get credentials: {e}")),
             };
+            let msg = format!("{note}; next attempt at {}", show(retry));
             warn!(reason = e.reason(), error = %e, retry_in = ?delay, "rotation failed");
             ctx.metrics.rotation_failed(e.reason());
-            ctx.event(obj, EventType::Warning, "RotationFailed", msg.clone())
+            ctx.event(obj, EventType::Warning, "RotationFailed", note)
                 .await;
             set_ready(a.next, false, reason, msg, generation, now, a.old);
             let wake = match a.kept {

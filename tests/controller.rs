@@ -952,3 +952,59 @@ async fn status_is_written_only_when_it_changes() {
     ctl.stop().await;
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn repeated_failures_fold_into_one_event_series() {
+    use k8s_openapi::api::events::v1::Event as SeriesEvent;
+    let proxy = Proxy::new();
+    let ns = TestNs::new("series").await;
+    let ctl = Running::start(&ns).await;
+    let pool = proxy.create_pool(true).await;
+    proxy
+        .add_rule(json!({"pool": pool, "error": "TooManyRequestsException"}))
+        .await;
+    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
+    // Backoff 5 s then 10 s (each with equal jitter): three attempts within ~15 s.
+    let o = wait_cuc(&ns, "app", "three failed attempts", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.failed_attempts)
+            .is_some_and(|n| n >= 3)
+    })
+    .await;
+    let attempts = o.status.unwrap().failed_attempts.unwrap();
+    let failed: Vec<SeriesEvent> = ns
+        .api::<SeriesEvent>()
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("RotationFailed")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("app")
+        })
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "one event for one repeated failure: {failed:?}"
+    );
+    let ev = &failed[0];
+    let count = ev.series.as_ref().map_or(1, |s| s.count);
+    // The watch saw the third failure's status; its event may still be on the way.
+    assert!(
+        count == attempts || count + 1 == attempts,
+        "series count {count}, attempts {attempts}"
+    );
+    assert!(count >= 2, "{ev:?}");
+    let note = ev.note.clone().unwrap_or_default();
+    assert!(note.contains("Could not get credentials"), "{note}");
+    assert!(!note.contains("next attempt"), "no times in a note: {note}");
+    assert_eq!(
+        ev.reporting_controller.as_deref(),
+        Some("cognito-unauth-controller")
+    );
+    ctl.stop().await;
+    ns.cleanup().await;
+}
