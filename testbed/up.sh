@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Starts the local test bed: etcd, kube-apiserver (RBAC on, client-certificate admin),
-# kube-controller-manager (garbage collector, namespace controller), moto and the
-# programmable Cognito proxy, all on free loopback ports. Idempotent: a healthy
-# running test bed is reused. Writes .local/kubeconfig and .local/env.
+# kube-controller-manager (garbage collector, namespace, service-account, deployment and
+# replicaset controllers; no scheduler, no kubelet: pods stay Pending), moto and the
+# programmable Cognito proxy (which also answers STS GetCallerIdentity), all on free
+# loopback ports. Idempotent: a healthy running test bed is reused. Writes
+# .local/kubeconfig and .local/env.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REGION="${AWS_REGION:-us-east-1}"
@@ -60,7 +62,7 @@ openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$pki/ca.key" -subj "/CN=
 gen_cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
 gen_cert admin "/O=system:masters/CN=testbed-admin"
 # The test bed's controller manager is infrastructure, not under test: it gets the admin
-# group so its garbage collector and namespace controller need no per-controller accounts.
+# group so its controllers need no per-controller accounts.
 gen_cert kcm "/O=system:masters/CN=system:kube-controller-manager"
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -133,7 +135,7 @@ kcm_port=$(free_port)
 start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --kubeconfig "$RUN/kcm.kubeconfig" \
   --authentication-kubeconfig "$RUN/kcm.kubeconfig" --authorization-kubeconfig "$RUN/kcm.kubeconfig" \
-  --controllers garbagecollector,namespace,serviceaccount \
+  --controllers garbagecollector,namespace,serviceaccount,deployment,replicaset \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" \
   --leader-elect=false --v=0
 kcm_healthz() { curl -sfk --max-time 2 "https://127.0.0.1:$kcm_port/healthz"; }
@@ -151,6 +153,7 @@ cat > "$LOCAL/env" <<ENV
 # Written by testbed/up.sh: source it to talk to the local test bed.
 export KUBECONFIG="$LOCAL/kubeconfig"
 export AWS_ENDPOINT_URL_COGNITO_IDENTITY="$proxy_url"
+export AWS_ENDPOINT_URL_STS="$proxy_url"
 export COGNITO_EMULATOR_URL="http://127.0.0.1:$moto_port"
 export AWS_REGION="$REGION"
 export AWS_DEFAULT_REGION="$REGION"

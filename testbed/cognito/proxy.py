@@ -13,7 +13,11 @@ what it is told to forward, and lets tests change what Cognito "says":
 * credentials unique per call and a chosen lifetime;
 * Cognito's semantics that moto lacks (unknown pool, guest access off,
   deleted identity), switched on per rule;
-* exact call counts per operation, per identity pool and per identity.
+* exact call counts per operation, per identity pool and per identity;
+* AWS STS ``GetCallerIdentity`` on the same port, for the credentials it handed
+  out: it checks the key, the session token, the expiry and the SigV4
+  signature, answers like STS, and records each call with how the key stood
+  (current, previous, expired, unknown, bad token, bad signature).
 
 With no rules, it only forwards and counts.
 
@@ -26,9 +30,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import hmac
 import http.client
 import json
 import os
+import re
 import secrets
 import socket
 import string
@@ -37,8 +44,10 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+from xml.sax.saxutils import escape
 
 TARGET_PREFIX = "AWSCognitoIdentityService."
 
@@ -56,6 +65,34 @@ ERRORS: dict[str, tuple[int, str]] = {
     "InvalidParameterException": (400, "Invalid parameter."),
     "ResourceConflictException": (400, "Resource conflict."),
     "ExternalServiceException": (400, "External service error."),
+}
+
+# STS (awsQuery protocol: form-encoded request, XML answer).
+STS_VERSION = "2011-06-15"
+STS_XMLNS = f"https://sts.amazonaws.com/doc/{STS_VERSION}/"
+STS_OPERATIONS = {"GetCallerIdentity"}
+# moto's account; identity pools' default unauthenticated roles live in it.
+ACCOUNT_ID = os.environ.get("MOTO_ACCOUNT_ID", "123456789012")
+# The role session name Cognito gives the credentials it hands out.
+COGNITO_SESSION = "CognitoIdentityCredentials"
+
+# STS's own words for its errors: HTTP status, fault type, message.
+STS_ERRORS: dict[str, tuple[int, str, str]] = {
+    "ExpiredToken": (403, "Sender", "The security token included in the request is expired"),
+    "InvalidClientTokenId": (403, "Sender", "The security token included in the request is invalid."),
+    "SignatureDoesNotMatch": (
+        403,
+        "Sender",
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+    ),
+    "IncompleteSignature": (400, "Sender", "The request signature does not conform to AWS standards."),
+    "MissingAuthenticationToken": (403, "Sender", "Request is missing Authentication Token"),
+    "AccessDenied": (403, "Sender", "Access denied"),
+    "Throttling": (400, "Sender", "Rate exceeded"),
+    "InvalidAction": (400, "Sender", "Could not find operation for version 2011-06-15"),
+    "InternalFailure": (500, "Receiver", "An internal error occurred."),
+    "ServiceUnavailable": (503, "Receiver", "Service is unavailable."),
 }
 
 RULE_KEYS = {
@@ -105,8 +142,8 @@ class Rule:
         unknown = set(spec) - RULE_KEYS
         if unknown:
             raise ValueError(f"unknown rule keys: {sorted(unknown)}")
-        if "error" in spec and spec["error"] not in ERRORS:
-            raise ValueError(f"unknown error type {spec['error']!r}; known: {sorted(ERRORS)}")
+        if "error" in spec and spec["error"] not in ERRORS and spec["error"] not in STS_ERRORS:
+            raise ValueError(f"unknown error type {spec['error']!r}; known: {sorted(ERRORS) + sorted(STS_ERRORS)}")
         if spec.get("connection") not in (None, "reset", "drop"):
             raise ValueError("connection must be 'reset' or 'drop'")
         self.id = rid
@@ -122,6 +159,8 @@ class Rule:
         if self.remaining is not None and self.remaining <= 0:
             return False
         op = self.spec.get("operation")
+        if op is None and operation in STS_OPERATIONS:
+            return False  # STS is another service: only rules that name its operation touch it
         if op is not None and op != operation:
             return False
         want_pool = self.spec.get("pool")
@@ -142,6 +181,9 @@ class State:
     def __init__(self, upstream: str) -> None:
         self.lock = threading.Lock()
         self.upstream = upstream
+        # Pool configuration moto does not keep (it has no SetIdentityPoolRoles): the
+        # unauthenticated role of each pool. Survives reset(), as the pools on moto do.
+        self.pool_roles: dict[str, str] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -154,6 +196,14 @@ class State:
         self.identity_pool: dict[str, str] = {}
         self.deleted_identities: set[str] = set()
         self.issued: list[dict[str, str]] = []
+        # Every credential set handed out, by access key id: identity, pool, secret,
+        # token, role, issued_at, expires_at. What STS checks callers against.
+        self.keys: dict[str, dict[str, Any]] = {}
+        # The access key id most recently handed out to each identity.
+        self.newest_key: dict[str, str] = {}
+        self.sts_calls: list[dict[str, Any]] = []
+        # Identities whose pool was looked up on moto and not found (asked once).
+        self.unmapped_identities: set[str] = set()
 
     def count(self, operation: str, pool: Optional[str], identity: Optional[str]) -> None:
         self.calls[operation] = self.calls.get(operation, 0) + 1
@@ -167,6 +217,62 @@ class State:
     def outcome(self, operation: str, what: str) -> None:
         o = self.outcomes.setdefault(operation, {})
         o[what] = o.get(what, 0) + 1
+
+    def remember(
+        self, creds: dict[str, Any], identity: Optional[str], pool: Optional[str], role: Optional[str]
+    ) -> None:
+        """Keeps a credential set handed out, for STS to check callers against."""
+        akid = creds.get("AccessKeyId")
+        if not akid or (akid not in self.keys and len(self.keys) >= 200_000):
+            return
+        self.keys[akid] = {
+            "identity": identity,
+            "pool": pool,
+            "secret": creds.get("SecretKey"),
+            "token": creds.get("SessionToken"),
+            "role": role,
+            "issued_at": time.time(),
+            "expires_at": float(creds["Expiration"]) if creds.get("Expiration") is not None else None,
+        }
+        if identity:
+            self.newest_key[identity] = akid
+
+    def match(self, operation: str, pool: Optional[str]) -> Matched:
+        """What the rules say about one request; updates their hits. Hold the lock."""
+        m = Matched()
+        matching = [r for r in self.rules if r.matches(operation, pool)]
+        m.delay_ms = sum(int(r.spec.get("delay_ms") or 0) for r in matching)
+        for r in matching:
+            if r.bucket is not None:
+                r.hits += 1
+                if not r.bucket.take():
+                    m.throttled = True
+        m.fault = next((r for r in matching if r.is_fault()), None)
+        if m.fault is not None:
+            m.fault.hits += 1
+            if m.fault.remaining is not None:
+                m.fault.remaining -= 1
+        for r in matching:
+            if r is not m.fault and r.bucket is None and r.remaining is not None and not r.is_fault():
+                r.remaining -= 1
+                r.hits += 1
+        m.unique = any(r.spec.get("unique_credentials") for r in matching)
+        lifetimes = [r.spec["lifetime_seconds"] for r in matching if r.spec.get("lifetime_seconds") is not None]
+        m.lifetime = lifetimes[-1] if lifetimes else None
+        m.semantics = any(r.spec.get("semantics") for r in matching)
+        return m
+
+
+class Matched:
+    """The rules' verdict on one request."""
+
+    def __init__(self) -> None:
+        self.delay_ms = 0
+        self.throttled = False
+        self.fault: Optional[Rule] = None
+        self.unique = False
+        self.lifetime: Optional[int] = None
+        self.semantics = False
 
 
 STATE: State
@@ -219,6 +325,149 @@ def fresh_credentials() -> dict[str, str]:
     }
 
 
+# ----- roles ----------------------------------------------------------------
+def default_unauth_role(pool_name: str) -> str:
+    """The role the Cognito console creates for a pool's guests."""
+    return f"arn:aws:iam::{ACCOUNT_ID}:role/Cognito_{pool_name}Unauth_Role"
+
+
+def unauth_role(pool: Optional[str]) -> Optional[str]:
+    """A pool's unauthenticated role: the one it was created with, or the default for its name."""
+    if not pool:
+        return None
+    with STATE.lock:
+        known = STATE.pool_roles.get(pool)
+    if known:
+        return known
+    status, desc = moto_call("DescribeIdentityPool", {"IdentityPoolId": pool}, region_of(pool))
+    if status != 200 or not desc.get("IdentityPoolName"):
+        return None
+    role = default_unauth_role(desc["IdentityPoolName"])
+    with STATE.lock:
+        STATE.pool_roles.setdefault(pool, role)
+    return role
+
+
+def pool_of_identity(identity: str) -> Optional[str]:
+    """Asks moto which pool an identity belongs to (for identities created before a restart)."""
+    region = region_of(identity)
+    status, listing = moto_call("ListIdentityPools", {"MaxResults": 60}, region)
+    if status != 200:
+        return None
+    for p in listing.get("IdentityPools") or []:
+        pid = p.get("IdentityPoolId")
+        st, ids = moto_call("ListIdentities", {"IdentityPoolId": pid, "MaxResults": 60}, region)
+        if st == 200 and any(i.get("IdentityId") == identity for i in ids.get("Identities") or []):
+            return pid
+    return None
+
+
+def assumed_role(role_arn: str) -> tuple[str, str, str]:
+    """(Arn, UserId, Account) that STS reports for Cognito's session of ``role_arn``."""
+    parts = role_arn.split(":", 5)
+    account = parts[4] if len(parts) == 6 and parts[4] else ACCOUNT_ID
+    name = parts[5].rsplit("/", 1)[-1] if len(parts) == 6 else role_arn
+    # A role's unique id is AROA + 17 characters, stable for the role.
+    role_id = "AROA" + base64.b32encode(hashlib.sha256(role_arn.encode()).digest()).decode()[:17]
+    return (
+        f"arn:aws:sts::{account}:assumed-role/{name}/{COGNITO_SESSION}",
+        f"{role_id}:{COGNITO_SESSION}",
+        account,
+    )
+
+
+# ----- SigV4 ----------------------------------------------------------------
+_AUTH_PARAM = re.compile(r"(\w+)=([^,\s]*)")
+
+
+class SigV4:
+    """The parts of an ``Authorization: AWS4-HMAC-SHA256 ...`` header."""
+
+    def __init__(
+        self, algorithm: str, access_key_id: str, scope: str, signed_headers: list[str], signature: str
+    ) -> None:
+        self.algorithm = algorithm
+        self.access_key_id = access_key_id
+        self.scope = scope  # date/region/service/aws4_request
+        self.signed_headers = signed_headers
+        self.signature = signature
+
+    @staticmethod
+    def parse(header: Optional[str]) -> Optional[SigV4]:
+        if not header:
+            return None
+        algorithm, _, rest = header.strip().partition(" ")
+        params = dict(_AUTH_PARAM.findall(rest))
+        credential = params.get("Credential", "")
+        akid, _, scope = credential.partition("/")
+        if not akid:
+            return None
+        signed = [h for h in params.get("SignedHeaders", "").split(";") if h]
+        return SigV4(algorithm, akid, scope, signed, params.get("Signature", ""))
+
+
+def canonical_query(query: str) -> str:
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    enc = [(urllib.parse.quote(k, safe="-_.~"), urllib.parse.quote(v, safe="-_.~")) for k, v in pairs]
+    return "&".join(f"{k}={v}" for k, v in sorted(enc))
+
+
+def sigv4_signature(
+    secret: str,
+    auth: SigV4,
+    method: str,
+    target: str,
+    header_values: Callable[[str], list[str]],
+    body: bytes,
+) -> Optional[str]:
+    """The signature ``auth`` should carry, computed with ``secret`` from the request as
+    received (AWS's SigV4: canonical request, string to sign, derived key); None when the
+    request lacks what SigV4 needs (X-Amz-Date, a four-part scope, host signed)."""
+    scope = auth.scope.split("/")
+    amz_date = next(iter(header_values("x-amz-date")), "")
+    if auth.algorithm != "AWS4-HMAC-SHA256" or len(scope) != 4 or not amz_date or "host" not in auth.signed_headers:
+        return None
+    u = urllib.parse.urlsplit(target)
+    # Not S3: the path is URI-encoded once more on top of how it travelled.
+    canonical_uri = urllib.parse.quote(u.path or "/", safe="/~")
+    headers = "".join(
+        f"{name}:{','.join(' '.join(v.split()) for v in header_values(name))}\n" for name in auth.signed_headers
+    )
+    payload = next(iter(header_values("x-amz-content-sha256")), "") or hashlib.sha256(body).hexdigest()
+    canonical_request = "\n".join(
+        [method, canonical_uri, canonical_query(u.query), headers, ";".join(auth.signed_headers), payload]
+    )
+    to_sign = "\n".join(
+        [auth.algorithm, amz_date, auth.scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
+    key = ("AWS4" + secret).encode()
+    for part in scope:
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def sts_error_body(code: str, message: Optional[str] = None) -> tuple[int, bytes]:
+    status, fault, default_message = STS_ERRORS.get(code) or (
+        (ERRORS[code][0], "Sender", ERRORS[code][1]) if code in ERRORS else (400, "Sender", code)
+    )
+    body = (
+        f'<ErrorResponse xmlns="{STS_XMLNS}"><Error><Type>{fault}</Type><Code>{escape(code)}</Code>'
+        f"<Message>{escape(message or default_message)}</Message></Error>"
+        f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+    )
+    return status, body.encode()
+
+
+def caller_identity_body(role_arn: str) -> bytes:
+    arn, user_id, account = assumed_role(role_arn)
+    return (
+        f'<GetCallerIdentityResponse xmlns="{STS_XMLNS}"><GetCallerIdentityResult>'
+        f"<Arn>{escape(arn)}</Arn><UserId>{escape(user_id)}</UserId><Account>{escape(account)}</Account>"
+        f"</GetCallerIdentityResult><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId>"
+        f"</ResponseMetadata></GetCallerIdentityResponse>"
+    ).encode()
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cognito-testbed-proxy"
@@ -244,7 +493,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
 
     def _aws_error(self, error: str, message: Optional[str] = None, status: Optional[int] = None) -> None:
-        default_status, default_message = ERRORS[error]
+        if error in ERRORS:
+            default_status, default_message = ERRORS[error]
+        else:  # an STS error code in a rule that also matches Cognito operations
+            default_status, _, default_message = STS_ERRORS[error]
         body = json.dumps({"__type": error, "message": message or default_message}).encode()
         self._send(
             status or default_status,
@@ -268,6 +520,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # ----- routing --------------------------------------------------------
     def do_GET(self) -> None:
+        if not self.path.startswith("/_proxy/") and "Action" in self._query():
+            return self._sts(b"")
         self._control("GET")
 
     def do_DELETE(self) -> None:
@@ -278,13 +532,55 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path.startswith("/_proxy/"):
-            self._control("POST")
+            return self._control("POST")
+        raw = self._body()
+        if "X-Amz-Target" not in self.headers and ("Action" in self._query() or "Action" in self._form(raw)):
+            return self._sts(raw)
+        self._cognito(raw)
+
+    def _query(self) -> dict[str, str]:
+        query = urllib.parse.urlsplit(self.path).query
+        return dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+
+    @staticmethod
+    def _form(raw: bytes) -> dict[str, str]:
+        try:
+            return dict(urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        except (UnicodeDecodeError, ValueError):
+            return {}
+
+    def _faults(
+        self, operation: str, m: Matched, error: Callable[[str, Optional[str], Optional[int]], None], throttle: str
+    ) -> bool:
+        """Latency, throttling and the first fault rule; True when the request was answered."""
+        if m.delay_ms:
+            time.sleep(m.delay_ms / 1000.0)
+        if m.throttled:
+            with STATE.lock:
+                STATE.outcome(operation, throttle)
+            error(throttle, None, None)
+            return True
+        if m.fault is None:
+            return False
+        spec = m.fault.spec
+        with STATE.lock:
+            STATE.outcome(operation, spec.get("error") or spec.get("connection") or f"http{spec.get('http_status')}")
+        if spec.get("connection") == "reset":
+            self._reset()
+        elif spec.get("connection") == "drop":
+            self._drop()
+        elif spec.get("error"):
+            error(spec["error"], spec.get("message"), spec.get("status"))
         else:
-            self._cognito()
+            self._send(
+                int(spec["http_status"]),
+                str(spec.get("body") or "<html><body>Service Unavailable</body></html>").encode(),
+                {"Content-Type": "text/html"},
+            )
+        return True
 
     # ----- the Cognito path -----------------------------------------------
-    def _cognito(self) -> None:
-        raw = self._body()
+    def _cognito(self, raw: bytes) -> None:
         target = self.headers.get("X-Amz-Target", "")
         operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target or "Unknown"
         try:
@@ -295,58 +591,21 @@ class Handler(BaseHTTPRequestHandler):
         with STATE.lock:
             pool = payload.get("IdentityPoolId") or STATE.identity_pool.get(identity or "")
             STATE.count(operation, pool, identity)
-            matching = [r for r in STATE.rules if r.matches(operation, pool)]
-            delay_ms = sum(int(r.spec.get("delay_ms") or 0) for r in matching)
-            throttled = False
-            for r in matching:
-                if r.bucket is not None:
-                    r.hits += 1
-                    if not r.bucket.take():
-                        throttled = True
-            fault = next((r for r in matching if r.is_fault()), None)
-            if fault is not None:
-                fault.hits += 1
-                if fault.remaining is not None:
-                    fault.remaining -= 1
-            for r in matching:
-                if r is not fault and r.bucket is None and r.remaining is not None and not r.is_fault():
-                    r.remaining -= 1
-                    r.hits += 1
-            unique = any(r.spec.get("unique_credentials") for r in matching)
-            lifetimes = [r.spec["lifetime_seconds"] for r in matching if r.spec.get("lifetime_seconds") is not None]
-            semantics = any(r.spec.get("semantics") for r in matching)
+            m = STATE.match(operation, pool)
             deleted = identity in STATE.deleted_identities
 
-        if delay_ms:
-            time.sleep(delay_ms / 1000.0)
-        if throttled:
-            with STATE.lock:
-                STATE.outcome(operation, "TooManyRequestsException")
-            return self._aws_error("TooManyRequestsException")
-        if fault is not None:
-            spec = fault.spec
-            with STATE.lock:
-                STATE.outcome(operation, spec.get("error") or spec.get("connection") or f"http{spec.get('http_status')}")
-            if spec.get("connection") == "reset":
-                return self._reset()
-            if spec.get("connection") == "drop":
-                return self._drop()
-            if spec.get("error"):
-                return self._aws_error(spec["error"], spec.get("message"), spec.get("status"))
-            return self._send(
-                int(spec["http_status"]),
-                str(spec.get("body") or "<html><body>Service Unavailable</body></html>").encode(),
-                {"Content-Type": "text/html"},
-            )
+        if self._faults(operation, m, self._aws_error, "TooManyRequestsException"):
+            return
 
-        if semantics:
+        if m.semantics:
             refusal = self._semantic_refusal(operation, pool, identity, deleted)
             if refusal is not None:
                 with STATE.lock:
                     STATE.outcome(operation, refusal[0])
                 return self._aws_error(*refusal)
 
-        self._forward(raw, operation, pool, unique, lifetimes[-1] if lifetimes else None)
+        custom_role = payload.get("CustomRoleArn") if isinstance(payload.get("CustomRoleArn"), str) else None
+        self._forward(raw, operation, pool, m.unique, m.lifetime, custom_role)
 
     def _semantic_refusal(
         self, operation: str, pool: Optional[str], identity: Optional[str], deleted: bool
@@ -366,7 +625,13 @@ class Handler(BaseHTTPRequestHandler):
         return None
 
     def _forward(
-        self, raw: bytes, operation: str, pool: Optional[str], unique: bool, lifetime: Optional[int]
+        self,
+        raw: bytes,
+        operation: str,
+        pool: Optional[str],
+        unique: bool,
+        lifetime: Optional[int],
+        custom_role: Optional[str] = None,
     ) -> None:
         u = urllib.parse.urlsplit(STATE.upstream)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
@@ -406,10 +671,117 @@ class Handler(BaseHTTPRequestHandler):
                             STATE.issued.append(
                                 {k: creds[k] for k in ("AccessKeyId", "SecretKey", "SessionToken") if k in creds}
                             )
+                        STATE.remember(creds, obj.get("IdentityId"), pool, custom_role)
                     body = json.dumps(obj).encode()
         with STATE.lock:
             STATE.outcome(operation, "ok" if status == 200 else f"upstream{status}")
         self._send(status, body, resp_headers)
+
+    # ----- the STS path ---------------------------------------------------
+    def _sts_error(self, code: str, message: Optional[str] = None, status: Optional[int] = None) -> None:
+        default_status, body = sts_error_body(code, message)
+        self._send(status or default_status, body, {"Content-Type": "text/xml", "x-amzn-RequestId": str(uuid.uuid4())})
+
+    def _classify(
+        self, auth: Optional[SigV4], token: Optional[str], raw: bytes, method: str
+    ) -> tuple[str, Optional[dict[str, Any]]]:
+        """How the credentials of an STS call stand, and what the proxy issued for that key."""
+        if auth is None:
+            return "unknown", None
+        with STATE.lock:
+            rec = STATE.keys.get(auth.access_key_id)
+            rec = dict(rec) if rec else None
+            newest = STATE.newest_key.get(rec["identity"]) if rec and rec["identity"] else None
+        if rec is None:
+            return "unknown", None
+        if token != rec["token"]:
+            return "bad_token", rec
+        if rec["expires_at"] is not None and time.time() >= rec["expires_at"]:
+            return "expired", rec
+        want = sigv4_signature(
+            rec["secret"] or "", auth, method, self.path, lambda name: self.headers.get_all(name) or [], raw
+        )
+        if want is None or not hmac.compare_digest(want, auth.signature):
+            return "bad_signature", rec
+        return ("current" if newest in (None, auth.access_key_id) else "previous"), rec
+
+    def _sts(self, raw: bytes) -> None:
+        method = self.command
+        params = {**self._form(raw), **self._query()}
+        action = params.get("Action") or "Unknown"
+        auth = SigV4.parse(self.headers.get("Authorization"))
+        cls, rec = self._classify(auth, self.headers.get("X-Amz-Security-Token"), raw, method)
+        identity = rec["identity"] if rec else None
+        pool = rec["pool"] if rec else None
+        if rec is not None and pool is None and identity:
+            pool = self._learn_pool(identity)
+        if action not in STS_OPERATIONS:
+            outcome = "InvalidAction"
+        elif cls in ("current", "previous"):
+            outcome = "ok"
+        elif cls == "unknown" and auth is None:
+            outcome = "MissingAuthenticationToken"
+        else:
+            outcome = {"expired": "ExpiredToken", "bad_signature": "SignatureDoesNotMatch"}.get(
+                cls, "InvalidClientTokenId"
+            )
+        with STATE.lock:
+            STATE.count(action, pool, identity)
+            m = STATE.match(action, pool)
+            if m.throttled:
+                answered = "Throttling"
+            elif m.fault is not None:
+                spec = m.fault.spec
+                answered = spec.get("error") or spec.get("connection") or f"http{spec.get('http_status')}"
+            else:
+                answered = outcome
+            if len(STATE.sts_calls) < 200_000:
+                STATE.sts_calls.append(
+                    {
+                        "time": time.time(),
+                        "action": action,
+                        "access_key_id": auth.access_key_id if auth else None,
+                        "identity_id": identity,
+                        "pool": pool,
+                        "class": cls,
+                        "expires_at": rec["expires_at"] if rec else None,
+                        "user_agent": self.headers.get("User-Agent"),
+                        "outcome": answered,
+                    }
+                )
+        if self._faults(action, m, self._sts_error, "Throttling"):
+            return
+        with STATE.lock:
+            STATE.outcome(action, outcome)
+        if outcome == "InvalidAction":
+            return self._sts_error(
+                outcome, f"Could not find operation {action} for version {STS_VERSION} in the test-bed proxy"
+            )
+        if outcome != "ok" or rec is None:
+            return self._sts_error(outcome)
+        role = rec["role"] or unauth_role(pool) or default_unauth_role("")
+        self._send(
+            200,
+            caller_identity_body(role),
+            {"Content-Type": "text/xml", "x-amzn-RequestId": str(uuid.uuid4())},
+        )
+
+    @staticmethod
+    def _learn_pool(identity: str) -> Optional[str]:
+        """The pool of an identity the proxy did not see created (it was restarted since)."""
+        with STATE.lock:
+            if identity in STATE.unmapped_identities:
+                return None
+        pool = pool_of_identity(identity)
+        with STATE.lock:
+            if pool is None:
+                STATE.unmapped_identities.add(identity)
+            else:
+                STATE.identity_pool.setdefault(identity, pool)
+                for rec in STATE.keys.values():
+                    if rec["identity"] == identity and rec["pool"] is None:
+                        rec["pool"] = pool
+        return pool
 
     # ----- the control API ------------------------------------------------
     def _control(self, method: str) -> None:
@@ -445,6 +817,19 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and head == "issued":
             with STATE.lock:
                 return self._json(200, {"credentials": STATE.issued})
+        if head == "sts-calls" and method in ("GET", "DELETE"):
+            q = self._query()
+            keep = {k: q[k] for k in ("pool", "identity_id", "access_key_id") if k in q}
+
+            def selected(c: dict[str, Any]) -> bool:
+                return all(c.get(k) == v for k, v in keep.items())
+
+            with STATE.lock:
+                if method == "GET":
+                    return self._json(200, {"calls": [c for c in STATE.sts_calls if selected(c)]})
+                before = len(STATE.sts_calls)
+                STATE.sts_calls = [c for c in STATE.sts_calls if not selected(c)]
+                return self._json(200, {"deleted": before - len(STATE.sts_calls)})
         if method == "POST" and head == "reset":
             with STATE.lock:
                 STATE.reset()
@@ -482,19 +867,28 @@ class Handler(BaseHTTPRequestHandler):
     def _pools(self, method: str, rest: list[str], data: dict[str, Any]) -> None:
         if method == "POST" and not rest:
             region = data.get("region") or os.environ.get("AWS_REGION", "us-east-1")
+            name = data.get("name") or f"testbed_{secrets.token_hex(4)}"
+            role = data.get("unauth_role") or default_unauth_role(name)
+            if not isinstance(role, str) or not role.startswith("arn:aws:iam::"):
+                raise ValueError("unauth_role must be an IAM role ARN")
             status, body = moto_call(
                 "CreateIdentityPool",
-                {
-                    "IdentityPoolName": data.get("name") or f"testbed_{secrets.token_hex(4)}",
-                    "AllowUnauthenticatedIdentities": bool(data.get("guest", True)),
-                },
+                {"IdentityPoolName": name, "AllowUnauthenticatedIdentities": bool(data.get("guest", True))},
                 region,
             )
+            if status == 200 and body.get("IdentityPoolId"):
+                # moto has no SetIdentityPoolRoles: the proxy keeps the pool's roles.
+                with STATE.lock:
+                    STATE.pool_roles[body["IdentityPoolId"]] = role
+                body["Roles"] = {"unauthenticated": role}
             return self._json(status, body)
         if len(rest) == 1:
             pool = rest[0]
             if method == "GET":
                 status, body = moto_call("DescribeIdentityPool", {"IdentityPoolId": pool}, region_of(pool))
+                if status == 200:
+                    role = unauth_role(pool)
+                    body["Roles"] = {"unauthenticated": role} if role else {}
                 return self._json(status, body)
             if method == "DELETE":
                 status, body = moto_call("DeleteIdentityPool", {"IdentityPoolId": pool}, region_of(pool))

@@ -4,7 +4,13 @@
 //! from `.local/env`), and starts one with `testbed/up.sh` when there is none. Each test
 //! gets its own namespace (`TestNs`) so tests run in parallel, its own `kube::Client`,
 //! its own identity pools, and the proxy's control API (`Proxy`) to program faults and
-//! read exact call counts per pool.
+//! read exact call counts per pool. The proxy also answers STS `GetCallerIdentity`
+//! (`Proxy::sts_calls`, `aws_cli`, `sts_client`), and `SecretMirror` projects a Secret into
+//! a directory the way the kubelet does for a pod's volume.
+
+pub mod mirror;
+
+pub use mirror::{MirrorError, SecretData, SecretMirror};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,8 @@ pub struct TestBed {
     pub kubeconfig: PathBuf,
     /// The proxy (what the controller talks to): `AWS_ENDPOINT_URL_COGNITO_IDENTITY`.
     pub cognito_endpoint: String,
+    /// Where STS is answered (the same proxy): `AWS_ENDPOINT_URL_STS`.
+    pub sts_endpoint: String,
     /// moto itself.
     pub emulator_url: String,
     pub region: String,
@@ -47,6 +55,7 @@ impl TestBed {
                 "AWS_ENDPOINT_URL_COGNITO_IDENTITY".into(),
                 self.cognito_endpoint.clone(),
             ),
+            ("AWS_ENDPOINT_URL_STS".into(), self.sts_endpoint.clone()),
             ("AWS_REGION".into(), self.region.clone()),
             ("AWS_DEFAULT_REGION".into(), self.region.clone()),
             ("PATH".into(), path),
@@ -71,9 +80,15 @@ fn parse_env_file(path: &Path) -> Option<BTreeMap<String, String>> {
 }
 
 fn from_map(m: &BTreeMap<String, String>) -> Option<TestBed> {
+    let cognito_endpoint = m.get("AWS_ENDPOINT_URL_COGNITO_IDENTITY")?.clone();
     Some(TestBed {
         kubeconfig: PathBuf::from(m.get("KUBECONFIG")?),
-        cognito_endpoint: m.get("AWS_ENDPOINT_URL_COGNITO_IDENTITY")?.clone(),
+        // A test bed started before the proxy spoke STS has no such line: same proxy.
+        sts_endpoint: m
+            .get("AWS_ENDPOINT_URL_STS")
+            .cloned()
+            .unwrap_or_else(|| cognito_endpoint.clone()),
+        cognito_endpoint,
         emulator_url: m.get("COGNITO_EMULATOR_URL")?.clone(),
         region: m.get("AWS_REGION")?.clone(),
         demo_pool: m.get("DEMO_IDENTITY_POOL_ID")?.clone(),
@@ -298,6 +313,129 @@ impl Proxy {
     pub async fn issued(&self) -> Vec<Value> {
         let v = self.call(reqwest::Method::GET, "/issued", None).await;
         v["credentials"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The unauthenticated role of a pool the proxy created (`Roles.unauthenticated`).
+    pub async fn unauth_role(&self, pool: &str) -> String {
+        let v = self
+            .call(reqwest::Method::GET, &format!("/pools/{pool}"), None)
+            .await;
+        v["Roles"]["unauthenticated"]
+            .as_str()
+            .expect("the pool has an unauthenticated role")
+            .to_string()
+    }
+
+    /// The STS calls made with credentials of `pool`, oldest first: `time`, `action`,
+    /// `access_key_id`, `identity_id`, `pool`, `class` (current, previous, expired,
+    /// unknown, bad_token, bad_signature), `expires_at`, `user_agent`, `outcome`.
+    pub async fn sts_calls(&self, pool: &str) -> Vec<Value> {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/sts-calls?pool={pool}"),
+                None,
+            )
+            .await;
+        v["calls"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Forgets the STS calls recorded for `pool` (the proxy keeps knowing its credentials).
+    pub async fn clear_sts_calls(&self, pool: &str) {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/sts-calls?pool={pool}"),
+            None,
+        )
+        .await;
+    }
+}
+
+/// A credential set Cognito handed out. `Debug` shows the key id and expiry only.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// Expiration, seconds since the epoch.
+    pub expiration: i64,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsCredentials {
+    /// From GetCredentialsForIdentity's answer; panics when a part is missing.
+    pub fn from_cognito(c: aws_sdk_cognitoidentity::types::Credentials) -> Self {
+        Self {
+            access_key_id: c.access_key_id.expect("AccessKeyId"),
+            secret_access_key: c.secret_key.expect("SecretKey"),
+            session_token: c.session_token.expect("SessionToken"),
+            expiration: c.expiration.expect("Expiration").secs(),
+        }
+    }
+
+    /// The variables the AWS SDKs and the aws CLI read credentials from.
+    pub fn env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", &self.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret_access_key),
+            ("AWS_SESSION_TOKEN", &self.session_token),
+        ]
+    }
+}
+
+/// Runs the venv's aws CLI against the test bed with `creds` in its environment and no
+/// config or credentials files. Returns the output whatever the exit status.
+pub fn aws_cli(args: &[&str], creds: &AwsCredentials) -> std::process::Output {
+    std::process::Command::new(testbed().venv.join("bin/aws"))
+        .args(args)
+        .envs(testbed().env())
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .envs(creds.env())
+        .output()
+        .expect("run the aws CLI")
+}
+
+/// An STS client (aws-sdk-rust) pointed at the proxy, signing with `creds`, no retries.
+pub async fn sts_client(creds: &AwsCredentials) -> aws_sdk_sts::Client {
+    let bed = testbed();
+    let provider = aws_sdk_sts::config::Credentials::new(
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        Some(creds.session_token.clone()),
+        None,
+        "testbed",
+    );
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .credentials_provider(provider)
+        .region(aws_config::Region::new(bed.region.clone()))
+        .endpoint_url(&bed.sts_endpoint)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    aws_sdk_sts::Client::new(&conf)
+}
+
+/// GetCallerIdentity through aws-sdk-rust with `creds`: the caller's ARN, or STS's error
+/// code (the whole error chain when there is no code, e.g. a connection failure).
+pub async fn caller_arn(creds: &AwsCredentials) -> Result<String, String> {
+    use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata};
+    match sts_client(creds).await.get_caller_identity().send().await {
+        Ok(out) => Ok(out.arn().unwrap_or_default().to_string()),
+        Err(e) => Err(e
+            .code()
+            .map(str::to_string)
+            .unwrap_or_else(|| DisplayErrorContext(&e).to_string())),
     }
 }
 
