@@ -38,6 +38,8 @@ pub enum CognitoError {
     Unavailable(String),
     #[error("malformed response from Cognito: {0}")]
     Malformed(String),
+    #[error("STS GetCallerIdentity refused the new credentials: {0}")]
+    VerificationFailed(String),
 }
 
 impl CognitoError {
@@ -61,11 +63,13 @@ impl CognitoError {
             Self::InvalidParameter(_) => "InvalidParameter",
             Self::Throttled(_) => "Throttled",
             Self::Unavailable(_) | Self::Malformed(_) => "CognitoUnavailable",
+            Self::VerificationFailed(_) => "VerificationFailed",
         }
     }
 }
 
-/// The two calls the controller needs.
+/// The AWS calls the controller makes: Cognito's two, and STS GetCallerIdentity to
+/// verify new credentials (spec.verify).
 pub trait Cognito: Send + Sync + 'static {
     /// GetId: a new identity in `pool`.
     fn get_id(
@@ -80,6 +84,12 @@ pub trait Cognito: Send + Sync + 'static {
         identity_id: &str,
         custom_role_arn: Option<&str>,
     ) -> impl Future<Output = Result<Credentials, CognitoError>> + Send;
+    /// STS GetCallerIdentity signed with `creds`: the ARN they act as.
+    fn caller_identity(
+        &self,
+        region: &str,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<String, CognitoError>> + Send;
 }
 
 /// Timeouts for Cognito calls.
@@ -202,6 +212,33 @@ where
     }
 }
 
+/// Maps an STS error to a verification failure (never echoing credentials: STS's
+/// messages do not carry them, and the transport's are fixed strings).
+fn classify_sts<E>(err: SdkError<E, aws_sdk_sts::config::http::HttpResponse>) -> CognitoError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let detail = match &err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let status = se.raw().status().as_u16();
+            format!(
+                "{} (HTTP {status}): {}",
+                e.code().unwrap_or("unknown error"),
+                e.message().unwrap_or("no message")
+            )
+        }
+        SdkError::TimeoutError(_) => "timed out".to_string(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => "timed out".to_string(),
+        SdkError::DispatchFailure(_) => "connection failed or was reset".to_string(),
+        SdkError::ResponseError(r) => {
+            format!("unreadable response (HTTP {})", r.raw().status().as_u16())
+        }
+        _ => "request could not be built".to_string(),
+    };
+    CognitoError::VerificationFailed(detail)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     GetId,
@@ -259,6 +296,34 @@ impl Cognito for SdkCognito {
             .await
             .map_err(|e| classify(e, Op::GetCredentials))?;
         credentials_from(out.credentials)
+    }
+
+    async fn caller_identity(
+        &self,
+        region: &str,
+        creds: &Credentials,
+    ) -> Result<String, CognitoError> {
+        let expiry = std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(creds.expiration.as_second()).unwrap_or(0));
+        let signed = aws_sdk_sts::config::Credentials::new(
+            creds.access_key_id.clone(),
+            creds.secret_access_key.clone(),
+            Some(creds.session_token.clone()),
+            Some(expiry),
+            "cognito-unauth-controller",
+        );
+        let conf = aws_sdk_sts::config::Builder::from(&self.base)
+            .region(Region::new(region.to_string()))
+            .credentials_provider(signed)
+            .build();
+        let out = aws_sdk_sts::Client::from_conf(conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(classify_sts)?;
+        out.arn
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| CognitoError::VerificationFailed("no Arn in the answer".into()))
     }
 }
 

@@ -104,7 +104,72 @@ pub struct CognitoUnauthCredentialSpec {
     /// Stop calling Cognito while true. The Secret is left as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+
+    /// Where pods mount the Secret (default `/var/run/secrets/cognito`). The Secret's
+    /// `config` key names `<mountPath>/credential-process.json` in its
+    /// `credential_process` line, so an AWS SDK given `AWS_CONFIG_FILE=<mountPath>/config`
+    /// re-reads the credentials as they near expiry, with no restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^/[A-Za-z0-9._/-]*$"))]
+    pub mount_path: Option<String>,
+
+    /// Deployments, StatefulSets and DaemonSets in this namespace to roll when the
+    /// credentials in the Secret change (for workloads that read them as environment
+    /// variables): the controller sets their pod template's
+    /// `cognito.kubecred.io/restartedAt` annotation, once per rotation. Never on the first
+    /// issue, on a controller restart or on a status-only change. The controller needs
+    /// `patch` on these kinds (the chart's `rolloutRestart.enabled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+
+    /// After each fetch, call STS GetCallerIdentity signed with the new credentials
+    /// before writing them: publishes status.assumedRoleArn and the `Verified`
+    /// condition. Credentials that fail verification are not written; the Secret keeps
+    /// the previous good ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
 }
+
+/// A workload to roll when the credentials change.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// Deployment, StatefulSet or DaemonSet (apps/v1).
+    pub kind: WorkloadKind,
+    /// The workload's name, in this resource's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+}
+
+/// The kinds of workload that can be rolled.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// Default for `spec.mountPath`.
+pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/cognito";
 
 /// Metadata added to the Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -153,10 +218,32 @@ pub struct CognitoUnauthCredentialStatus {
     /// The reason of the last failed attempt (kept while Ready says Expired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_reason: Option<String>,
+    /// The role the credentials act as, from STS GetCallerIdentity (only with spec.verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assumed_role_arn: Option<String>,
+    /// The credentials the rollout-restart targets were last rolled for (or started
+    /// with): set once per rotation, so a restart of the controller rolls nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_restart: Option<RolloutRestartStatus>,
     /// `Ready` is True when the Secret holds unexpired credentials from the current spec.
+    /// `Verified` (with spec.verify) says whether STS accepted the last credentials
+    /// fetched. `RolloutRestart` (with spec.rolloutRestartTargets) says whether the
+    /// targets were rolled for the credentials in the Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Rollout-restart bookkeeping.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartStatus {
+    /// Issue time of the credentials the targets were rolled for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_issued_at: Option<Time>,
+    /// The `cognito.kubecred.io/restartedAt` value last set on the targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<String>,
 }
 
 impl CognitoUnauthCredentialSpec {
@@ -169,6 +256,11 @@ impl CognitoUnauthCredentialSpec {
                 .split_once(':')
                 .map_or(self.identity_pool_id.as_str(), |(r, _)| r),
         }
+    }
+
+    /// spec.mountPath or its default.
+    pub fn mount_path(&self) -> &str {
+        self.mount_path.as_deref().unwrap_or(DEFAULT_MOUNT_PATH)
     }
 
     /// spec.renewBefore or its default.

@@ -6,7 +6,7 @@
 //! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]) and its pacing under the quotas
 //! ([`quota`]); the
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
-//! HTTP server ([`http`]); and the runtime wiring ([`controller`]), and events with compact series ([`events`]).
+//! HTTP server ([`http`]); and the runtime wiring ([`controller`]), events with compact series ([`events`]), and rollout restarts of the workloads that read the credentials ([`restart`]).
 
 pub mod cognito;
 pub mod controller;
@@ -19,6 +19,7 @@ pub mod plan;
 mod properties;
 pub mod quota;
 pub mod reconcile;
+pub mod restart;
 pub mod schedule;
 pub mod secret;
 pub mod status;

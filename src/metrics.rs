@@ -52,6 +52,14 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestartLabels {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: String,
+    /// triggered, not_found, forbidden or failed.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
     pub class: String,
 }
@@ -79,6 +87,7 @@ pub struct Metrics {
     rotation_failures: Family<ReasonLabels, Counter>,
     reconcile_errors: Family<ClassLabels, Counter>,
     reconciliations: Counter,
+    rollout_restarts: Family<RestartLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +109,7 @@ impl Metrics {
             rotation_failures: Family::default(),
             reconcile_errors: Family::default(),
             reconciliations: Counter::default(),
+            rollout_restarts: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -146,6 +156,11 @@ impl Metrics {
             "reconciliations",
             "Reconciles run",
             m.reconciliations.clone(),
+        );
+        registry.register(
+            "rollout_restarts",
+            "Rollout restarts of spec.rolloutRestartTargets, by kind and result",
+            m.rollout_restarts.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -224,6 +239,15 @@ impl Metrics {
             .inc();
     }
 
+    pub fn rollout_restart(&self, kind: &str, result: &str) {
+        self.rollout_restarts
+            .get_or_create(&RestartLabels {
+                kind: kind.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     pub fn reconcile_error(&self, class: &str) {
         self.reconcile_errors
             .get_or_create(&ClassLabels {
@@ -298,6 +322,18 @@ impl<C: Cognito> Cognito for Metered<C> {
             .await;
         self.metrics
             .request("GetCredentialsForIdentity", started, outcome(&r));
+        r
+    }
+
+    async fn caller_identity(
+        &self,
+        region: &str,
+        creds: &Credentials,
+    ) -> Result<String, CognitoError> {
+        let started = Instant::now();
+        let r = self.inner.caller_identity(region, creds).await;
+        self.metrics
+            .request("GetCallerIdentity", started, outcome(&r));
         r
     }
 }

@@ -239,6 +239,7 @@ mod tests {
         SecretState::Ours(Box::new(Observed {
             owned: true,
             intact: true,
+            current_layout: true,
             credentials: Some(Credentials {
                 access_key_id: "a".into(),
                 secret_access_key: "b".into(),

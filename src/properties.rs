@@ -87,8 +87,8 @@ proptest! {
             issued_at: ts(1_700_000_000),
             force_token: None,
         };
-        let s = render("n", "ns", &owner, None, &c, &prov);
-        let o = inspect(&s, "u");
+        let s = render("n", "ns", &owner, None, &c, &prov, "/m");
+        let o = inspect(&s, "u", "/m");
         prop_assert!(o.owned && o.intact);
         let back = o.credentials.expect("credentials");
         prop_assert_eq!(&back.access_key_id, &c.access_key_id);
@@ -108,7 +108,7 @@ proptest! {
             issued_at: ts(1_700_000_000),
             force_token: None,
         };
-        let mut s = render("n", "ns", &owner, None, &c, &prov);
+        let mut s = render("n", "ns", &owner, None, &c, &prov, "/m");
         let data = s.data.as_mut().expect("data");
         let keys: Vec<String> = data.keys().cloned().collect();
         let key = pick.get(&keys).clone();
@@ -116,7 +116,7 @@ proptest! {
         let at = pick.index(value.0.len().max(1)).min(value.0.len().saturating_sub(1));
         prop_assume!(value.0.get(at) != Some(&byte));
         if value.0.is_empty() { value.0.push(byte) } else { value.0[at] = byte }
-        prop_assert!(!inspect(&s, "u").intact, "an edit of {} went unnoticed", key);
+        prop_assert!(!inspect(&s, "u", "/m").intact, "an edit of {} went unnoticed", key);
     }
 
     #[test]

@@ -132,6 +132,15 @@ impl<C: Cognito> Cognito for Paced<C> {
             .get_credentials(region, identity_id, custom_role_arn)
             .await
     }
+
+    /// STS is not under Cognito's quotas (and GetCallerIdentity's own is far higher).
+    async fn caller_identity(
+        &self,
+        region: &str,
+        creds: &Credentials,
+    ) -> Result<String, CognitoError> {
+        self.inner.caller_identity(region, creds).await
+    }
 }
 
 #[cfg(test)]

@@ -20,10 +20,14 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::cognito::{Cognito, CognitoError};
-use crate::crd::{CognitoUnauthCredential, CognitoUnauthCredentialStatus, FORCE_ROTATE_ANNOTATION};
+use crate::crd::{
+    CognitoUnauthCredential, CognitoUnauthCredentialStatus, FORCE_ROTATE_ANNOTATION,
+    RolloutRestartStatus,
+};
 use crate::events::{Event, EventType, Recorder};
 use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
+use crate::restart::{self, Duty};
 use crate::schedule;
 use crate::secret::{self, Credentials, Owner, Provenance};
 use crate::status::{self, reason, show, time};
@@ -260,7 +264,7 @@ async fn reconcile_inner<C: Cognito>(
     let secret_state = match &existing {
         None => SecretState::Absent,
         Some(s) => {
-            let o = secret::inspect(s, &uid);
+            let o = secret::inspect(s, &uid, obj.spec.mount_path());
             if o.owned {
                 SecretState::Ours(Box::new(o))
             } else {
@@ -377,8 +381,9 @@ async fn reconcile_inner<C: Cognito>(
             let Some(k) = kept else {
                 return Err(Error::MissingField("kept credentials"));
             };
+            let layout_current = matches!(&secret_state, SecretState::Ours(o) if o.current_layout);
             if let Some(s) = &existing
-                && !template_applied(s, obj)
+                && (!template_applied(s, obj) || !layout_current)
             {
                 apply_secret(
                     &secrets,
@@ -392,7 +397,38 @@ async fn reconcile_inner<C: Cognito>(
                 .await?;
             }
             mark_issued(&mut next, &k, generation, now, &old);
-            requeue_at(now, renewal)
+            if obj.spec.verify == Some(true) {
+                // Verification just turned on (or the spec changed): check the kept
+                // credentials once; a failure is reported, the Secret stays.
+                let checked = status::condition_of(&old, status::VERIFIED)
+                    .is_some_and(|c| c.observed_generation == generation);
+                if !checked {
+                    let r = ctx
+                        .cognito
+                        .caller_identity(obj.spec.region(), &k.credentials)
+                        .await;
+                    mark_verified(
+                        &mut next,
+                        r.as_ref().map(String::as_str),
+                        generation,
+                        now,
+                        &old,
+                    );
+                }
+            } else {
+                mark_verified_off(&mut next);
+            }
+            let retry = roll_out(
+                ctx,
+                obj,
+                &ns,
+                k.provenance.issued_at,
+                &mut next,
+                generation,
+                now,
+            )
+            .await;
+            requeue_at(now, retry.map_or(renewal, |r| renewal.min(now + r)))
         }
         Plan::Rotate { why, identity } => {
             rotate(
@@ -513,7 +549,26 @@ async fn rotate<C: Cognito>(
 ) -> Result<Action, Error> {
     let generation = obj.metadata.generation;
     let now = a.now;
-    match fetch(ctx, obj, &mut a).await? {
+    let mut fetched = fetch(ctx, obj, &mut a).await?;
+    if obj.spec.verify == Some(true)
+        && let Ok((_, creds)) = &fetched
+    {
+        // Verified before they are written: refused credentials never replace good ones.
+        let r = ctx.cognito.caller_identity(obj.spec.region(), creds).await;
+        mark_verified(
+            a.next,
+            r.as_ref().map(String::as_str),
+            generation,
+            now,
+            a.old,
+        );
+        if let Err(e) = r {
+            fetched = Err(e);
+        }
+    } else if obj.spec.verify != Some(true) {
+        mark_verified_off(a.next);
+    }
+    match fetched {
         Ok((identity_id, mut creds)) => {
             // Whole seconds, as the Secret and status keep them: the renewal time computed
             // now must equal the one computed later from what is read back, or the next
@@ -560,7 +615,12 @@ async fn rotate<C: Cognito>(
             ctx.event(obj, EventType::Normal, "CredentialsRotated", msg)
                 .await;
             remove_previous_secret(a.secrets, a.old, a.secret_name, a.uid).await?;
-            Ok(requeue_at(now, renewal))
+            let ns = obj.namespace().unwrap_or_default();
+            let retry = roll_out(ctx, obj, &ns, issued_at, a.next, generation, now).await;
+            Ok(requeue_at(
+                now,
+                retry.map_or(renewal, |r| renewal.min(now + r)),
+            ))
         }
         Err(e) => {
             let delay = record_failure(a.next, a.old, e.reason(), now, a.uid);
@@ -597,6 +657,127 @@ async fn rotate<C: Cognito>(
             Ok(requeue_at(now, wake))
         }
     }
+}
+
+/// How soon a rollout restart that could not be done (forbidden, failed) is retried.
+const RESTART_RETRY: Duration = Duration::from_secs(60);
+
+/// Rolls the spec's targets when the credentials in the Secret (issued at `issued_at`)
+/// are newer than the ones they were rolled for. Returns a retry delay when a patch
+/// must be tried again. Failures are reported (condition, event, metric), never
+/// returned: the Secret is good either way.
+async fn roll_out<C: Cognito>(
+    ctx: &Context<C>,
+    obj: &CognitoUnauthCredential,
+    ns: &str,
+    issued_at: Timestamp,
+    next: &mut CognitoUnauthCredentialStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<Duration> {
+    let targets = &obj.spec.rollout_restart_targets;
+    let previous = next.conditions.clone();
+    let set = |next: &mut CognitoUnauthCredentialStatus, ok: bool, why: &str, msg: String| {
+        let c = status::condition(
+            status::ROLLOUT_RESTART,
+            ok,
+            why,
+            msg,
+            generation,
+            now,
+            &previous,
+        );
+        status::set_condition(&mut next.conditions, c);
+    };
+    match restart::duty(targets, next.rollout_restart.as_ref(), issued_at) {
+        Duty::NoTargets => {
+            next.rollout_restart = None;
+            status::remove_condition(&mut next.conditions, status::ROLLOUT_RESTART);
+            None
+        }
+        Duty::Done => None,
+        Duty::Baseline => {
+            next.rollout_restart = Some(RolloutRestartStatus {
+                credentials_issued_at: Some(time(issued_at)),
+                restarted_at: None,
+            });
+            let msg = format!(
+                "The targets start with the credentials issued at {}; they roll when these are replaced",
+                show(issued_at)
+            );
+            set(next, true, reason::NO_ROTATION_YET, msg);
+            None
+        }
+        Duty::Restart { stamp } => {
+            let mut outcomes = Vec::with_capacity(targets.len());
+            for t in targets {
+                let o = restart::patch_target(&ctx.client, ns, t, &stamp, MANAGER).await;
+                ctx.metrics.rollout_restart(t.kind.as_str(), o.label());
+                outcomes.push((t.clone(), o));
+            }
+            let sum = restart::summarize(&outcomes, &stamp);
+            if let Some(note) = sum.triggered.clone() {
+                info!(stamp = %stamp, "rollout restart triggered");
+                ctx.event(obj, EventType::Normal, "RolloutRestartTriggered", note)
+                    .await;
+            }
+            if let Some(note) = sum.failed.clone() {
+                warn!(reason = sum.reason, "rollout restart incomplete");
+                ctx.event(obj, EventType::Warning, "RolloutRestartFailed", note)
+                    .await;
+            }
+            set(next, sum.ok, sum.reason, sum.message);
+            if sum.done {
+                next.rollout_restart = Some(RolloutRestartStatus {
+                    credentials_issued_at: Some(time(issued_at)),
+                    restarted_at: Some(stamp),
+                });
+                None
+            } else {
+                Some(RESTART_RETRY)
+            }
+        }
+    }
+}
+
+/// The `Verified` condition and assumedRoleArn after a GetCallerIdentity.
+fn mark_verified(
+    next: &mut CognitoUnauthCredentialStatus,
+    result: Result<&str, &CognitoError>,
+    generation: Option<i64>,
+    now: Timestamp,
+    old: &CognitoUnauthCredentialStatus,
+) {
+    let c = match result {
+        Ok(arn) => {
+            next.assumed_role_arn = Some(arn.to_string());
+            status::condition(
+                status::VERIFIED,
+                true,
+                reason::CALLER_IDENTITY_VERIFIED,
+                format!("STS GetCallerIdentity accepted the credentials as {arn}"),
+                generation,
+                now,
+                &old.conditions,
+            )
+        }
+        Err(e) => status::condition(
+            status::VERIFIED,
+            false,
+            reason::VERIFICATION_FAILED,
+            e.to_string(),
+            generation,
+            now,
+            &old.conditions,
+        ),
+    };
+    status::set_condition(&mut next.conditions, c);
+}
+
+/// Without spec.verify: no `Verified` condition, no assumedRoleArn.
+fn mark_verified_off(next: &mut CognitoUnauthCredentialStatus) {
+    next.assumed_role_arn = None;
+    status::remove_condition(&mut next.conditions, status::VERIFIED);
 }
 
 /// Counts a failed attempt in status; returns the delay before the next one.
@@ -708,6 +889,7 @@ async fn apply_secret(
         obj.spec.secret_template.as_ref(),
         creds,
         prov,
+        obj.spec.mount_path(),
     );
     match existing {
         None => {
@@ -755,7 +937,7 @@ async fn remove_previous_secret(
     let Some(s) = secrets.get_opt(prev).await.map_err(Error::Kube)? else {
         return Ok(());
     };
-    if !secret::inspect(&s, uid).owned {
+    if !secret::inspect(&s, uid, crate::crd::DEFAULT_MOUNT_PATH).owned {
         return Ok(());
     }
     let dp = DeleteParams {

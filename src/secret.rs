@@ -38,6 +38,20 @@ pub const KEY_REGION: &str = "AWS_REGION";
 pub const KEY_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
 pub const KEY_EXPIRATION: &str = "AWS_CREDENTIAL_EXPIRATION";
 pub const KEY_CREDENTIALS_FILE: &str = "credentials";
+pub const KEY_CREDENTIAL_PROCESS: &str = "credential-process.json";
+pub const KEY_CONFIG_FILE: &str = "config";
+
+/// The keys Secrets carried before `credential-process.json` and `config` were added:
+/// a Secret with only these is still intact, and is completed without a new fetch.
+const LEGACY_KEYS: [&str; 7] = [
+    KEY_ACCESS_KEY_ID,
+    KEY_SECRET_ACCESS_KEY,
+    KEY_SESSION_TOKEN,
+    KEY_REGION,
+    KEY_DEFAULT_REGION,
+    KEY_EXPIRATION,
+    KEY_CREDENTIALS_FILE,
+];
 
 /// Temporary AWS credentials. Debug never prints the secret parts.
 #[derive(Clone, PartialEq, Eq)]
@@ -95,10 +109,42 @@ fn ini(c: &Credentials) -> String {
     )
 }
 
-/// The Secret's data for `creds`.
-pub fn render_data(creds: &Credentials, region: &str) -> BTreeMap<String, ByteString> {
+/// The `credential_process` output (version 1) for `creds`.
+fn credential_process(c: &Credentials) -> String {
+    let v = serde_json::json!({
+        "Version": 1,
+        "AccessKeyId": c.access_key_id,
+        "SecretAccessKey": c.secret_access_key,
+        "SessionToken": c.session_token,
+        "Expiration": rfc3339(c.expiration),
+    });
+    format!("{v}\n")
+}
+
+/// An AWS config file whose default profile reads the mounted `credential-process.json`.
+fn config_file(region: &str, mount_path: &str) -> String {
+    let dir = mount_path.trim_end_matches('/');
+    format!(
+        "[default]\nregion = {region}\ncredential_process = cat {dir}/{KEY_CREDENTIAL_PROCESS}\n"
+    )
+}
+
+/// The Secret's data for `creds`, for pods that mount it at `mount_path`.
+pub fn render_data(
+    creds: &Credentials,
+    region: &str,
+    mount_path: &str,
+) -> BTreeMap<String, ByteString> {
     let s = |v: &str| ByteString(v.as_bytes().to_vec());
     BTreeMap::from([
+        (
+            KEY_CREDENTIAL_PROCESS.to_string(),
+            s(&credential_process(creds)),
+        ),
+        (
+            KEY_CONFIG_FILE.to_string(),
+            s(&config_file(region, mount_path)),
+        ),
         (KEY_ACCESS_KEY_ID.to_string(), s(&creds.access_key_id)),
         (
             KEY_SECRET_ACCESS_KEY.to_string(),
@@ -138,8 +184,9 @@ pub fn render(
     template: Option<&SecretTemplate>,
     creds: &Credentials,
     prov: &Provenance,
+    mount_path: &str,
 ) -> Secret {
-    let data = render_data(creds, &prov.region);
+    let data = render_data(creds, &prov.region, mount_path);
     let mut labels = template.map(|t| t.labels.clone()).unwrap_or_default();
     labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
     let mut annotations = template.map(|t| t.annotations.clone()).unwrap_or_default();
@@ -186,6 +233,9 @@ pub struct Observed {
     pub owned: bool,
     /// Data is complete and matches the checksum the controller wrote.
     pub intact: bool,
+    /// Intact and laid out as it would be rendered now (all keys, this mount path).
+    /// An intact Secret in an older layout is re-rendered with the same credentials.
+    pub current_layout: bool,
     /// The credentials, when intact.
     pub credentials: Option<Credentials>,
     pub provenance: Option<Provenance>,
@@ -201,8 +251,9 @@ fn parse_time(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }
 
-/// Reads a Secret without trusting it: anything missing or inconsistent makes it not intact.
-pub fn inspect(secret: &Secret, owner_uid: &str) -> Observed {
+/// Reads a Secret without trusting it: anything missing or inconsistent makes it not
+/// intact. `mount_path` is the spec's, to tell whether the layout is current.
+pub fn inspect(secret: &Secret, owner_uid: &str, mount_path: &str) -> Observed {
     let owned = secret
         .metadata
         .owner_references
@@ -235,14 +286,25 @@ pub fn inspect(secret: &Secret, owner_uid: &str) -> Observed {
             expiration,
         };
         let region = &provenance.as_ref()?.region;
-        // The data must be exactly what we would render for these credentials.
-        let expected = render_data(&c, region);
-        (data == &expected && ann.get(ANN_CHECKSUM) == Some(&checksum(&expected))).then_some(c)
+        // The data must be what we rendered for these credentials, in this layout or an
+        // older one (fewer keys, another mount path), unedited since (the checksum).
+        let expected = render_data(&c, region, mount_path);
+        let consistent = LEGACY_KEYS.iter().all(|k| data.contains_key(*k))
+            && data.iter().all(|(k, v)| match expected.get(k) {
+                Some(_) if k == KEY_CONFIG_FILE => true,
+                Some(want) => want == v,
+                None => false,
+            });
+        let unedited = ann.get(ANN_CHECKSUM) == Some(&checksum(data));
+        (consistent && unedited).then_some((c, data == &expected))
     })();
+    let current_layout = credentials.as_ref().is_some_and(|(_, current)| *current);
+    let credentials = credentials.map(|(c, _)| c);
 
     Observed {
         owned,
         intact: credentials.is_some() && provenance.is_some(),
+        current_layout: current_layout && provenance.is_some(),
         credentials,
         provenance,
     }
@@ -272,6 +334,8 @@ mod tests {
         }
     }
 
+    const MOUNT: &str = "/var/run/secrets/cognito";
+
     fn owner() -> Owner {
         Owner {
             api_version: "cognito.kubecred.io/v1alpha1".into(),
@@ -283,7 +347,7 @@ mod tests {
 
     #[test]
     fn renders_env_vars_and_a_shared_credentials_file() {
-        let s = render("app-creds", "ns", &owner(), None, &creds(), &prov());
+        let s = render("app-creds", "ns", &owner(), None, &creds(), &prov(), MOUNT);
         let data = s.data.as_ref().unwrap();
         let get = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
         assert_eq!(get("AWS_ACCESS_KEY_ID"), "ASIAEXAMPLEKEY123456");
@@ -296,7 +360,15 @@ mod tests {
             get("credentials"),
             "[default]\naws_access_key_id = ASIAEXAMPLEKEY123456\naws_secret_access_key = secret/with+chars\naws_session_token = tok==\n"
         );
-        assert_eq!(data.len(), 7);
+        assert_eq!(
+            get("credential-process.json"),
+            "{\"AccessKeyId\":\"ASIAEXAMPLEKEY123456\",\"Expiration\":\"2026-11-27T08:00:00Z\",\"SecretAccessKey\":\"secret/with+chars\",\"SessionToken\":\"tok==\",\"Version\":1}\n"
+        );
+        assert_eq!(
+            get("config"),
+            "[default]\nregion = us-east-1\ncredential_process = cat /var/run/secrets/cognito/credential-process.json\n"
+        );
+        assert_eq!(data.len(), 9);
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
         let or = &s.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((or.uid.as_str(), or.controller), ("uid-1", Some(true)));
@@ -320,7 +392,7 @@ mod tests {
                 (ANN_EXPIRATION.into(), "never".into()),
             ]),
         };
-        let s = render("n", "ns", &owner(), Some(&t), &creds(), &prov());
+        let s = render("n", "ns", &owner(), Some(&t), &creds(), &prov(), MOUNT);
         let labels = s.metadata.labels.unwrap();
         assert_eq!(labels["team"], "a");
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
@@ -331,8 +403,8 @@ mod tests {
 
     #[test]
     fn inspect_reads_back_what_render_wrote() {
-        let s = render("n", "ns", &owner(), None, &creds(), &prov());
-        let o = inspect(&s, "uid-1");
+        let s = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let o = inspect(&s, "uid-1", MOUNT);
         assert!(o.owned && o.intact);
         let c = o.credentials.unwrap();
         assert_eq!(c.access_key_id, "ASIAEXAMPLEKEY123456");
@@ -342,12 +414,12 @@ mod tests {
             "2026-11-27T08:00:00Z".parse::<Timestamp>().unwrap()
         );
         assert_eq!(o.provenance.unwrap().identity_id, prov().identity_id);
-        assert!(!inspect(&s, "other-uid").owned);
+        assert!(!inspect(&s, "other-uid", MOUNT).owned);
     }
 
     #[test]
     fn any_edit_of_the_data_is_drift() {
-        let base = render("n", "ns", &owner(), None, &creds(), &prov());
+        let base = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
         type Edit = Box<dyn Fn(&mut Secret)>;
         let edits: Vec<Edit> = vec![
             Box::new(|s| {
@@ -390,7 +462,7 @@ mod tests {
         for (i, edit) in edits.iter().enumerate() {
             let mut s = base.clone();
             edit(&mut s);
-            let o = inspect(&s, "uid-1");
+            let o = inspect(&s, "uid-1", MOUNT);
             assert!(!o.intact, "edit {i} went unnoticed");
             assert!(o.credentials.is_none());
         }
@@ -406,9 +478,64 @@ mod tests {
 
     #[test]
     fn checksum_is_stable_and_sensitive() {
-        let d = render_data(&creds(), "us-east-1");
+        let d = render_data(&creds(), "us-east-1", MOUNT);
         assert_eq!(checksum(&d), checksum(&d.clone()));
         assert!(checksum(&d).starts_with("sha256:"));
-        assert_ne!(checksum(&d), checksum(&render_data(&creds(), "us-west-2")));
+        assert_ne!(
+            checksum(&d),
+            checksum(&render_data(&creds(), "us-west-2", MOUNT))
+        );
+    }
+
+    #[test]
+    fn an_older_layout_is_intact_but_not_current() {
+        let base = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        // As written before credential-process.json and config existed.
+        let mut legacy = base.clone();
+        let data = legacy.data.as_mut().unwrap();
+        data.remove(KEY_CREDENTIAL_PROCESS);
+        data.remove(KEY_CONFIG_FILE);
+        let sum = checksum(data);
+        legacy
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_CHECKSUM.into(), sum);
+        let o = inspect(&legacy, "uid-1", MOUNT);
+        assert!(o.intact && !o.current_layout);
+        assert_eq!(
+            o.credentials.unwrap(),
+            inspect(&base, "uid-1", MOUNT).credentials.unwrap()
+        );
+        // Another mount path: same credentials, layout to redo.
+        let o = inspect(&base, "uid-1", "/creds");
+        assert!(o.intact && !o.current_layout);
+        let moved = render("n", "ns", &owner(), None, &creds(), &prov(), "/creds/");
+        let cfg =
+            String::from_utf8(moved.data.as_ref().unwrap()[KEY_CONFIG_FILE].0.clone()).unwrap();
+        assert!(
+            cfg.contains("credential_process = cat /creds/credential-process.json\n"),
+            "{cfg}"
+        );
+        assert!(inspect(&moved, "uid-1", "/creds/").current_layout);
+        assert!(inspect(&base, "uid-1", MOUNT).current_layout);
+    }
+
+    #[test]
+    fn a_credential_process_file_that_disagrees_is_drift() {
+        let mut s = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let data = s.data.as_mut().unwrap();
+        data.insert(
+            KEY_CREDENTIAL_PROCESS.into(),
+            ByteString(b"{\"Version\":1}".to_vec()),
+        );
+        let sum = checksum(data);
+        s.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_CHECKSUM.into(), sum);
+        assert!(!inspect(&s, "uid-1", MOUNT).intact);
     }
 }

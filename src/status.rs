@@ -8,6 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::crd::CognitoUnauthCredentialStatus;
 
 pub const READY: &str = "Ready";
+/// With spec.verify: whether STS accepted the last credentials fetched.
+pub const VERIFIED: &str = "Verified";
+/// With spec.rolloutRestartTargets: whether the targets run with the Secret's credentials.
+pub const ROLLOUT_RESTART: &str = "RolloutRestart";
 
 /// The reasons the `Ready` condition can carry.
 pub mod reason {
@@ -23,6 +27,21 @@ pub mod reason {
     pub const EXPIRED: &str = "Expired";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PENDING: &str = "Pending";
+    /// `Ready` False and `Verified` False: STS refused the new credentials.
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// `Verified` True.
+    pub const CALLER_IDENTITY_VERIFIED: &str = "CallerIdentityVerified";
+    /// `RolloutRestart` True: the targets were rolled for the credentials in the Secret.
+    pub const TARGETS_RESTARTED: &str = "RolloutRestartTriggered";
+    /// `RolloutRestart` True: the targets started with these credentials (first issue,
+    /// or targets just added); they roll at the next rotation.
+    pub const NO_ROTATION_YET: &str = "NoRotationSinceTargetsSet";
+    /// `RolloutRestart` False: a target does not exist.
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// `RolloutRestart` False: the controller may not patch a target (RBAC).
+    pub const RESTART_FORBIDDEN: &str = "Forbidden";
+    /// `RolloutRestart` False: the patch failed otherwise.
+    pub const RESTART_FAILED: &str = "PatchFailed";
 
     /// Reasons after which the next attempt waits the slow, terminal schedule.
     pub fn is_terminal(reason: &str) -> bool {
@@ -52,13 +71,27 @@ pub fn ready(
     now: Timestamp,
     previous: &[Condition],
 ) -> Condition {
+    condition(READY, status, reason, message, generation, now, previous)
+}
+
+/// A condition of `type_` as it should be now; its lastTransitionTime moves only when
+/// its status changes.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+    previous: &[Condition],
+) -> Condition {
     let status = if status { "True" } else { "False" }.to_string();
     let last_transition_time = previous
         .iter()
-        .find(|c| c.type_ == READY && c.status == status)
+        .find(|c| c.type_ == type_ && c.status == status)
         .map_or_else(|| time(now), |c| c.last_transition_time.clone());
     Condition {
-        type_: READY.to_string(),
+        type_: type_.to_string(),
         status,
         reason: reason.to_string(),
         message,
@@ -69,7 +102,7 @@ pub fn ready(
 
 /// The previous `Ready` condition, if any.
 pub fn ready_of(status: &CognitoUnauthCredentialStatus) -> Option<&Condition> {
-    status.conditions.iter().find(|c| c.type_ == READY)
+    condition_of(status, READY)
 }
 
 /// Replaces (or adds) the condition of the same type.
@@ -78,6 +111,19 @@ pub fn set_condition(conditions: &mut Vec<Condition>, c: Condition) {
         Some(slot) => *slot = c,
         None => conditions.push(c),
     }
+}
+
+/// Removes the condition of that type.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+/// The condition of that type, if any.
+pub fn condition_of<'a>(
+    status: &'a CognitoUnauthCredentialStatus,
+    type_: &str,
+) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// RFC 3339, whole seconds, for messages.
@@ -150,6 +196,21 @@ mod tests {
         );
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].reason, "Throttled");
+        let verified = condition(
+            VERIFIED,
+            true,
+            reason::CALLER_IDENTITY_VERIFIED,
+            "z".into(),
+            None,
+            at(3),
+            &v,
+        );
+        assert_eq!(verified.last_transition_time, time(at(3)));
+        set_condition(&mut v, verified);
+        assert_eq!(v.len(), 2);
+        remove_condition(&mut v, VERIFIED);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].type_, READY);
     }
 
     #[test]

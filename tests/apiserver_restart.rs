@@ -52,7 +52,8 @@ async fn rotation_goes_on_across_an_api_server_restart() {
                 proxy.pool_calls(&pool, "GetCredentialsForIdentity").await > calls_at_restart;
             (fresh
                 && exp > jiff::Timestamp::now()
-                && cognito_unauth_controller::secret::inspect(&s, "").intact)
+                && cognito_unauth_controller::secret::inspect(&s, "", "/var/run/secrets/cognito")
+                    .intact)
                 .then_some(())
         },
     )

@@ -503,7 +503,7 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
         await_condition(secrets.clone(), "app-creds", |s: Option<&Secret>| {
             s.is_some_and(|s| {
                 let k = text(s, "AWS_ACCESS_KEY_ID");
-                k != "EDITED" && secret::inspect(s, "").intact
+                k != "EDITED" && secret::inspect(s, "", "/var/run/secrets/cognito").intact
             })
         }),
     )
@@ -803,7 +803,7 @@ async fn terminal_errors_on_first_issue_and_expiry_of_kept_credentials() {
     );
     // The Secret still holds the last (now expired) credentials: never emptied.
     let s = ns.api::<Secret>().get("expiring").await.unwrap();
-    assert!(secret::inspect(&s, "").intact);
+    assert!(secret::inspect(&s, "", "/var/run/secrets/cognito").intact);
 
     let o = wait_reason(&ns, "guest-off", "False", "GuestAccessDisabled").await;
     assert!(

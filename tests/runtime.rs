@@ -310,7 +310,9 @@ async fn leader_failover_during_a_rotation_finishes_it_once() {
         .get("app")
         .await
         .unwrap();
-    assert!(cognito_unauth_controller::secret::inspect(&secret, "").intact);
+    assert!(
+        cognito_unauth_controller::secret::inspect(&secret, "", "/var/run/secrets/cognito").intact
+    );
     assert_ne!(key(&secret), before);
     tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may happen
     assert_eq!(

@@ -45,7 +45,7 @@ fn valid() -> Secret {
         issued_at: "2029-12-31T23:00:00Z".parse().expect("time"),
         force_token: None,
     };
-    secret::render("n", "ns", &owner(), None, &creds, &prov)
+    secret::render("n", "ns", &owner(), None, &creds, &prov, "/m")
 }
 
 fuzz_target!(|input: Input| {
@@ -68,10 +68,10 @@ fuzz_target!(|input: Input| {
     if !input.owned {
         s.metadata.owner_references = Some(vec![OwnerReference::default()]);
     }
-    let o = secret::inspect(&s, "uid");
+    let o = secret::inspect(&s, "uid", "/m");
     if o.intact {
         let (c, p) = (o.credentials.expect("intact has credentials"), o.provenance.expect("and provenance"));
-        let again = secret::render("n", "ns", &owner(), None, &c, &p);
+        let again = secret::render("n", "ns", &owner(), None, &c, &p, "/m");
         assert_eq!(again.data, s.data, "intact data must be exactly what render produces");
     }
 });

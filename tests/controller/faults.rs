@@ -39,7 +39,7 @@ impl SecretLog {
                 let entry = match ev {
                     Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
                         Some(Some(Seen {
-                            intact: secret::inspect(&s, "").intact,
+                            intact: secret::inspect(&s, "", "/var/run/secrets/cognito").intact,
                             access_key: s
                                 .data
                                 .as_ref()
@@ -498,7 +498,7 @@ async fn fault_sigkill_between_fetch_and_write() {
     );
     assert_eq!(creds_calls(&proxy, &pool).await, 2);
     let s = ns.api::<Secret>().get("app").await.unwrap();
-    assert!(secret::inspect(&s, "").intact);
+    assert!(secret::inspect(&s, "", "/var/run/secrets/cognito").intact);
     assert!(second.terminate().success());
     record(
         "sigkill-fetch",
@@ -546,7 +546,7 @@ async fn fault_conflicting_writer() {
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = storm.await.expect("storm");
-    assert!(secret::inspect(&rotated, "").intact);
+    assert!(secret::inspect(&rotated, "", "/var/run/secrets/cognito").intact);
     assert!(
         rotated.labels().contains_key("other-writer"),
         "the other writer's label was dropped"
@@ -594,7 +594,7 @@ async fn fault_sigkill_during_get_id() {
         st.identity_id.as_deref(),
         Some(annotation(&s, "cognito.kubecred.io/identity-id").as_str())
     );
-    assert!(secret::inspect(&s, "").intact);
+    assert!(secret::inspect(&s, "", "/var/run/secrets/cognito").intact);
     assert!(second.terminate().success());
     record(
         "sigkill-getid",
