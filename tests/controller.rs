@@ -3,198 +3,31 @@
 //! Each test has its own namespace, its own identity pool (so the proxy's counts are its
 //! own) and its own in-process controller watching only that namespace.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
-use cognito_unauth_controller::controller::{self, Settings};
+use cognito_unauth_controller::cognito::Timeouts;
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
-use cognito_unauth_controller::http::Health;
-use cognito_unauth_controller::metrics::Metrics;
 use cognito_unauth_controller::secret;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use testbed_support::{Proxy, TestNs, install_crd, testbed};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
 
 /// The fault matrix (docs/reliability.md is generated from it).
 #[path = "controller/faults.rs"]
 mod faults;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 fn rand_number() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000_000_000
-}
-
-/// An in-process controller for one namespace; stops gracefully on `stop()`.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(ns: &TestNs) -> Self {
-        Self::start_with(ns, Timeouts::default()).await
-    }
-
-    async fn start_with(ns: &TestNs, timeouts: Timeouts) -> Self {
-        install_crd();
-        let sdk = load_sdk_config(timeouts, Some(&testbed().cognito_endpoint)).await;
-        let (tx, rx) = oneshot::channel::<()>();
-        let settings = Settings {
-            namespaces: vec![ns.name.clone()],
-            ..Settings::default()
-        };
-        let client = ns.client.clone();
-        let task = tokio::spawn(async move {
-            let metrics = Arc::new(Metrics::new());
-            let health = Arc::new(Health::default());
-            let stop = async move {
-                let _ = rx.await;
-            };
-            controller::run(
-                client,
-                SdkCognito::new(sdk),
-                settings,
-                metrics,
-                health,
-                stop,
-            )
-            .await
-            .expect("controller");
-        });
-        Self {
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("controller stops in time")
-            .expect("controller task");
-    }
-}
-
-async fn create_cuc(ns: &TestNs, name: &str, spec: Value) -> CognitoUnauthCredential {
-    let obj: CognitoUnauthCredential = serde_json::from_value(json!({
-        "apiVersion": "cognito.kubecred.io/v1alpha1",
-        "kind": "CognitoUnauthCredential",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("resource");
-    ns.api::<CognitoUnauthCredential>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create resource")
-}
-
-fn ready(obj: &CognitoUnauthCredential) -> Option<(String, String)> {
-    let c = obj
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone()))
-}
-
-/// Waits (on a watch, not a sleep) until the resource satisfies `pred`.
-async fn wait_cuc(
-    ns: &TestNs,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&CognitoUnauthCredential) -> bool,
-) -> CognitoUnauthCredential {
-    let api = ns.api::<CognitoUnauthCredential>();
-    let cond = move |o: Option<&CognitoUnauthCredential>| o.is_some_and(&pred);
-    match tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond)).await {
-        Ok(Ok(Some(o))) => o,
-        other => {
-            let now = api.get_opt(name).await.ok().flatten();
-            panic!(
-                "timed out waiting for {what} on {name}: {other:?}\nstatus now: {:#?}",
-                now.and_then(|o| o.status)
-            )
-        }
-    }
-}
-
-/// Waits (on a watch) until the Secret satisfies `pred`.
-async fn wait_secret(
-    ns: &TestNs,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&Secret) -> bool,
-) -> Secret {
-    let cond = move |o: Option<&Secret>| o.is_some_and(&pred);
-    match tokio::time::timeout(WAIT, await_condition(ns.api::<Secret>(), name, cond)).await {
-        Ok(Ok(Some(s))) => s,
-        other => panic!("timed out waiting for {what} on Secret {name}: {other:?}"),
-    }
-}
-
-fn annotation(s: &Secret, key: &str) -> String {
-    s.annotations().get(key).cloned().unwrap_or_default()
-}
-
-async fn wait_reason(
-    ns: &TestNs,
-    name: &str,
-    status: &str,
-    reason: &str,
-) -> CognitoUnauthCredential {
-    let (s, r) = (status.to_string(), reason.to_string());
-    wait_cuc(ns, name, &format!("Ready={status}/{reason}"), move |o| {
-        ready(o) == Some((s.clone(), r.clone()))
-    })
-    .await
-}
-
-fn text(s: &Secret, key: &str) -> String {
-    let data = s.data.as_ref().expect("secret data");
-    String::from_utf8(
-        data.get(key)
-            .unwrap_or_else(|| panic!("missing {key}"))
-            .0
-            .clone(),
-    )
-    .expect("utf-8")
-}
-
-fn rotation(o: &CognitoUnauthCredential) -> Option<jiff::Timestamp> {
-    o.status.as_ref()?.last_rotation_time.as_ref().map(|t| t.0)
-}
-
-async fn events(ns: &TestNs, name: &str) -> Vec<(String, String, String)> {
-    let api: Api<Event> = ns.api();
-    api.list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 /// Counts resourceVersion changes of the resource `name` and the Secret `secret` over `window`.
@@ -517,16 +350,7 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
     assert_eq!(calls, 3);
 
     // Force-rotate: once per new value.
-    let cucs = ns.api::<CognitoUnauthCredential>();
-    cucs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": "1"}}}),
-        ),
-    )
-    .await
-    .unwrap();
+    force_rotate(&ns, "app", "1").await;
     let forced = wait_secret(&ns, "app-creds", "forced rotation", |s| {
         annotation(s, "cognito.kubecred.io/force-rotate") == "1"
     })
@@ -543,13 +367,7 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
     assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
 
     // Renaming the Secret moves the credentials and removes the old one.
-    cucs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"secretName": "renamed"}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&ns, "app", json!({"spec": {"secretName": "renamed"}})).await;
     tokio::time::timeout(
         WAIT,
         await_condition(secrets.clone(), "renamed", conditions::is_created()),
@@ -669,7 +487,6 @@ async fn errors_become_reasons_and_the_last_good_secret_is_kept() {
     wait_reason(&ns, "app", "True", "CredentialsIssued").await;
     let secrets = ns.api::<Secret>();
     let mut good = secrets.get("app").await.unwrap().data;
-    let cucs = ns.api::<CognitoUnauthCredential>();
 
     let cases: Vec<(Value, &str)> = vec![
         (json!({"error": "TooManyRequestsException"}), "Throttled"),
@@ -698,13 +515,7 @@ async fn errors_become_reasons_and_the_last_good_secret_is_kept() {
         rule["pool"] = json!(pool);
         let id = proxy.add_rule(rule).await;
         let before = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
-        cucs.patch(
-            "app",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": format!("f{i}")}}})),
-        )
-        .await
-        .unwrap();
+        force_rotate(&ns, "app", &format!("f{i}")).await;
         let o = wait_reason(&ns, "app", "False", want).await;
         let st = o.status.unwrap();
         assert!(st.failed_attempts.unwrap_or(0) >= 1, "{fault}");
@@ -728,13 +539,12 @@ async fn errors_become_reasons_and_the_last_good_secret_is_kept() {
         );
         proxy.delete_rule(id).await;
         // The fault clears; a spec change retries at once, even after a terminal error.
-        cucs.patch(
+        merge_patch(
+            &ns,
             "app",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"renewBefore": format!("{}m", 21 + i)}})),
+            json!({"spec": {"renewBefore": format!("{}m", 21 + i)}}),
         )
-        .await
-        .unwrap();
+        .await;
         let o = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
         assert_eq!(o.status.unwrap().failed_attempts, None);
         let now = secrets.get("app").await.unwrap().data;
@@ -829,16 +639,7 @@ async fn a_forgotten_identity_is_recreated_and_a_new_pool_gets_a_new_identity() 
     let o = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
     let id0 = o.status.unwrap().identity_id.unwrap();
     proxy.delete_identity(&id0).await;
-    let cucs = ns.api::<CognitoUnauthCredential>();
-    cucs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": "x"}}}),
-        ),
-    )
-    .await
-    .unwrap();
+    force_rotate(&ns, "app", "x").await;
     let old = id0.clone();
     let secret = wait_secret(&ns, "app", "credentials of a new identity", move |s| {
         let id = annotation(s, "cognito.kubecred.io/identity-id");
@@ -866,13 +667,7 @@ async fn a_forgotten_identity_is_recreated_and_a_new_pool_gets_a_new_identity() 
     );
 
     let pool_b = proxy.realistic_pool(3600).await;
-    cucs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"identityPoolId": pool_b}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&ns, "app", json!({"spec": {"identityPoolId": pool_b}})).await;
     let pb = pool_b.clone();
     let secret = wait_secret(&ns, "app", "credentials from the new pool", move |s| {
         annotation(s, "cognito.kubecred.io/identity-pool-id") == pb
@@ -907,13 +702,7 @@ async fn status_is_written_only_when_it_changes() {
         .clone();
     // A label change triggers a reconcile, but nothing about the credentials changed.
     let cucs = ns.api::<CognitoUnauthCredential>();
-    cucs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&ns, "app", json!({"metadata": {"labels": {"x": "y"}}})).await;
     assert_eq!(
         writes_during(&ns, "app", "app", Duration::from_secs(3)).await,
         0
@@ -924,13 +713,7 @@ async fn status_is_written_only_when_it_changes() {
         ltt
     );
     // A spec change bumps observedGeneration without new credentials.
-    cucs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"renewBefore": "30m"}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&ns, "app", json!({"spec": {"renewBefore": "30m"}})).await;
     let o = wait_cuc(&ns, "app", "observedGeneration 2", |o| {
         o.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
     })

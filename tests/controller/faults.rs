@@ -5,7 +5,9 @@
 //! docs/reliability.md.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
 
 use cognito_unauth_controller::schedule::{BACKOFF_BASE, BACKOFF_CAP};
 use testbed_support::{ControllerProcess, cuc_manifest, kubectl_apply, test_dir, wait_ready};

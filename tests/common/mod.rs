@@ -1,0 +1,212 @@
+//! Shared by the integration tests that drive the library directly (`#[path]`-included,
+//! since each test file is its own crate): an in-process controller for one namespace,
+//! and waits on the resource and its Secret (on watches, never sleeps).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
+use cognito_unauth_controller::controller::{self, Settings};
+use cognito_unauth_controller::crd::CognitoUnauthCredential;
+use cognito_unauth_controller::http::Health;
+use cognito_unauth_controller::metrics::Metrics;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use serde_json::{Value, json};
+use testbed_support::{TestNs, install_crd, testbed};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long a wait on the resource or its Secret may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// An in-process controller for one namespace; stops gracefully on `stop()`.
+pub struct Running {
+    /// The controller's metrics (rendered as /metrics would).
+    #[allow(dead_code)] // not every test crate reads them
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn start(ns: &TestNs) -> Self {
+        Self::start_with(ns, Timeouts::default()).await
+    }
+
+    #[allow(dead_code)] // not every test crate needs other timeouts
+    pub async fn start_with(ns: &TestNs, timeouts: Timeouts) -> Self {
+        install_crd();
+        let sdk = load_sdk_config(timeouts, Some(&testbed().cognito_endpoint)).await;
+        let (tx, rx) = oneshot::channel::<()>();
+        let settings = Settings {
+            namespaces: vec![ns.name.clone()],
+            ..Settings::default()
+        };
+        let client = ns.client.clone();
+        let metrics = Arc::new(Metrics::new());
+        let shared = metrics.clone();
+        let task = tokio::spawn(async move {
+            let health = Arc::new(Health::default());
+            let stop = async move {
+                let _ = rx.await;
+            };
+            controller::run(
+                client,
+                SdkCognito::new(sdk),
+                settings,
+                metrics,
+                health,
+                stop,
+            )
+            .await
+            .expect("controller");
+        });
+        Self {
+            metrics: shared,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(STOP_WAIT, &mut self.task)
+            .await
+            .expect("controller stops in time")
+            .expect("controller task");
+    }
+}
+
+pub async fn create_cuc(ns: &TestNs, name: &str, spec: Value) -> CognitoUnauthCredential {
+    let obj: CognitoUnauthCredential = serde_json::from_value(json!({
+        "apiVersion": "cognito.kubecred.io/v1alpha1",
+        "kind": "CognitoUnauthCredential",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("resource");
+    ns.api::<CognitoUnauthCredential>()
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create resource")
+}
+
+pub fn ready(obj: &CognitoUnauthCredential) -> Option<(String, String)> {
+    let c = obj
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+/// Waits (on a watch, not a sleep) until the resource satisfies `pred`.
+pub async fn wait_cuc(
+    ns: &TestNs,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&CognitoUnauthCredential) -> bool,
+) -> CognitoUnauthCredential {
+    let api = ns.api::<CognitoUnauthCredential>();
+    let cond = move |o: Option<&CognitoUnauthCredential>| o.is_some_and(&pred);
+    match tokio::time::timeout(STOP_WAIT, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(o))) => o,
+        other => {
+            let now = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "timed out waiting for {what} on {name}: {other:?}\nstatus now: {:#?}",
+                now.and_then(|o| o.status)
+            )
+        }
+    }
+}
+
+/// Waits (on a watch) until the Secret satisfies `pred`.
+pub async fn wait_secret(
+    ns: &TestNs,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Secret) -> bool,
+) -> Secret {
+    let cond = move |o: Option<&Secret>| o.is_some_and(&pred);
+    match tokio::time::timeout(STOP_WAIT, await_condition(ns.api::<Secret>(), name, cond)).await {
+        Ok(Ok(Some(s))) => s,
+        other => panic!("timed out waiting for {what} on Secret {name}: {other:?}"),
+    }
+}
+
+#[allow(dead_code)] // not every test crate reads annotations
+pub fn annotation(s: &Secret, key: &str) -> String {
+    s.annotations().get(key).cloned().unwrap_or_default()
+}
+
+pub async fn wait_reason(
+    ns: &TestNs,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> CognitoUnauthCredential {
+    let (s, r) = (status.to_string(), reason.to_string());
+    wait_cuc(ns, name, &format!("Ready={status}/{reason}"), move |o| {
+        ready(o) == Some((s.clone(), r.clone()))
+    })
+    .await
+}
+
+pub fn text(s: &Secret, key: &str) -> String {
+    let data = s.data.as_ref().expect("secret data");
+    String::from_utf8(
+        data.get(key)
+            .unwrap_or_else(|| panic!("missing {key}"))
+            .0
+            .clone(),
+    )
+    .expect("utf-8")
+}
+
+pub fn rotation(o: &CognitoUnauthCredential) -> Option<jiff::Timestamp> {
+    o.status.as_ref()?.last_rotation_time.as_ref().map(|t| t.0)
+}
+
+pub async fn events(ns: &TestNs, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = ns.api();
+    api.list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Merge-patches the resource `name` (spec, metadata: whatever `patch` says).
+pub async fn merge_patch(ns: &TestNs, name: &str, patch: Value) -> CognitoUnauthCredential {
+    ns.api::<CognitoUnauthCredential>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch the resource")
+}
+
+/// Sets the force-rotate annotation of `name` to `token`.
+pub async fn force_rotate(ns: &TestNs, name: &str, token: &str) -> CognitoUnauthCredential {
+    merge_patch(
+        ns,
+        name,
+        json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": token}}}),
+    )
+    .await
+}
