@@ -238,9 +238,10 @@ pub struct CognitoUnauthCredentialStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutRestartStatus {
-    /// Issue time of the credentials the targets were rolled for.
+    /// Issue time (RFC 3339, full precision) of the credentials the targets run with:
+    /// rolled for, or started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_issued_at: Option<Time>,
+    pub credentials_issued_at: Option<String>,
     /// The `cognito.kubecred.io/restartedAt` value last set on the targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<String>,

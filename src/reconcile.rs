@@ -570,10 +570,11 @@ async fn rotate<C: Cognito>(
     }
     match fetched {
         Ok((identity_id, mut creds)) => {
-            // Whole seconds, as the Secret and status keep them: the renewal time computed
-            // now must equal the one computed later from what is read back, or the next
-            // reconcile would see a different status and write it again.
-            let issued_at = time(Timestamp::now()).0;
+            // The Secret keeps the issue time at full precision (it tells two rotations
+            // in one second apart) and the expiration in whole seconds: what is computed
+            // now from them equals what is computed later from what is read back, or the
+            // next reconcile would see a different status and write it again.
+            let issued_at = Timestamp::now();
             creds.expiration = time(creds.expiration).0;
             let prov = Provenance {
                 identity_pool_id: obj.spec.identity_pool_id.clone(),
@@ -698,7 +699,7 @@ async fn roll_out<C: Cognito>(
         Duty::Done => None,
         Duty::Baseline => {
             next.rollout_restart = Some(RolloutRestartStatus {
-                credentials_issued_at: Some(time(issued_at)),
+                credentials_issued_at: Some(restart::stamp(issued_at)),
                 restarted_at: None,
             });
             let msg = format!(
@@ -729,7 +730,7 @@ async fn roll_out<C: Cognito>(
             set(next, sum.ok, sum.reason, sum.message);
             if sum.done {
                 next.rollout_restart = Some(RolloutRestartStatus {
-                    credentials_issued_at: Some(time(issued_at)),
+                    credentials_issued_at: Some(stamp.clone()),
                     restarted_at: Some(stamp),
                 });
                 None

@@ -30,8 +30,9 @@ pub enum Duty {
     Restart { stamp: String },
 }
 
-/// The annotation value for credentials issued at `issued_at`: RFC 3339 at full
-/// (nanosecond) precision, and the same for every attempt of one rotation.
+/// The annotation value for credentials issued at `issued_at` (also what status records):
+/// RFC 3339 at full (nanosecond) precision, the same for every attempt of one rotation,
+/// and different for two rotations within one second.
 pub fn stamp(issued_at: Timestamp) -> String {
     issued_at.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
 }
@@ -45,12 +46,11 @@ pub fn duty(
     if targets.is_empty() {
         return Duty::NoTargets;
     }
-    match done.and_then(|d| d.credentials_issued_at.as_ref()) {
+    let current = stamp(issued_at);
+    match done.and_then(|d| d.credentials_issued_at.as_deref()) {
         None => Duty::Baseline,
-        Some(t) if t.0 >= issued_at => Duty::Done,
-        Some(_) => Duty::Restart {
-            stamp: stamp(issued_at),
-        },
+        Some(t) if t == current => Duty::Done,
+        Some(_) => Duty::Restart { stamp: current },
     }
 }
 
@@ -199,7 +199,6 @@ pub async fn patch_target(
 mod tests {
     use super::*;
     use crate::crd::WorkloadKind;
-    use crate::status::time;
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
@@ -214,7 +213,7 @@ mod tests {
 
     fn done_for(s: i64) -> RolloutRestartStatus {
         RolloutRestartStatus {
-            credentials_issued_at: Some(time(at(s))),
+            credentials_issued_at: Some(stamp(at(s))),
             restarted_at: None,
         }
     }
@@ -232,6 +231,18 @@ mod tests {
             Duty::Restart {
                 stamp: stamp(at(3610))
             }
+        );
+        // Two rotations within one second are two rotations.
+        let a = Timestamp::new(1_800_000_000, 230_000_000).unwrap();
+        let b = Timestamp::new(1_800_000_000, 532_000_000).unwrap();
+        let after_a = RolloutRestartStatus {
+            credentials_issued_at: Some(stamp(a)),
+            restarted_at: None,
+        };
+        assert_eq!(duty(&t, Some(&after_a), a), Duty::Done);
+        assert_eq!(
+            duty(&t, Some(&after_a), b),
+            Duty::Restart { stamp: stamp(b) }
         );
     }
 

@@ -102,6 +102,12 @@ fn rfc3339(t: Timestamp) -> String {
         .to_string()
 }
 
+/// Full precision (nanoseconds), UTC, `Z`: for the issue time, which tells rotations
+/// apart and is read back exactly.
+fn rfc3339_precise(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
+}
+
 fn ini(c: &Credentials) -> String {
     format!(
         "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
@@ -193,7 +199,7 @@ pub fn render(
     // Our annotations win; drop template keys in our prefix that we do not set.
     annotations.retain(|k, _| !k.starts_with("cognito.kubecred.io/"));
     annotations.insert(ANN_EXPIRATION.into(), rfc3339(creds.expiration));
-    annotations.insert(ANN_ISSUED_AT.into(), rfc3339(prov.issued_at));
+    annotations.insert(ANN_ISSUED_AT.into(), rfc3339_precise(prov.issued_at));
     annotations.insert(ANN_POOL.into(), prov.identity_pool_id.clone());
     annotations.insert(ANN_IDENTITY.into(), prov.identity_id.clone());
     annotations.insert(ANN_REGION.into(), prov.region.clone());
@@ -415,6 +421,19 @@ mod tests {
         );
         assert_eq!(o.provenance.unwrap().identity_id, prov().identity_id);
         assert!(!inspect(&s, "other-uid", MOUNT).owned);
+        // The issue time round-trips at full precision (it tells rotations apart).
+        let precise: Timestamp = "2026-11-27T07:00:00.123456789Z".parse().unwrap();
+        let p = Provenance {
+            issued_at: precise,
+            ..prov()
+        };
+        let s = render("n", "ns", &owner(), None, &creds(), &p, MOUNT);
+        assert_eq!(
+            s.metadata.annotations.as_ref().unwrap()[ANN_ISSUED_AT],
+            "2026-11-27T07:00:00.123456789Z"
+        );
+        let back = inspect(&s, "uid-1", MOUNT).provenance.unwrap();
+        assert_eq!(back.issued_at, precise);
     }
 
     #[test]

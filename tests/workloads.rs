@@ -526,10 +526,12 @@ async fn restart_targets_roll_once_per_rotation_and_never_on_a_controller_restar
     for n in 1..=2usize {
         let o = wait_cuc(&ns, "app", &format!("rolled for rotation {n}"), move |o| {
             let st = o.status.as_ref();
+            // The roll is recorded against the credentials' issue time (full precision).
             let issued = st
                 .and_then(|s| s.rollout_restart.as_ref())
-                .and_then(|r| r.credentials_issued_at.as_ref())
-                .map(|t| t.0);
+                .and_then(|r| r.credentials_issued_at.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .and_then(|t| jiff::Timestamp::from_second(t.as_second()).ok());
             rotation(o).is_some_and(|t| t > last) && issued == rotation(o)
         })
         .await;
