@@ -129,7 +129,7 @@ impl Metrics {
         );
         registry.register(
             "cognito_requests",
-            "Cognito Identity calls by operation and outcome",
+            "AWS calls (Cognito Identity; STS GetCallerIdentity with spec.verify) by operation and outcome",
             m.cognito_requests.clone(),
         );
         registry.register(

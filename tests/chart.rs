@@ -4,9 +4,13 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::wait::await_condition;
 use serde_json::json;
 use testbed_support::{
     ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, helm, impersonating_kubeconfig,
@@ -46,6 +50,15 @@ fn template(release: &str, ns: &str, sets: &[&str]) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// Every Role and ClusterRole in `manifests`, in order.
+fn roles(manifests: &str) -> Vec<serde_json::Value> {
+    manifests
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .collect()
 }
 
 fn kinds(manifests: &str) -> Vec<String> {
@@ -136,6 +149,8 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
         "watchNamespaces[0]=Not_A_Namespace",
         "metrics.port=70000",
         "cognito.endpointUrl=ftp://x",
+        "rolloutRestart.enabled=maybe",
+        "rolloutRestart.verbs={update}",
         "unknownKey=1",
     ];
     for b in bad {
@@ -144,6 +159,68 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
             err.contains("values don't meet the specifications of the schema"),
             "{b}: {err}"
         );
+    }
+}
+
+/// `rolloutRestart.enabled` adds exactly one rule, `patch` on the three apps workload
+/// kinds, to the controller's role in each mode (the ClusterRole, or the Role in each
+/// watched namespace) and changes nothing else; off, the default, no role names apps.
+#[test]
+fn rollout_restart_rbac_is_opt_in_and_patch_only() {
+    let want = json!({
+        "apiGroups": ["apps"],
+        "resources": ["deployments", "statefulsets", "daemonsets"],
+        "verbs": ["patch"],
+    });
+    let modes: [(&[&str], usize); 2] = [(&[], 1), (&["watchNamespaces={a,b}"], 2)];
+    for (mode, controller_roles) in modes {
+        let render = |extra: &str| {
+            // Two replicas: the leader-election Role is rendered too (and must not change).
+            let mut sets = vec!["replicaCount=2"];
+            sets.extend_from_slice(mode);
+            if !extra.is_empty() {
+                sets.push(extra);
+            }
+            roles(&template("x", "default", &sets).expect("render"))
+        };
+        let default = render("");
+        let off = render("rolloutRestart.enabled=false");
+        let on = render("rolloutRestart.enabled=true");
+        assert_eq!(default, off, "{mode:?}: off is the default");
+        assert_eq!(off.len(), controller_roles + 1, "{mode:?}: {off:?}");
+        for role in &off {
+            for rule in role["rules"].as_array().expect("rules") {
+                assert!(
+                    !rule["apiGroups"]
+                        .as_array()
+                        .expect("apiGroups")
+                        .contains(&json!("apps")),
+                    "{mode:?}: an apps rule with rolloutRestart off: {role}"
+                );
+            }
+        }
+        assert_eq!(on.len(), off.len(), "{mode:?}");
+        let mut gained = 0;
+        for (before, after) in off.iter().zip(&on) {
+            assert_eq!(before["metadata"], after["metadata"], "{mode:?}");
+            let (b, a) = (
+                before["rules"].as_array().expect("rules"),
+                after["rules"].as_array().expect("rules"),
+            );
+            if a == b {
+                let name = after["metadata"]["name"].as_str().expect("name");
+                assert!(name.ends_with("-leader-election"), "{mode:?}: {name}");
+                continue;
+            }
+            assert_eq!(&a[..b.len()], &b[..], "{mode:?}: other rules changed");
+            assert_eq!(
+                &a[b.len()..],
+                std::slice::from_ref(&want),
+                "{mode:?}: {after}"
+            );
+            gained += 1;
+        }
+        assert_eq!(gained, controller_roles, "{mode:?}: {on:?}");
     }
 }
 
@@ -308,10 +385,116 @@ async fn namespaced_mode_works_in_its_namespace_and_is_refused_elsewhere() {
     other.cleanup().await;
 }
 
-/// One run of the full flow as `sa`: issue, force a rotation (a second event of the same
-/// reason is a patch), rename the Secret (the old one is deleted); leader election on.
-/// Returns whether anything was refused (in the log) or the flow did not complete.
-fn flow_as(ns: &str, sa: &str, pool: &str) -> bool {
+/// One of each kind the controller can roll, for spec.rolloutRestartTargets. Pods never
+/// run on the test bed; the pod templates are what a restart changes.
+const TARGETS: [(&str, &str); 3] = [
+    ("Deployment", "web"),
+    ("StatefulSet", "db"),
+    ("DaemonSet", "agent"),
+];
+
+fn target_manifests(ns: &str) -> String {
+    TARGETS
+        .iter()
+        .map(|(kind, name)| {
+            format!(
+                "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: registry.invalid/{name}}}]}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The resource `name` for `pool`, rolling every target in [`TARGETS`] and `extra`.
+fn cuc_with_targets(
+    ns: &str,
+    name: &str,
+    pool: &str,
+    secret_name: Option<&str>,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut m = cuc_manifest(ns, name, pool);
+    if let Some(s) = secret_name {
+        m.push_str(&format!("  secretName: {s}\n"));
+    }
+    m.push_str("  rolloutRestartTargets:\n");
+    for (kind, target) in TARGETS.iter().chain(extra) {
+        m.push_str(&format!("  - {{kind: {kind}, name: {target}}}\n"));
+    }
+    m
+}
+
+/// `kubectl -n ns wait ARGS --timeout=Ns`: whether the condition was met in time.
+fn waited(ns: &str, args: &[&str], seconds: u32) -> bool {
+    Command::new("kubectl")
+        .args(["-n", ns, "wait"])
+        .args(args)
+        .arg(format!("--timeout={seconds}s"))
+        .envs(testbed().env())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// The reason of the RolloutRestart condition of `cuc/name` (empty when there is none).
+fn restart_reason(ns: &str, name: &str) -> String {
+    kubectl(&[
+        "-n",
+        ns,
+        "get",
+        &format!("cuc/{name}"),
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"RolloutRestart\")].reason}",
+    ])
+}
+
+/// Waits (at most `seconds`) for the RolloutRestart condition of `cuc/name` to say `reason`.
+fn wait_restart_reason(ns: &str, name: &str, reason: &str, seconds: u32) -> bool {
+    waited(
+        ns,
+        &[
+            &format!(
+                "--for=jsonpath={{.status.conditions[?(@.type==\"RolloutRestart\")].reason}}={reason}"
+            ),
+            &format!("cuc/{name}"),
+        ],
+        seconds,
+    )
+}
+
+/// The `cognito.kubecred.io/restartedAt` annotation on each target's pod template.
+fn target_stamps(ns: &str) -> Vec<String> {
+    TARGETS
+        .iter()
+        .map(|(kind, name)| {
+            kubectl(&[
+                "-n",
+                ns,
+                "get",
+                &format!("{kind}/{name}"),
+                "-o",
+                "jsonpath={.spec.template.metadata.annotations.cognito\\.kubecred\\.io/restartedAt}",
+            ])
+        })
+        .collect()
+}
+
+/// What one run of [`flow_as`] came to.
+#[derive(Debug)]
+struct Flow {
+    /// Every step completed and nothing was refused (in the log).
+    clean: bool,
+    /// The RolloutRestart condition's reason after the forced rotation, if it got there.
+    restart_reason: Option<String>,
+    /// `series.count` of each RolloutRestartFailed event at the end.
+    restart_failed_series: Vec<String>,
+}
+
+/// One run of the full flow as `sa`, leader election on: issue; force a rotation, which
+/// rolls every kind of rollout-restart target and reports a missing one; rename the
+/// Secret (the old one is deleted), a rotation that rolls again and reports the missing
+/// target with the same note, so that Warning extends its event series (a patch).
+fn flow_as(ns: &str, sa: &str, pool: &str) -> Flow {
     let dir = test_dir(ns);
     let child = controller_as(
         ns,
@@ -325,73 +508,82 @@ fn flow_as(ns: &str, sa: &str, pool: &str) -> bool {
             ("POD_NAME", "minimality"),
         ],
     );
-    let name = "app".to_string();
-    kubectl_apply(&cuc_manifest(ns, &name, pool));
-    let wait = |what: &str| {
-        Command::new("kubectl")
-            .args([
-                "-n",
-                ns,
-                "wait",
-                what,
-                &format!("cuc/{name}"),
-                "--timeout=12s",
-            ])
-            .envs(testbed().env())
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let mut completed = wait("--for=condition=Ready");
+    let name = "app";
+    let missing = [("Deployment", "gone")];
+    kubectl_apply(&target_manifests(ns));
+    kubectl_apply(&cuc_with_targets(ns, name, pool, None, &missing));
+    let cuc = format!("cuc/{name}");
+    let mut completed = waited(ns, &["--for=condition=Ready", &cuc], 12);
+    let mut reason = None;
     if completed {
         kubectl(&[
             "-n",
             ns,
             "annotate",
-            &format!("cuc/{name}"),
+            &cuc,
             "cognito.kubecred.io/force-rotate=1",
         ]);
-        let rotated = Command::new("kubectl")
-            .args([
-                "-n",
-                ns,
-                "wait",
+        completed = waited(
+            ns,
+            &[
                 "--for=jsonpath={.metadata.annotations.cognito\\.kubecred\\.io/force-rotate}=1",
                 &format!("secret/{name}"),
-                "--timeout=12s",
-            ])
-            .envs(testbed().env())
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        completed = rotated;
-        kubectl_apply(&format!(
-            "{}  secretName: {name}-renamed\n",
-            cuc_manifest(ns, &name, pool)
-        ));
-        let deleted = Command::new("kubectl")
-            .args([
-                "-n",
+            ],
+            12,
+        );
+        if completed {
+            // New credentials: the targets are rolled, the missing one is reported.
+            let rolled = wait_restart_reason(ns, name, "TargetNotFound", 12);
+            reason = Some(restart_reason(ns, name));
+            completed = rolled && target_stamps(ns).iter().all(|s| !s.is_empty());
+        }
+        let renamed = format!("{name}-renamed");
+        kubectl_apply(&cuc_with_targets(ns, name, pool, Some(&renamed), &missing));
+        completed &= waited(ns, &["--for=delete", &format!("secret/{name}")], 12);
+        // The rename's rotation is rolled out (its events published) once status says so.
+        let issued = kubectl(&[
+            "-n",
+            ns,
+            "get",
+            &format!("secret/{renamed}"),
+            "-o",
+            "jsonpath={.metadata.annotations.cognito\\.kubecred\\.io/issued-at}",
+            "--ignore-not-found",
+        ]);
+        completed &= !issued.is_empty()
+            && waited(
                 ns,
-                "wait",
-                "--for=delete",
-                &format!("secret/{name}"),
-                "--timeout=12s",
-            ])
-            .envs(testbed().env())
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        completed &= deleted;
+                &[
+                    &format!(
+                        "--for=jsonpath={{.status.rolloutRestart.credentialsIssuedAt}}={issued}"
+                    ),
+                    &cuc,
+                ],
+                12,
+            );
     }
     // Exit status aside: without its Lease permissions the controller exits with an error.
     let _ = child.terminate();
     let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
-    !completed || log.contains("forbidden") || log.contains("Forbidden")
+    let series = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "events.v1.events.k8s.io",
+        "-o",
+        "jsonpath={range .items[?(@.reason==\"RolloutRestartFailed\")]}{.series.count}{\"\\n\"}{end}",
+    ]);
+    Flow {
+        clean: completed && !log.contains("forbidden") && !log.contains("Forbidden"),
+        restart_reason: reason,
+        restart_failed_series: series.lines().map(str::to_string).collect(),
+    }
 }
 
 /// The chart's RBAC is the minimum: with all of it the flow runs clean; with any single
-/// verb removed, the API server refuses something the controller does.
+/// verb on any single resource removed, the API server refuses something the controller
+/// does. With rolloutRestart.enabled, so the rollout-restart patch is counted too: without
+/// it on a kind, the rotation's restart comes back Forbidden.
 #[tokio::test]
 async fn every_verb_in_the_chart_rbac_is_needed() {
     let proxy = Proxy::new();
@@ -405,13 +597,34 @@ async fn every_verb_in_the_chart_rbac_is_needed() {
             &format!("watchNamespaces={{{}}}", ns.name),
             "replicaCount=2",
             "crds.install=false",
+            "rolloutRestart.enabled=true",
         ],
     )
     .expect("render");
-    let docs: Vec<serde_json::Value> = rendered
-        .split("\n---")
-        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
-        .filter(|d| d["kind"] == "Role")
+    // One rule per resource (the same grants), so a verb is removed from one resource.
+    let docs: Vec<serde_json::Value> = roles(&rendered)
+        .into_iter()
+        .map(|mut role| {
+            let rules: Vec<serde_json::Value> = role["rules"]
+                .as_array()
+                .expect("rules")
+                .iter()
+                .flat_map(|rule| {
+                    rule["resources"]
+                        .as_array()
+                        .expect("resources")
+                        .iter()
+                        .map(|r| {
+                            let mut one = rule.clone();
+                            one["resources"] = json!([r]);
+                            one
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            role["rules"] = json!(rules);
+            role
+        })
         .collect();
     // (role name, rule index, verb) for every verb the chart grants.
     let mut grants = vec![];
@@ -422,7 +635,7 @@ async fn every_verb_in_the_chart_rbac_is_needed() {
             }
         }
     }
-    assert!(grants.len() >= 14, "{grants:?}");
+    assert!(grants.len() >= 17, "{grants:?}");
 
     // Each variant in a namespace of its own (a controller acts on its whole namespace),
     // with a ServiceAccount bound to the chart's Roles less one verb.
@@ -460,22 +673,31 @@ async fn every_verb_in_the_chart_rbac_is_needed() {
     let full = tokio::task::spawn_blocking(move || flow_as(&n, "controller", &p))
         .await
         .expect("flow");
-    assert!(!full, "the chart's full RBAC was refused something");
+    assert!(
+        full.clean,
+        "the chart's full RBAC was refused something: {full:?}"
+    );
+    assert_eq!(full.restart_reason.as_deref(), Some("TargetNotFound"));
+    // The repeated Warning is one event with a series of two: the flow needs `patch events`.
+    assert_eq!(full.restart_failed_series, ["2"], "{full:?}");
 
     let mut spaces = vec![];
     let mut labels = vec![];
     for (role, i, verb) in &grants {
         let vns = TestNs::new("minus").await;
         kubectl_apply(&variant(&vns.name, Some((role, *i, verb))));
-        let resource = role["rules"][*i]["resources"][0]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        labels.push(format!("{verb} {resource}"));
+        let rule = &role["rules"][*i];
+        let resource = rule["resources"][0].as_str().unwrap_or_default();
+        labels.push((format!("{verb} {resource}"), rule["apiGroups"][0] == "apps"));
         spaces.push(vns);
     }
+    assert_eq!(
+        labels.iter().filter(|(_, apps)| *apps).count(),
+        3,
+        "{labels:?}"
+    );
     // Blocking runs (processes, kubectl wait) side by side on the blocking pool.
-    let results: Vec<bool> = futures::future::join_all(spaces.iter().map(|vns| {
+    let results: Vec<Flow> = futures::future::join_all(spaces.iter().map(|vns| {
         let (n, p) = (vns.name.clone(), pool.clone());
         tokio::task::spawn_blocking(move || flow_as(&n, "controller", &p))
     }))
@@ -486,15 +708,190 @@ async fn every_verb_in_the_chart_rbac_is_needed() {
     let unneeded: Vec<_> = labels
         .iter()
         .zip(&results)
-        .filter(|(_, refused)| !**refused)
-        .map(|(l, _)| l.clone())
+        .filter(|(_, flow)| flow.clean)
+        .map(|((l, _), _)| l.clone())
         .collect();
     assert!(
         unneeded.is_empty(),
         "verbs the flow never needed: {unneeded:?}"
     );
+    // Without patch on one kind, that target's restart is refused, and said so.
+    for ((label, apps), flow) in labels.iter().zip(&results) {
+        if *apps {
+            assert_eq!(
+                flow.restart_reason.as_deref(),
+                Some("Forbidden"),
+                "{label}: {flow:?}"
+            );
+        }
+    }
     for vns in spaces {
         vns.cleanup().await;
     }
     ns.cleanup().await;
+}
+
+/// With the chart's default (rolloutRestart.enabled=false) a rotation cannot roll the
+/// targets: RolloutRestart=False, reason Forbidden, a Warning event that names the value,
+/// no workload touched. With the value turned on for the release, the next rotation
+/// rolls every target, and the deployment controller makes the Deployment a new
+/// ReplicaSet.
+#[tokio::test]
+async fn rollout_restart_targets_need_the_chart_value() {
+    let proxy = Proxy::new();
+    let pool = proxy.realistic_pool(3600).await;
+    let ns = TestNs::new("chart-restart").await;
+    let release = format!("r{}", rand_suffix());
+    let render = |enabled: bool| {
+        template(
+            &release,
+            &ns.name,
+            &[
+                &format!("watchNamespaces={{{}}}", ns.name),
+                "crds.install=false",
+                &format!("rolloutRestart.enabled={enabled}"),
+            ],
+        )
+        .expect("render")
+    };
+    kubectl_apply(&render(false));
+    let dir = test_dir(&ns.name);
+    let sa = format!("{release}-cognito-unauth-controller");
+    let child = controller_as(&ns.name, &sa, &dir, &[("WATCH_NAMESPACES", &ns.name)]);
+    kubectl_apply(&target_manifests(&ns.name));
+    kubectl_apply(&cuc_with_targets(&ns.name, "app", &pool, None, &[]));
+    wait_ready(&ns.name, "app", 60);
+    // The first issue rolls nothing: the targets start with these credentials.
+    assert!(wait_restart_reason(
+        &ns.name,
+        "app",
+        "NoRotationSinceTargetsSet",
+        30
+    ));
+
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "cuc/app",
+        "cognito.kubecred.io/force-rotate=1",
+    ]);
+    assert!(
+        wait_restart_reason(&ns.name, "app", "Forbidden", 30),
+        "RolloutRestart reason: {:?}",
+        restart_reason(&ns.name, "app")
+    );
+    let status = kubectl(&[
+        "-n",
+        &ns.name,
+        "get",
+        "cuc/app",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"RolloutRestart\")].status}",
+    ]);
+    assert_eq!(status, "False");
+    // The event is published before the status that reports it.
+    let events = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    let failed: Vec<&Event> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("RolloutRestartFailed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].type_.as_deref(), Some("Warning"));
+    let note = failed[0].note.as_deref().unwrap_or_default();
+    assert!(note.contains("rolloutRestart.enabled"), "{note}");
+    assert!(
+        target_stamps(&ns.name).iter().all(String::is_empty),
+        "a target was rolled without the permission"
+    );
+    let before = observed(ns.api(), "web", 1).await;
+
+    // Turn the value on for the release; the next rotation rolls every target. (The
+    // refused restart is also retried within a minute; the timeout allows for that.)
+    kubectl_apply(&render(true));
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "--overwrite",
+        "cuc/app",
+        "cognito.kubecred.io/force-rotate=2",
+    ]);
+    assert!(
+        wait_restart_reason(&ns.name, "app", "RolloutRestartTriggered", 90),
+        "RolloutRestart reason: {:?}",
+        restart_reason(&ns.name, "app")
+    );
+    let stamp = kubectl(&[
+        "-n",
+        &ns.name,
+        "get",
+        "cuc/app",
+        "-o",
+        "jsonpath={.status.rolloutRestart.restartedAt}",
+    ]);
+    assert!(!stamp.is_empty());
+    assert_eq!(target_stamps(&ns.name), vec![stamp.clone(); TARGETS.len()]);
+
+    // The deployment controller saw the new template and made it a ReplicaSet.
+    let after = before.metadata.generation.expect("generation") + 1;
+    let rolled = observed(ns.api(), "web", after).await;
+    let uid = rolled.metadata.uid.clone();
+    let owned: Vec<ReplicaSet> = ns
+        .api::<ReplicaSet>()
+        .list(&ListParams::default())
+        .await
+        .expect("replicasets")
+        .items
+        .into_iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .collect();
+    assert_eq!(
+        owned.len(),
+        2,
+        "one ReplicaSet before, one after the restart"
+    );
+    assert!(
+        owned.iter().any(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("cognito.kubecred.io/restartedAt"))
+                == Some(&stamp)
+        }),
+        "no ReplicaSet for the restarted template"
+    );
+    assert!(child.terminate().success());
+    ns.cleanup().await;
+}
+
+/// The Deployment `name` once the deployment controller has acted on generation
+/// `generation` or later (it makes the template's ReplicaSet before it says so in status).
+async fn observed(api: Api<Deployment>, name: &str, generation: i64) -> Deployment {
+    let done = move |d: Option<&Deployment>| {
+        d.is_some_and(|d| {
+            let seen = d.status.as_ref().and_then(|s| s.observed_generation);
+            d.metadata.generation >= Some(generation) && seen == d.metadata.generation
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), await_condition(api, name, done))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("deployment/{name} generation {generation} not observed in 30 s")
+        })
+        .expect("watch")
+        .expect("the Deployment")
 }

@@ -31,7 +31,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- else -}}false{{- end -}}
 {{- end -}}
 
-{{/* The rules the controller needs on its own resources, in a watched scope. */}}
+{{/* The rules the controller needs on its own resources, in a watched scope; with
+    rolloutRestart.enabled also the patch that rolls spec.rolloutRestartTargets (the
+    value may be absent after `helm upgrade --reuse-values` from an older release). */}}
 {{- define "cuc.workloadRules" -}}
 - apiGroups: ["cognito.kubecred.io"]
   resources: ["cognitounauthcredentials"]
@@ -45,4 +47,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if (.Values.rolloutRestart | default dict).enabled }}
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["patch"]
+{{- end }}
 {{- end -}}
