@@ -791,3 +791,64 @@ async fn repeated_failures_fold_into_one_event_series() {
     ctl.stop().await;
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn overdue_renewals_after_downtime_are_spread_not_burst() {
+    let proxy = Proxy::new();
+    let ns = TestNs::new("spread").await;
+    // 60 s credentials: renewal at ~40 s (two thirds, less up to 3 s of jitter).
+    let pool = proxy.realistic_pool(60).await;
+    let ctl = Running::start(&ns).await;
+    let names: Vec<String> = (0..12).map(|i| format!("app-{i:02}")).collect();
+    for n in &names {
+        create_cuc(&ns, n, json!({"identityPoolId": pool})).await;
+    }
+    let mut renewals = Vec::new();
+    for n in &names {
+        let o = wait_reason(&ns, n, "True", "CredentialsIssued").await;
+        renewals.push(o.status.unwrap().renewal_time.expect("renewal").0);
+    }
+    // The controller is down while every renewal comes due.
+    ctl.stop().await;
+    let due = *renewals.iter().max().unwrap();
+    let wait = due.duration_since(jiff::Timestamp::now()) + jiff::SignedDuration::from_secs(1);
+    if wait.is_positive() {
+        // A clock wait: nothing to watch while no controller runs.
+        tokio::time::sleep(wait.unsigned_abs()).await;
+    }
+    let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+    let started = jiff::Timestamp::now();
+    let ctl = Running::start(&ns).await;
+    let mut issued = Vec::new();
+    for n in &names {
+        let s = wait_secret(&ns, n, "rotated after the restart", |s| {
+            annotation(s, secret::ANN_ISSUED_AT)
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|t| t >= started)
+        })
+        .await;
+        let t: jiff::Timestamp = annotation(&s, secret::ANN_ISSUED_AT).parse().unwrap();
+        issued.push(t);
+    }
+    let first = *issued.iter().min().unwrap();
+    let last = *issued.iter().max().unwrap();
+    let spread = last.duration_since(first);
+    // All were overdue at the start: without the spread they rotate within a second (the
+    // pacer allows 190/s). Spread over half the ~18 s left, they take several seconds.
+    assert!(
+        spread >= jiff::SignedDuration::from_secs(3),
+        "12 overdue rotations within {spread:?}"
+    );
+    // Still before any expired, and one call each.
+    for n in &names {
+        let o = wait_reason(&ns, n, "True", "CredentialsIssued").await;
+        assert!(o.status.unwrap().failed_attempts.is_none());
+    }
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        calls + names.len() as u64
+    );
+    eprintln!("overdue rotations spread over {spread:?} after the restart");
+    ctl.stop().await;
+    ns.cleanup().await;
+}
