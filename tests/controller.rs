@@ -356,6 +356,14 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
     })
     .await;
     assert_ne!(text(&forced, "AWS_ACCESS_KEY_ID"), key2);
+    // The Secret is written before the status: wait for that rotation's status write too,
+    // or the quiet window below would start between the two.
+    let issued: jiff::Timestamp = annotation(&forced, secret::ANN_ISSUED_AT).parse().unwrap();
+    let issued = jiff::Timestamp::from_second(issued.as_second()).unwrap();
+    wait_cuc(&ns, "app", "the forced rotation's status", move |o| {
+        rotation(o) == Some(issued)
+    })
+    .await;
     assert_eq!(
         writes_during(&ns, "app", "app-creds", Duration::from_secs(3)).await,
         0
@@ -848,7 +856,16 @@ async fn overdue_renewals_after_downtime_are_spread_not_burst() {
         proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
         calls + names.len() as u64
     );
-    eprintln!("overdue rotations spread over {spread:?} after the restart");
+    testbed_support::record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "down-past-renewal",
+        "Controller down while every renewal comes due (12 resources, 60 s credentials)",
+        "overdue rotations spread over half the remaining lifetime (≤ 60 s), not one burst; one call each; none expires",
+        &format!(
+            "rotations spread over {:.1} s (all within 0.2 s with the spread disabled); 12 calls",
+            spread.as_secs_f64()
+        ),
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }

@@ -383,6 +383,13 @@ async fn verify_publishes_the_role_and_refused_credentials_never_replace_good_on
         Some(("True".into(), "CallerIdentityVerified".into()))
     );
     assert_ne!(secrets.get("app").await.expect("secret").data, good.data);
+    testbed_support::record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "sts-refuses-verification",
+        "STS refuses the new credentials (`verify: true`, InvalidClientTokenId)",
+        "Ready and Verified False `VerificationFailed`; the Secret's bytes unchanged; one fetch per attempt; a spec change retries at once",
+        "Secret kept byte for byte; 1 GetCredentialsForIdentity for the refused attempt; Verified True again after the fault cleared",
+    );
 
     // Verification off: no Verified condition, no ARN.
     merge_patch(&ns, "app", json!({"spec": {"verify": false}})).await;
@@ -570,6 +577,16 @@ async fn restart_targets_roll_once_per_rotation_and_never_on_a_controller_restar
             && r == "RolloutRestartFailed"
             && m.contains("Deployment/missing not found")),
         "{ev:?}"
+    );
+
+    testbed_support::record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "restart-target-missing",
+        "A rollout-restart target does not exist (next to one that does)",
+        "the real target rolls once per rotation; `RolloutRestart` False `TargetNotFound`; one Warning event series; not retried",
+        &format!(
+            "2 rotations: 2 new ReplicaSets, {triggered} RolloutRestartTriggered events, metric not_found=2; none after a controller restart"
+        ),
     );
 
     // A controller restart rolls nothing: same template, same ReplicaSets until the next
