@@ -153,6 +153,47 @@ async fn malformed_resources_are_refused_with_clear_messages() {
             "spec.customRoleArn",
         ),
         (
+            "mountPath relative",
+            with(json!({"identityPoolId": POOL, "mountPath": "secrets/aws"})),
+            "spec.mountPath: Invalid value",
+        ),
+        (
+            "mountPath with a space (it is a credential_process command line)",
+            with(json!({"identityPoolId": POOL, "mountPath": "/var/run/my secrets"})),
+            "spec.mountPath: Invalid value",
+        ),
+        (
+            "mountPath with a shell character",
+            with(json!({"identityPoolId": POOL, "mountPath": "/tmp;rm -rf"})),
+            "spec.mountPath: Invalid value",
+        ),
+        (
+            "restart target of another kind",
+            with(
+                json!({"identityPoolId": POOL, "rolloutRestartTargets": [{"kind": "Pod", "name": "web"}]}),
+            ),
+            "spec.rolloutRestartTargets[0].kind: Unsupported value",
+        ),
+        (
+            "restart target without a name",
+            with(
+                json!({"identityPoolId": POOL, "rolloutRestartTargets": [{"kind": "Deployment"}]}),
+            ),
+            "spec.rolloutRestartTargets[0].name: Required value",
+        ),
+        (
+            "restart target named twice",
+            with(
+                json!({"identityPoolId": POOL, "rolloutRestartTargets": [{"kind": "Deployment", "name": "web"}, {"kind": "Deployment", "name": "web"}]}),
+            ),
+            "duplicate entries for key [kind=\"Deployment\",name=\"web\"]",
+        ),
+        (
+            "verify not a bool",
+            with(json!({"identityPoolId": POOL, "verify": "yes"})),
+            ".spec.verify: expected boolean",
+        ),
+        (
             "template labels not strings",
             with(json!({"identityPoolId": POOL, "secretTemplate": {"labels": {"a": 1}}})),
             ".spec.secretTemplate.labels.a: expected string",
@@ -178,6 +219,7 @@ async fn malformed_resources_are_refused_with_clear_messages() {
         json!({"identityPoolId": POOL, "renewBefore": "50m", "secretName": "app.aws-creds"}),
         json!({"identityPoolId": "ap-northeast-1:fc81b5de-4fa4-4087-adb5-4598fd25982a", "renewBefore": "45m0s", "suspend": true}),
         json!({"identityPoolId": "us-gov-west-1:fc81b5de-4fa4-4087-adb5-4598fd25982a", "customRoleArn": "arn:aws-us-gov:iam::123456789012:role/guest/app"}),
+        json!({"identityPoolId": POOL, "mountPath": "/var/run/secrets/aws", "verify": true, "rolloutRestartTargets": [{"kind": "Deployment", "name": "web"}, {"kind": "StatefulSet", "name": "web"}, {"kind": "DaemonSet", "name": "agent.v2"}]}),
     ];
     for spec in good {
         assert_eq!(dry_run(&api, &with(spec.clone())).await, Ok(()), "{spec}");
