@@ -4,17 +4,15 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::wait::await_condition;
 use serde_json::json;
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, helm, impersonating_kubeconfig,
-    kubectl, kubectl_apply, rand_suffix, test_dir, testbed, wait_ready,
+    ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, deployment_observed, helm,
+    impersonating_kubeconfig, kubectl, kubectl_apply, rand_suffix, test_dir, testbed, wait_ready,
 };
 
 const CHART: &str = concat!(
@@ -809,7 +807,7 @@ async fn rollout_restart_targets_need_the_chart_value() {
         target_stamps(&ns.name).iter().all(String::is_empty),
         "a target was rolled without the permission"
     );
-    let before = observed(ns.api(), "web", 1).await;
+    let before = deployment_observed(ns.api(), "web", 1).await;
 
     // Turn the value on for the release; the next rotation rolls every target. (The
     // refused restart is also retried within a minute; the timeout allows for that.)
@@ -840,7 +838,7 @@ async fn rollout_restart_targets_need_the_chart_value() {
 
     // The deployment controller saw the new template and made it a ReplicaSet.
     let after = before.metadata.generation.expect("generation") + 1;
-    let rolled = observed(ns.api(), "web", after).await;
+    let rolled = deployment_observed(ns.api(), "web", after).await;
     let uid = rolled.metadata.uid.clone();
     let owned: Vec<ReplicaSet> = ns
         .api::<ReplicaSet>()
@@ -876,22 +874,4 @@ async fn rollout_restart_targets_need_the_chart_value() {
     );
     assert!(child.terminate().success());
     ns.cleanup().await;
-}
-
-/// The Deployment `name` once the deployment controller has acted on generation
-/// `generation` or later (it makes the template's ReplicaSet before it says so in status).
-async fn observed(api: Api<Deployment>, name: &str, generation: i64) -> Deployment {
-    let done = move |d: Option<&Deployment>| {
-        d.is_some_and(|d| {
-            let seen = d.status.as_ref().and_then(|s| s.observed_generation);
-            d.metadata.generation >= Some(generation) && seen == d.metadata.generation
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(30), await_condition(api, name, done))
-        .await
-        .unwrap_or_else(|_| {
-            panic!("deployment/{name} generation {generation} not observed in 30 s")
-        })
-        .expect("watch")
-        .expect("the Deployment")
 }

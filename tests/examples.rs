@@ -8,10 +8,7 @@
 //! the Deployment as a rollout-restart target, a rotation rolls it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use cognito_unauth_controller::crd::{
     CognitoUnauthCredential, DEFAULT_MOUNT_PATH, RolloutRestartTarget, WorkloadKind,
@@ -20,9 +17,9 @@ use cognito_unauth_controller::secret;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Container, PodSpec, Secret};
 use kube::api::{Api, ListParams};
-use kube::runtime::wait::await_condition;
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, install_crd, kubectl, root, test_dir, testbed, wait_ready,
+    ControllerProcess, Proxy, TestNs, deployment_observed, install_crd, kubectl, kubectl_stdin,
+    root, test_dir, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
@@ -44,32 +41,19 @@ fn example(file: &str) -> String {
 /// `kubectl apply --server-side --validate=strict` into `ns` (plus `extra` flags): the
 /// warnings (stderr) when the API server accepted everything, else its refusal.
 fn apply_strict(ns: &str, manifests: &str, extra: &[&str]) -> Result<String, String> {
-    let mut child = Command::new("kubectl")
-        .args([
-            "apply",
-            "-n",
-            ns,
-            "--server-side",
-            "--validate=strict",
-            "--field-manager",
-            "examples",
-            "-f",
-            "-",
-        ])
-        .args(extra)
-        .envs(testbed().env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(manifests.as_bytes())
-        .expect("write manifests");
-    let out = child.wait_with_output().expect("kubectl");
+    let mut args = vec![
+        "apply",
+        "-n",
+        ns,
+        "--server-side",
+        "--validate=strict",
+        "--field-manager",
+        "examples",
+        "-f",
+        "-",
+    ];
+    args.extend_from_slice(extra);
+    let out = kubectl_stdin(&args, manifests);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if out.status.success() {
         Ok(stderr)
@@ -213,24 +197,6 @@ fn locked_down(pod: &PodSpec) -> Vec<String> {
             })
         })
         .collect()
-}
-
-/// The Deployment once the deployment controller has acted on generation `generation`
-/// or later (it makes the template's ReplicaSet before it says so in status).
-async fn observed(api: Api<Deployment>, name: &str, generation: i64) -> Deployment {
-    let done = move |d: Option<&Deployment>| {
-        d.is_some_and(|d| {
-            let seen = d.status.as_ref().and_then(|s| s.observed_generation);
-            d.metadata.generation >= Some(generation) && seen == d.metadata.generation
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(30), await_condition(api, name, done))
-        .await
-        .unwrap_or_else(|_| {
-            panic!("deployment/{name} generation {generation} not observed in 30 s")
-        })
-        .expect("watch")
-        .expect("the Deployment")
 }
 
 /// The pod-template restart annotation of each ReplicaSet of the Deployment (empty for
@@ -420,7 +386,7 @@ async fn check(file: &str, recipe: Recipe) {
 
     // The deployment controller took the Deployment as it is: a ReplicaSet.
     let generation = d.metadata.generation.expect("generation");
-    let d = observed(deployments.clone(), &deploy_name, generation).await;
+    let d = deployment_observed(deployments.clone(), &deploy_name, generation).await;
     assert_eq!(replica_sets(&ns, &d).await, [""], "{file}");
 
     if rolled {
@@ -450,7 +416,7 @@ async fn check(file: &str, recipe: Recipe) {
             .and_then(|s| s.rollout_restart)
             .and_then(|r| r.restarted_at)
             .expect("status.rolloutRestart.restartedAt");
-        let d = observed(deployments, &deploy_name, generation + 1).await;
+        let d = deployment_observed(deployments, &deploy_name, generation + 1).await;
         let mut stamps = replica_sets(&ns, &d).await;
         stamps.sort();
         assert_eq!(stamps, ["".to_string(), stamp], "{file}");
@@ -506,7 +472,13 @@ async fn every_example_is_valid_and_checked() {
             .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
             .find_map(|d| d["metadata"]["namespace"].as_str().map(str::to_string))
             .unwrap_or_else(|| ns.name.clone());
-        if let Err(e) = apply_strict(&target, &manifests, &["--dry-run=server"]) {
+        // A dry run checks validity; a field owned by another manager (a `make run` on
+        // this test bed applied demo.yaml) is no conflict for it.
+        if let Err(e) = apply_strict(
+            &target,
+            &manifests,
+            &["--dry-run=server", "--force-conflicts"],
+        ) {
             panic!("{f}: {e}");
         }
     }

@@ -486,20 +486,12 @@ pub fn kubectl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `kubectl apply --server-side` of `manifests` (YAML, any number of documents); returns
-/// kubectl's warnings (stderr).
-pub fn kubectl_apply(manifests: &str) -> String {
+/// Runs kubectl against the test bed with `input` on its stdin; returns its output
+/// whatever the exit status.
+pub fn kubectl_stdin(args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;
     let mut child = std::process::Command::new("kubectl")
-        .args([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager",
-            "tests",
-            "-f",
-            "-",
-        ])
+        .args(args)
         .envs(testbed().env())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -510,15 +502,56 @@ pub fn kubectl_apply(manifests: &str) -> String {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(manifests.as_bytes())
-        .expect("write manifests");
-    let out = child.wait_with_output().expect("kubectl");
+        .write_all(input.as_bytes())
+        .expect("write to kubectl");
+    child.wait_with_output().expect("kubectl")
+}
+
+/// `kubectl apply --server-side` of `manifests` (YAML, any number of documents); returns
+/// kubectl's warnings (stderr).
+pub fn kubectl_apply(manifests: &str) -> String {
+    let out = kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "tests",
+            "-f",
+            "-",
+        ],
+        manifests,
+    );
     assert!(
         out.status.success(),
         "the API server refused: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The Deployment `name` once the deployment controller has acted on generation
+/// `generation` or later (it makes the template's ReplicaSet before it says so in status).
+pub async fn deployment_observed(
+    api: kube::Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+    generation: i64,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let done = move |d: Option<&Deployment>| {
+        d.is_some_and(|d| {
+            let seen = d.status.as_ref().and_then(|s| s.observed_generation);
+            d.metadata.generation >= Some(generation) && seen == d.metadata.generation
+        })
+    };
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(api, name, done),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("deployment/{name} generation {generation} not observed in 30 s"))
+    .expect("watch")
+    .expect("the Deployment")
 }
 
 /// Installs the CRD from crds/ and waits until it is Established.
