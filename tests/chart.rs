@@ -5,14 +5,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use testbed_support::{
     ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, deployment_observed, helm,
-    impersonating_kubeconfig, kubectl, kubectl_apply, rand_suffix, test_dir, testbed, wait_ready,
+    impersonating_kubeconfig, kubectl, kubectl_apply, owned_replica_sets, rand_suffix, test_dir,
+    testbed, wait_ready,
 };
 
 const CHART: &str = concat!(
@@ -839,22 +839,7 @@ async fn rollout_restart_targets_need_the_chart_value() {
     // The deployment controller saw the new template and made it a ReplicaSet.
     let after = before.metadata.generation.expect("generation") + 1;
     let rolled = deployment_observed(ns.api(), "web", after).await;
-    let uid = rolled.metadata.uid.clone();
-    let owned: Vec<ReplicaSet> = ns
-        .api::<ReplicaSet>()
-        .list(&ListParams::default())
-        .await
-        .expect("replicasets")
-        .items
-        .into_iter()
-        .filter(|rs| {
-            rs.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| Some(&o.uid) == uid.as_ref())
-        })
-        .collect();
+    let owned = owned_replica_sets(&ns.client, &ns.name, &rolled).await;
     assert_eq!(
         owned.len(),
         2,

@@ -14,12 +14,12 @@ use cognito_unauth_controller::crd::{
     CognitoUnauthCredential, DEFAULT_MOUNT_PATH, RolloutRestartTarget, WorkloadKind,
 };
 use cognito_unauth_controller::secret;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use testbed_support::{
     ControllerProcess, Proxy, TestNs, deployment_observed, install_crd, kubectl, kubectl_stdin,
-    root, test_dir, wait_ready,
+    owned_replica_sets, root, test_dir, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
@@ -202,19 +202,9 @@ fn locked_down(pod: &PodSpec) -> Vec<String> {
 /// The pod-template restart annotation of each ReplicaSet of the Deployment (empty for
 /// a template without one).
 async fn replica_sets(ns: &TestNs, d: &Deployment) -> Vec<String> {
-    ns.api::<ReplicaSet>()
-        .list(&ListParams::default())
+    owned_replica_sets(&ns.client, &ns.name, d)
         .await
-        .expect("replicasets")
-        .items
         .into_iter()
-        .filter(|rs| {
-            rs.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| Some(&o.uid) == d.metadata.uid.as_ref())
-        })
         .map(|rs| {
             rs.spec
                 .and_then(|s| s.template)

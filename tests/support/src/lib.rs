@@ -554,6 +554,28 @@ pub async fn deployment_observed(
     .expect("the Deployment")
 }
 
+/// The ReplicaSets the Deployment `d` owns (by owner reference), in `namespace`.
+pub async fn owned_replica_sets(
+    client: &kube::Client,
+    namespace: &str,
+    d: &k8s_openapi::api::apps::v1::Deployment,
+) -> Vec<k8s_openapi::api::apps::v1::ReplicaSet> {
+    kube::Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("replicasets")
+        .items
+        .into_iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == d.metadata.uid.as_ref())
+        })
+        .collect()
+}
+
 /// Installs the CRD from crds/ and waits until it is Established.
 pub fn install_crd() {
     let crds = root().join("crds");
