@@ -550,9 +550,9 @@ async fn rotate<C: Cognito>(
     let generation = obj.metadata.generation;
     let now = a.now;
     let mut fetched = fetch(ctx, obj, &mut a).await?;
-    if obj.spec.verify == Some(true)
-        && let Ok((_, creds)) = &fetched
-    {
+    if obj.spec.verify != Some(true) {
+        mark_verified_off(a.next);
+    } else if let Ok((_, creds)) = &fetched {
         // Verified before they are written: refused credentials never replace good ones.
         let r = ctx.cognito.caller_identity(obj.spec.region(), creds).await;
         mark_verified(
@@ -565,8 +565,6 @@ async fn rotate<C: Cognito>(
         if let Err(e) = r {
             fetched = Err(e);
         }
-    } else if obj.spec.verify != Some(true) {
-        mark_verified_off(a.next);
     }
     match fetched {
         Ok((identity_id, mut creds)) => {

@@ -31,10 +31,10 @@ pub enum Duty {
 }
 
 /// The annotation value for credentials issued at `issued_at` (also what status records):
-/// RFC 3339 at full (nanosecond) precision, the same for every attempt of one rotation,
-/// and different for two rotations within one second.
+/// the Secret's own issued-at value, RFC 3339 at full (nanosecond) precision, so the same
+/// for every attempt of one rotation and different for two rotations within one second.
 pub fn stamp(issued_at: Timestamp) -> String {
-    issued_at.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
+    crate::secret::rfc3339_precise(issued_at)
 }
 
 /// What to do for the targets, given the bookkeeping and the Secret's issue time.

@@ -104,7 +104,7 @@ fn rfc3339(t: Timestamp) -> String {
 
 /// Full precision (nanoseconds), UTC, `Z`: for the issue time, which tells rotations
 /// apart and is read back exactly.
-fn rfc3339_precise(t: Timestamp) -> String {
+pub fn rfc3339_precise(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
 }
 

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
 use cognito_unauth_controller::secret;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use serde_json::{Value, json};
 use testbed_support::{
-    AwsCredentials, Proxy, SecretMirror, TestNs, aws_cli, eventually, test_dir, testbed,
+    AwsCredentials, Proxy, SecretMirror, TestNs, aws_cli, eventually, owned_replica_sets, test_dir,
+    testbed,
 };
 
 #[path = "common/mod.rs"]
@@ -305,15 +306,6 @@ fn assumed_role(role_arn: &str) -> String {
     format!("arn:aws:sts::{account}:assumed-role/{name}/CognitoIdentityCredentials")
 }
 
-fn condition(o: &CognitoUnauthCredential, type_: &str) -> Option<(String, String)> {
-    o.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
 #[tokio::test]
 async fn verify_publishes_the_role_and_refused_credentials_never_replace_good_ones() {
     let proxy = Proxy::new();
@@ -467,11 +459,9 @@ fn deployment(name: &str) -> Deployment {
 }
 
 async fn replica_sets(ns: &TestNs, app: &str) -> BTreeSet<String> {
-    ns.api::<ReplicaSet>()
-        .list(&ListParams::default().labels(&format!("app={app}")))
+    let d = ns.api::<Deployment>().get(app).await.expect("deployment");
+    owned_replica_sets(&ns.client, &ns.name, &d)
         .await
-        .expect("replica sets")
-        .items
         .into_iter()
         .map(|r| r.name_any())
         .collect()

@@ -97,14 +97,19 @@ pub async fn create_cuc(ns: &TestNs, name: &str, spec: Value) -> CognitoUnauthCr
         .expect("create resource")
 }
 
-pub fn ready(obj: &CognitoUnauthCredential) -> Option<(String, String)> {
+/// The status and reason of the condition `type_`, if the resource has one.
+pub fn condition(obj: &CognitoUnauthCredential, type_: &str) -> Option<(String, String)> {
     let c = obj
         .status
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")?;
+        .find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone()))
+}
+
+pub fn ready(obj: &CognitoUnauthCredential) -> Option<(String, String)> {
+    condition(obj, "Ready")
 }
 
 /// Waits (on a watch, not a sleep) until the resource satisfies `pred`.
