@@ -541,6 +541,12 @@ async fn fault_conflicting_writer() {
             n
         })
     };
+    // The other writer is writing before the rotation starts (else the rotation could
+    // land before its first label, and the check below would prove nothing).
+    wait_secret(&ns, "app", "the other writer's first label", |s| {
+        s.labels().contains_key("other-writer")
+    })
+    .await;
     force(&ns, "app", "under-contention").await;
     let rotated = wait_secret(&ns, "app", "the forced rotation", |s| {
         annotation(s, "cognito.kubecred.io/force-rotate") == "under-contention"
