@@ -21,16 +21,16 @@ down: ## Stop everything `make up` started
 
 lint: ## cargo fmt --check and clippy with -D warnings
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --all-targets --all-features --locked -- -D warnings
 
 unit: ## Unit tests only (no cluster)
 	cargo test --locked --lib --bins
 
 crds: ## Regenerate crds/ from the Rust types
-	cargo run --locked --quiet --bin crdgen > crds/cognitounauthcredentials.yaml
+	cargo run --locked --quiet --features crdgen --bin crdgen > crds/cognitounauthcredentials.yaml
 
 check-crds: ## Fail when crds/ is stale
-	cargo run --locked --quiet --bin crdgen | diff -u crds/cognitounauthcredentials.yaml - \
+	cargo run --locked --quiet --features crdgen --bin crdgen | diff -u crds/cognitounauthcredentials.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
 
 bench: ## The benchmark at BENCH_N resources (default 1000); writes docs/benchmarks.md

@@ -17,6 +17,7 @@ use aws_sdk_cognitoidentity::error::{ProvideErrorMetadata, SdkError};
 use jiff::Timestamp;
 
 use crate::secret::Credentials;
+use crate::status::reason;
 
 /// Why Cognito did not hand out credentials. Messages are Cognito's own words or the
 /// transport's; they never carry credential material.
@@ -28,6 +29,8 @@ pub enum CognitoError {
     IdentityNotFound(String),
     #[error("guest access is not allowed: {0}")]
     GuestAccessDisabled(String),
+    #[error("Cognito refused the identity: {0}")]
+    NotAuthorized(String),
     #[error("invalid identity pool configuration: {0}")]
     InvalidPoolConfiguration(String),
     #[error("Cognito rejected a parameter: {0}")]
@@ -40,33 +43,33 @@ pub enum CognitoError {
     Malformed(String),
     #[error("STS GetCallerIdentity refused the new credentials: {0}")]
     VerificationFailed(String),
+    /// STS could not give a verdict (timeout, 5xx, throttling): not a refusal.
+    #[error("STS GetCallerIdentity could not be asked: {0}")]
+    VerificationUnavailable(String),
 }
 
 impl CognitoError {
-    /// Terminal errors need a change on the AWS side or in the spec; they retry slowly.
-    pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::PoolNotFound(_)
-                | Self::GuestAccessDisabled(_)
-                | Self::InvalidPoolConfiguration(_)
-                | Self::InvalidParameter(_)
-        )
-    }
-
-    /// A short, fixed label for metrics and the condition reason.
+    /// The `Ready` reason (and metrics label) for this error; whether it is terminal
+    /// or transient is the reason table's to say (`status::reason::class`).
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::PoolNotFound(_) | Self::IdentityNotFound(_) => "IdentityPoolNotFound",
-            Self::GuestAccessDisabled(_) => "GuestAccessDisabled",
-            Self::InvalidPoolConfiguration(_) => "InvalidPoolConfiguration",
-            Self::InvalidParameter(_) => "InvalidParameter",
-            Self::Throttled(_) => "Throttled",
-            Self::Unavailable(_) | Self::Malformed(_) => "CognitoUnavailable",
-            Self::VerificationFailed(_) => "VerificationFailed",
+            Self::PoolNotFound(_) => reason::IDENTITY_POOL_NOT_FOUND,
+            Self::IdentityNotFound(_) => reason::IDENTITY_NOT_FOUND,
+            Self::GuestAccessDisabled(_) => reason::GUEST_ACCESS_DISABLED,
+            Self::NotAuthorized(_) => reason::NOT_AUTHORIZED,
+            Self::InvalidPoolConfiguration(_) => reason::INVALID_POOL_CONFIGURATION,
+            Self::InvalidParameter(_) => reason::INVALID_PARAMETER,
+            Self::Throttled(_) => reason::THROTTLED,
+            Self::Unavailable(_) | Self::Malformed(_) => reason::COGNITO_UNAVAILABLE,
+            Self::VerificationFailed(_) => reason::VERIFICATION_FAILED,
+            Self::VerificationUnavailable(_) => reason::VERIFICATION_UNAVAILABLE,
         }
     }
 }
+
+/// Cognito's message when a pool does not allow unauthenticated identities; any other
+/// NotAuthorizedException is about the identity, not the pool.
+const GUEST_ACCESS_OFF: &str = "Unauthenticated access is not supported";
 
 /// The AWS calls the controller makes: Cognito's two, and STS GetCallerIdentity to
 /// verify new credentials (spec.verify).
@@ -150,10 +153,7 @@ impl SdkCognito {
     }
 
     fn client(&self, region: &str) -> Client {
-        let mut clients = match self.clients.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut clients = crate::lock(&self.clients);
         clients
             .entry(region.to_string())
             .or_insert_with(|| {
@@ -184,7 +184,10 @@ where
                     CognitoError::IdentityNotFound(msg)
                 }
                 Some("ResourceNotFoundException") => CognitoError::PoolNotFound(msg),
-                Some("NotAuthorizedException") => CognitoError::GuestAccessDisabled(msg),
+                Some("NotAuthorizedException") if msg.contains(GUEST_ACCESS_OFF) => {
+                    CognitoError::GuestAccessDisabled(msg)
+                }
+                Some("NotAuthorizedException") => CognitoError::NotAuthorized(msg),
                 Some("InvalidIdentityPoolConfigurationException") => {
                     CognitoError::InvalidPoolConfiguration(msg)
                 }
@@ -212,31 +215,48 @@ where
     }
 }
 
-/// Maps an STS error to a verification failure (never echoing credentials: STS's
-/// messages do not carry them, and the transport's are fixed strings).
+/// STS error codes that are a verdict on the credentials (they will not be accepted
+/// by asking again). Anything else (throttling, 5xx, a transport error) is not.
+const STS_VERDICTS: [&str; 6] = [
+    "InvalidClientTokenId",
+    "AccessDenied",
+    "ExpiredToken",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "InvalidAccessKeyId",
+];
+
+/// Maps an STS error: a refusal of the credentials, or no answer (never echoing
+/// credentials: STS's messages do not carry them, and the transport's are fixed strings).
 fn classify_sts<E>(err: SdkError<E, aws_sdk_sts::config::http::HttpResponse>) -> CognitoError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let detail = match &err {
+    let unavailable = CognitoError::VerificationUnavailable;
+    match &err {
         SdkError::ServiceError(se) => {
             let e = se.err();
             let status = se.raw().status().as_u16();
-            format!(
-                "{} (HTTP {status}): {}",
-                e.code().unwrap_or("unknown error"),
+            let code = e.code().unwrap_or("unknown error");
+            let detail = format!(
+                "{code} (HTTP {status}): {}",
                 e.message().unwrap_or("no message")
-            )
+            );
+            if STS_VERDICTS.contains(&code) {
+                CognitoError::VerificationFailed(detail)
+            } else {
+                unavailable(detail)
+            }
         }
-        SdkError::TimeoutError(_) => "timed out".to_string(),
-        SdkError::DispatchFailure(d) if d.is_timeout() => "timed out".to_string(),
-        SdkError::DispatchFailure(_) => "connection failed or was reset".to_string(),
-        SdkError::ResponseError(r) => {
-            format!("unreadable response (HTTP {})", r.raw().status().as_u16())
-        }
-        _ => "request could not be built".to_string(),
-    };
-    CognitoError::VerificationFailed(detail)
+        SdkError::TimeoutError(_) => unavailable("timed out".to_string()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => unavailable("timed out".to_string()),
+        SdkError::DispatchFailure(_) => unavailable("connection failed or was reset".to_string()),
+        SdkError::ResponseError(r) => unavailable(format!(
+            "unreadable response (HTTP {})",
+            r.raw().status().as_u16()
+        )),
+        _ => unavailable("request could not be built".to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,17 +401,67 @@ mod tests {
         }
     }
 
+    /// Each error's reason and class, written out (not derived from the table).
     #[test]
-    fn terminal_and_transient_classes() {
-        assert!(CognitoError::PoolNotFound(String::new()).is_terminal());
-        assert!(CognitoError::GuestAccessDisabled(String::new()).is_terminal());
-        assert!(CognitoError::InvalidPoolConfiguration(String::new()).is_terminal());
-        assert!(!CognitoError::Throttled(String::new()).is_terminal());
-        assert!(!CognitoError::Unavailable(String::new()).is_terminal());
-        assert!(!CognitoError::IdentityNotFound(String::new()).is_terminal());
-        assert_eq!(
-            CognitoError::Malformed(String::new()).reason(),
-            "CognitoUnavailable"
-        );
+    fn every_error_has_its_reason_and_class() {
+        use crate::status::reason::{Class, class};
+        let e = String::new;
+        let cases = [
+            (
+                CognitoError::PoolNotFound(e()),
+                "IdentityPoolNotFound",
+                Class::Terminal,
+            ),
+            (
+                CognitoError::IdentityNotFound(e()),
+                "IdentityNotFound",
+                Class::Transient,
+            ),
+            (
+                CognitoError::GuestAccessDisabled(e()),
+                "GuestAccessDisabled",
+                Class::Terminal,
+            ),
+            (
+                CognitoError::NotAuthorized(e()),
+                "NotAuthorized",
+                Class::Terminal,
+            ),
+            (
+                CognitoError::InvalidPoolConfiguration(e()),
+                "InvalidPoolConfiguration",
+                Class::Terminal,
+            ),
+            (
+                CognitoError::InvalidParameter(e()),
+                "InvalidParameter",
+                Class::Terminal,
+            ),
+            (CognitoError::Throttled(e()), "Throttled", Class::Transient),
+            (
+                CognitoError::Unavailable(e()),
+                "CognitoUnavailable",
+                Class::Transient,
+            ),
+            (
+                CognitoError::Malformed(e()),
+                "CognitoUnavailable",
+                Class::Transient,
+            ),
+            (
+                CognitoError::VerificationFailed(e()),
+                "VerificationFailed",
+                Class::Transient,
+            ),
+            (
+                CognitoError::VerificationUnavailable(e()),
+                "VerificationUnavailable",
+                Class::Transient,
+            ),
+        ];
+        for (err, want, want_class) in cases {
+            assert_eq!(err.reason(), want, "{err:?}");
+            assert_eq!(class(err.reason()), want_class, "{err:?}");
+        }
     }
 }

@@ -15,12 +15,15 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cognito::Cognito;
 use crate::crd::CognitoUnauthCredential;
 use crate::events::Recorder;
 use crate::http::Health;
+use crate::lease;
 use crate::metrics::{Metered, Metrics};
 use crate::quota::{Paced, Quotas};
 use crate::reconcile::{self, Context, MANAGER};
@@ -68,31 +71,10 @@ impl Default for Settings {
     }
 }
 
-/// A shutdown signal many tasks can wait for.
-#[derive(Clone)]
-struct Stop(watch::Receiver<bool>);
-
-impl Stop {
-    fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            signal.await;
-            let _ = tx.send(true);
-        });
-        Self(rx)
-    }
-
-    fn requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    async fn wait(mut self) {
-        let _ = self.0.wait_for(|s| *s).await;
-    }
-}
-
 /// Runs until `shutdown` resolves: stops taking work, lets in-flight reconciles finish,
-/// releases the Lease.
+/// releases the Lease. With leader election, reconciles only while leading, and drops
+/// in-flight work the moment leadership is lost (the lease module fences itself before
+/// a standby could take over).
 pub async fn run<C: Cognito>(
     client: kube::Client,
     cognito: C,
@@ -100,8 +82,13 @@ pub async fn run<C: Cognito>(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), kube_lease_manager::LeaseManagerError> {
-    let stop = Stop::new(shutdown);
+) {
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.cancel();
+    });
     let recorder = Recorder::new(client.clone(), MANAGER, settings.instance.as_deref());
     // Paced outside Metered: the metrics count calls on the wire and their latency,
     // not the time spent waiting for a turn under the quota.
@@ -109,59 +96,56 @@ pub async fn run<C: Cognito>(
     let ctx = Arc::new(Context::new(client.clone(), cognito, recorder, metrics));
 
     let Some(le) = settings.leader_election.clone() else {
-        run_controllers(&ctx, &settings, &health, stop.clone().wait()).await;
-        return Ok(());
+        run_controllers(&ctx, &settings, &health, stop).await;
+        return;
     };
 
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &le.lease_name)
-        .with_namespace(&le.lease_namespace)
-        .with_identity(&le.identity)
-        .with_duration(le.lease_duration.as_secs().max(1))
-        .with_grace(le.renew_grace.as_secs().max(1))
-        .with_field_manager(MANAGER)
-        .build()
-        .await?;
-    let (mut leading, task) = manager.watch().await;
+    let (tx, mut leading) = watch::channel(false);
+    let elector_stop = CancellationToken::new();
+    let elector = tokio::spawn(lease::elect(
+        Api::namespaced(client.clone(), &le.lease_namespace),
+        le.lease_name.clone(),
+        le.identity.clone(),
+        lease::Timing::new(le.lease_duration, le.renew_grace),
+        tx,
+        elector_stop.clone(),
+    ));
     // A standby replica is ready: it is waiting for the Lease, as it should.
     health.set_ready(true);
     info!(lease = %le.lease_name, identity = %le.identity, "waiting for leadership");
     loop {
         tokio::select! {
-            _ = stop.clone().wait() => break,
+            _ = stop.cancelled() => break,
             r = leading.wait_for(|l| *l) => if r.is_err() { break },
         }
         info!(identity = %le.identity, "leading: starting to reconcile");
-        let mut lost = leading.clone();
-        let until = {
-            let stop = stop.clone();
-            async move {
-                tokio::select! {
-                    _ = stop.wait() => {},
-                    _ = lost.wait_for(|l| !*l) => {},
-                }
+        let controllers = run_controllers(&ctx, &settings, &health, stop.child_token());
+        tokio::pin!(controllers);
+        tokio::select! {
+            _ = &mut controllers => {}
+            // Lost, or could not renew in time: in-flight work is dropped at once, not
+            // finished. Reconciles are idempotent: a dropped one leaves the old or the
+            // new Secret, never a partial one, and the next leader finishes the job.
+            _ = leading.wait_for(|l| !*l) => {
+                warn!(identity = %le.identity, "lost leadership: stopped reconciling");
             }
-        };
-        run_controllers(&ctx, &settings, &health, until).await;
-        if stop.requested() {
+        }
+        if stop.is_cancelled() {
             break;
         }
-        warn!(identity = %le.identity, "lost leadership: stopped reconciling");
     }
-    // Closing the channel makes the manager release the Lease, so a standby takes over at once.
-    drop(leading);
-    match task.await {
-        Ok(Ok(_)) => info!("lease released"),
-        Ok(Err(e)) => warn!(error = %e, "could not release the lease"),
-        Err(e) => error!(error = %e, "lease task failed"),
+    // Leadership is given up only after reconciling stopped.
+    elector_stop.cancel();
+    if let Err(e) = elector.await {
+        error!(error = %e, "leader election task failed");
     }
-    Ok(())
 }
 
 async fn run_controllers<C: Cognito>(
     ctx: &Arc<Context<C>>,
     settings: &Settings,
     health: &Arc<Health>,
-    until: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
 ) {
     ctx.mark_started();
     let client = ctx.client.clone();
@@ -170,11 +154,6 @@ async fn run_controllers<C: Cognito>(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        until.await;
-        let _ = stop_tx.send(true);
-    });
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
@@ -202,23 +181,21 @@ async fn run_controllers<C: Cognito>(
             )
             .with_config(controller::Config::default().concurrency(settings.concurrency));
         stores.push(controller.store());
-        let mut stop = stop_rx.clone();
-        let metrics = ctx.metrics.clone();
+        let stop = stop.clone();
         let ctx = ctx.clone();
         info!(
             namespace = scope.as_deref().unwrap_or("<all>"),
             "controller starting"
         );
         runs.push(async move {
+            let forget = ctx.clone();
             controller
-                .graceful_shutdown_on(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
+                .graceful_shutdown_on(async move { stop.cancelled().await })
                 .run(reconcile::reconcile, reconcile::error_policy, ctx)
                 .for_each(|res| {
                     if let Err(controller::Error::ObjectNotFound(obj)) = &res {
-                        // Deleted: its Secret goes with it; so do its metric series.
-                        metrics.forget(obj.namespace.as_deref().unwrap_or_default(), &obj.name);
+                        // Deleted: its Secret goes with it; so do its memory and metrics.
+                        forget.forget(obj.namespace.as_deref().unwrap_or_default(), &obj.name);
                     } else if let Err(e) = &res
                         && !matches!(e, controller::Error::ReconcilerFailed(..))
                     {
@@ -229,33 +206,32 @@ async fn run_controllers<C: Cognito>(
                 .await;
         });
     }
-    let ready = {
-        let health = health.clone();
-        tokio::spawn(async move {
-            // The store's readiness is a oneshot that wakes only its latest waiter, and the
-            // controller's own runner waits on it too: so re-poll instead of waiting once.
-            for store in &stores {
-                while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
-                    .await
-                    .is_err()
-                {}
-            }
-            health.set_ready(true);
-            info!("caches synced; ready");
-        })
-    };
+    // Dropped with this function's future (leadership lost): aborts the readiness task.
+    let mut tasks = JoinSet::new();
+    let health = health.clone();
+    tasks.spawn(async move {
+        // The store's readiness is a oneshot that wakes only its latest waiter, and the
+        // controller's own runner waits on it too: so re-poll instead of waiting once.
+        for store in &stores {
+            while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+                .await
+                .is_err()
+            {}
+        }
+        health.set_ready(true);
+        info!("caches synced; ready");
+    });
     // Graceful shutdown lets in-flight reconciles finish; it cannot end a controller whose
     // caches never synced (e.g. its list is forbidden), so after a stop request give it a
     // bounded grace, then abandon the rest. Reconciles are idempotent: abandoning one
     // leaves either the old or the new Secret, never a partial one.
-    let mut stopping = stop_rx.clone();
     tokio::select! {
         _ = join_all(runs) => {}
-        _ = async move {
-            let _ = stopping.wait_for(|s| *s).await;
+        _ = async {
+            stop.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => warn!(grace = ?SHUTDOWN_GRACE, "in-flight work did not finish in time; abandoned"),
     }
-    ready.abort();
+    tasks.abort_all();
     info!("controller stopped");
 }

@@ -205,6 +205,11 @@ pub struct CognitoUnauthCredentialStatus {
     /// The Secret the credentials are written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Secrets this resource wrote under an earlier spec.secretName. Each is deleted once
+    /// the Secret under the current name holds credentials; until then it is kept, so
+    /// pods that still read it keep working.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secret_names: Vec<String>,
     /// The metadata.generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

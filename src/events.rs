@@ -152,10 +152,7 @@ impl Recorder {
     }
 
     fn series(&self) -> std::sync::MutexGuard<'_, Series> {
-        match self.series.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::lock(&self.series)
     }
 
     /// Publishes `ev` about `regarding` (which must be namespaced).

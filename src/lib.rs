@@ -13,6 +13,7 @@ pub mod controller;
 pub mod crd;
 pub mod events;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod plan;
 #[cfg(test)]
@@ -23,3 +24,12 @@ pub mod restart;
 pub mod schedule;
 pub mod secret;
 pub mod status;
+
+/// Locks a mutex. A panic elsewhere while holding it leaves plain data (maps, counters)
+/// that is still usable, so a poisoned lock is taken as it is.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

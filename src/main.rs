@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         health,
         shutdown_signal(),
     )
-    .await?;
+    .await;
     info!("exiting");
     Ok(())
 }

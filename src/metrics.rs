@@ -88,6 +88,7 @@ pub struct Metrics {
     reconcile_errors: Family<ClassLabels, Counter>,
     reconciliations: Counter,
     rollout_restarts: Family<RestartLabels, Counter>,
+    tracked: Gauge,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             reconciliations: Counter::default(),
             rollout_restarts: Family::default(),
+            tracked: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -161,6 +163,11 @@ impl Metrics {
             "rollout_restarts",
             "Rollout restarts of spec.rolloutRestartTargets, by kind and result",
             m.rollout_restarts.clone(),
+        );
+        registry.register(
+            "tracked_objects",
+            "Resources the controller holds per-object memory for (failures, unsynced writes); 0 when all are settled",
+            m.tracked.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -256,6 +263,10 @@ impl Metrics {
             .inc();
     }
 
+    pub fn tracked_objects(&self, n: usize) {
+        self.tracked.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     pub fn reconciled(&self) {
         self.reconciliations.inc();
     }
@@ -341,26 +352,21 @@ impl<C: Cognito> Cognito for Metered<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ready, reason, time};
+    use crate::status::{Builder, reason, time};
     use jiff::Timestamp;
 
     #[test]
     fn per_resource_series_follow_status_and_go_away() {
         let m = Metrics::new();
         let exp = Timestamp::from_second(1_800_000_000).unwrap();
-        let mut st = CognitoUnauthCredentialStatus {
+        let st = CognitoUnauthCredentialStatus {
             expiration: Some(time(exp)),
             renewal_time: Some(time(exp - jiff::SignedDuration::from_mins(20))),
             ..Default::default()
         };
-        st.conditions.push(ready(
-            true,
-            reason::CREDENTIALS_ISSUED,
-            String::new(),
-            None,
-            exp,
-            &[],
-        ));
+        let mut b = Builder::new(st, None, exp);
+        b.ready(reason::CREDENTIALS_ISSUED, String::new());
+        let st = b.build();
         m.observe("ns", "app", &st);
         let text = m.render().unwrap();
         assert!(text.contains(

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use crate::crd::{CognitoUnauthCredentialSpec, CognitoUnauthCredentialStatus};
 use crate::schedule;
 use crate::secret::{Credentials, Observed, Provenance};
-use crate::status::reason;
+use crate::status;
 
 /// What the Secret of that name is.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +34,9 @@ pub struct Inputs<'a> {
     pub seed: &'a str,
     /// When this controller started reconciling (process start or leadership).
     pub started: Timestamp,
+    /// An identity (pool, id) this controller got from GetId but could not save in
+    /// status yet.
+    pub pending_identity: Option<(&'a str, &'a str)>,
 }
 
 /// Overdue renewals found in the first minute after a start are spread over up to this
@@ -93,20 +96,38 @@ impl Why {
     }
 }
 
+/// What one reconcile does, with what it decided on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
-    /// A Secret we do not own holds the name.
+    /// A Secret we do not own holds the name. Not an attempt and not a failure: no call
+    /// is made, nothing is counted, and the status says so once.
     Conflict,
     /// No Cognito calls while suspended.
-    Suspended,
+    Suspended { kept: Option<Kept> },
     /// The last attempt failed and the next is not due before `until`.
-    Backoff { until: Timestamp },
+    Backoff {
+        until: Timestamp,
+        kept: Option<Kept>,
+    },
+    /// New credentials are needed, but our Secret is immutable: it can only be deleted
+    /// (the controller then writes a new one). No call is made, nothing is counted.
+    Immutable { why: Why, kept: Option<Kept> },
     /// Fetch credentials; reuse `identity` when there is one for this pool.
-    Rotate { why: Why, identity: Option<String> },
-    /// Nothing to do before `renewal`.
-    Wait { renewal: Timestamp },
+    Rotate {
+        why: Why,
+        identity: Option<String>,
+        kept: Option<Kept>,
+    },
+    /// The Secret holds good credentials; look again at `wake`. `repair`: write the
+    /// same credentials again (older layout, or the template's metadata missing).
+    Wait {
+        kept: Kept,
+        wake: Timestamp,
+        repair: bool,
+    },
 }
 
+/// How a Secret's credentials match the spec.
 fn matches_spec(p: &Provenance, spec: &CognitoUnauthCredentialSpec) -> bool {
     p.identity_pool_id == spec.identity_pool_id
         && p.region == spec.region()
@@ -131,13 +152,19 @@ pub fn kept(i: &Inputs<'_>) -> Option<Kept> {
     })
 }
 
-/// The identity to reuse for this pool, from status or else from the Secret.
+/// The identity to reuse for this pool: from status, else the one this controller got
+/// but could not save in status yet, else the Secret's.
 pub fn reusable_identity(i: &Inputs<'_>) -> Option<String> {
     let pool = &i.spec.identity_pool_id;
     if let (Some(id), Some(p)) = (&i.status.identity_id, &i.status.identity_pool_id)
         && p == pool
     {
         return Some(id.clone());
+    }
+    if let Some((p, id)) = i.pending_identity
+        && p == pool
+    {
+        return Some(id.to_string());
     }
     match i.secret {
         SecretState::Ours(o) => o
@@ -149,77 +176,72 @@ pub fn reusable_identity(i: &Inputs<'_>) -> Option<String> {
     }
 }
 
-/// When the next attempt is due after `failed_attempts` failures, the last at `last`.
-pub fn retry_due(status: &CognitoUnauthCredentialStatus, seed: &str) -> Option<Timestamp> {
-    let failed = u32::try_from(status.failed_attempts.unwrap_or(0)).unwrap_or(0);
-    if failed == 0 {
-        return None;
-    }
-    let last = status.last_failure_time.as_ref()?.0;
-    let terminal = status
-        .last_failure_reason
-        .as_deref()
-        .is_some_and(reason::is_terminal);
-    let delay = if terminal {
-        schedule::terminal_retry(failed, seed)
-    } else {
-        schedule::backoff(failed, seed)
-    };
-    Some(last + delay)
-}
-
 pub fn decide(i: &Inputs<'_>) -> Plan {
     if matches!(i.secret, SecretState::Foreign) {
         return Plan::Conflict;
     }
+    let kept = kept(i);
     if i.spec.suspend == Some(true) {
-        return Plan::Suspended;
+        return Plan::Suspended { kept };
     }
     let spec_changed_since_failure = i.status.observed_generation != i.generation;
-    if let Some(until) = retry_due(i.status, i.seed)
+    if let Some(until) = status::retry_due(i.status, i.seed)
         && i.now < until
         && !spec_changed_since_failure
     {
-        return Plan::Backoff { until };
+        return Plan::Backoff { until, kept };
     }
-    let identity = reusable_identity(i);
-    let Some(k) = kept(i) else {
+    let rotate = |why: Why, kept: Option<Kept>| {
+        if matches!(i.secret, SecretState::Ours(o) if o.immutable) {
+            Plan::Immutable { why, kept }
+        } else {
+            Plan::Rotate {
+                why,
+                identity: reusable_identity(i),
+                kept,
+            }
+        }
+    };
+    let Some(k) = kept else {
         let why = match i.secret {
             SecretState::Ours(o) if o.intact => Why::SpecChanged,
             SecretState::Ours(_) => Why::Drift,
             _ => Why::Initial,
         };
-        return Plan::Rotate { why, identity };
+        return rotate(why, None);
     };
     if let Some(token) = i.force_token
         && k.provenance.force_token.as_deref() != Some(token)
     {
-        return Plan::Rotate {
-            why: Why::Forced,
-            identity,
-        };
+        return rotate(Why::Forced, Some(k));
     }
+    let mut wake = k.renewal;
     if i.now >= k.renewal {
         // Overdue when we started (e.g. after downtime): take this resource's slot.
-        if k.renewal < i.started {
-            let slot = startup_slot(i.started, k.credentials.expiration, i.seed);
-            if i.now < slot {
-                return Plan::Wait { renewal: slot };
-            }
+        let slot = startup_slot(i.started, k.credentials.expiration, i.seed);
+        if k.renewal < i.started && i.now < slot {
+            wake = slot;
+        } else {
+            return rotate(Why::Renewal, Some(k));
         }
-        return Plan::Rotate {
-            why: Why::Renewal,
-            identity,
-        };
     }
-    Plan::Wait { renewal: k.renewal }
+    let repair = match i.secret {
+        SecretState::Ours(o) => !o.immutable && (!o.current_layout || !o.template_applied),
+        _ => false,
+    };
+    Plan::Wait {
+        kept: k,
+        wake,
+        repair,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::time;
-    use jiff::SignedDuration;
+    use crate::crd::CognitoUnauthCredentialStatus as Status;
+    use crate::secret::Observed;
+    use crate::status::{reason, time};
 
     const POOL: &str = "us-east-1:00000000-0000-0000-0000-000000000001";
     const ID: &str = "us-east-1:11111111-0000-0000-0000-000000000001";
@@ -235,11 +257,14 @@ mod tests {
         }
     }
 
-    fn observed(issued: i64, lifetime: i64, force: Option<&str>) -> SecretState {
-        SecretState::Ours(Box::new(Observed {
+    /// Our Secret with credentials issued at `issued` for `lifetime` seconds.
+    fn ours(issued: i64, lifetime: i64) -> Observed {
+        Observed {
             owned: true,
             intact: true,
             current_layout: true,
+            template_applied: true,
+            immutable: false,
             credentials: Some(Credentials {
                 access_key_id: "a".into(),
                 secret_access_key: "b".into(),
@@ -252,32 +277,13 @@ mod tests {
                 region: "us-east-1".into(),
                 custom_role_arn: None,
                 issued_at: at(issued),
-                force_token: force.map(String::from),
+                force_token: None,
             }),
-        }))
-    }
-
-    fn inputs<'a>(
-        now: i64,
-        spec: &'a CognitoUnauthCredentialSpec,
-        status: &'a CognitoUnauthCredentialStatus,
-        secret: &'a SecretState,
-    ) -> Inputs<'a> {
-        Inputs {
-            now: at(now),
-            spec,
-            generation: Some(1),
-            status,
-            secret,
-            force_token: None,
-            renew_before: Duration::from_secs(1200),
-            seed: "uid",
-            started: at(-1_000_000),
         }
     }
 
-    fn synced() -> CognitoUnauthCredentialStatus {
-        CognitoUnauthCredentialStatus {
+    fn synced() -> Status {
+        Status {
             identity_id: Some(ID.into()),
             identity_pool_id: Some(POOL.into()),
             observed_generation: Some(1),
@@ -285,245 +291,325 @@ mod tests {
         }
     }
 
-    #[test]
-    fn first_issue_gets_an_identity() {
-        let (s, st) = (spec(), CognitoUnauthCredentialStatus::default());
-        let p = decide(&inputs(0, &s, &st, &SecretState::Absent));
-        assert_eq!(
-            p,
-            Plan::Rotate {
-                why: Why::Initial,
-                identity: None
-            }
-        );
-    }
-
-    #[test]
-    fn waits_for_the_renewal_time_then_rotates_with_the_same_identity() {
-        let (s, st) = (spec(), synced());
-        let secret = observed(0, 3600, None);
-        let Plan::Wait { renewal } = decide(&inputs(10, &s, &st, &secret)) else {
-            panic!()
-        };
-        assert!(renewal <= at(2400) && renewal >= at(2340));
-        let p = decide(&inputs(2400, &s, &st, &secret));
-        assert_eq!(
-            p,
-            Plan::Rotate {
-                why: Why::Renewal,
-                identity: Some(ID.into())
-            }
-        );
-    }
-
-    #[test]
-    fn short_lifetimes_rotate_at_two_thirds() {
-        let (s, st) = (spec(), synced());
-        let secret = observed(0, 90, None);
-        let Plan::Wait { renewal } = decide(&inputs(1, &s, &st, &secret)) else {
-            panic!()
-        };
-        assert!(renewal <= at(60) && renewal >= at(55), "{renewal}");
-    }
-
-    #[test]
-    fn a_foreign_secret_is_a_conflict_even_when_suspended() {
-        let s = CognitoUnauthCredentialSpec {
-            suspend: Some(true),
-            ..spec()
-        };
-        let st = synced();
-        assert_eq!(
-            decide(&inputs(0, &s, &st, &SecretState::Foreign)),
-            Plan::Conflict
-        );
-    }
-
-    #[test]
-    fn suspended_makes_no_calls_even_when_expired() {
-        let s = CognitoUnauthCredentialSpec {
-            suspend: Some(true),
-            ..spec()
-        };
-        let st = synced();
-        let secret = observed(0, 90, None);
-        assert_eq!(decide(&inputs(1000, &s, &st, &secret)), Plan::Suspended);
-    }
-
-    #[test]
-    fn drift_and_spec_changes_rotate() {
-        let st = synced();
-        let SecretState::Ours(mut o) = observed(0, 3600, None) else {
-            panic!()
-        };
-        o.intact = false;
-        let drifted = SecretState::Ours(o);
-        assert_eq!(
-            decide(&inputs(10, &spec(), &st, &drifted)),
-            Plan::Rotate {
-                why: Why::Drift,
-                identity: Some(ID.into())
-            }
-        );
-        let role = CognitoUnauthCredentialSpec {
-            custom_role_arn: Some("arn:aws:iam::123456789012:role/x".into()),
-            ..spec()
-        };
-        let secret = observed(0, 3600, None);
-        assert_eq!(
-            decide(&inputs(10, &role, &st, &secret)),
-            Plan::Rotate {
-                why: Why::SpecChanged,
-                identity: Some(ID.into())
-            }
-        );
-    }
-
-    #[test]
-    fn a_new_pool_needs_a_new_identity() {
-        let other = CognitoUnauthCredentialSpec {
-            identity_pool_id: "us-east-1:22222222-0000-0000-0000-000000000002".into(),
-            ..spec()
-        };
-        let st = synced();
-        let secret = observed(0, 3600, None);
-        assert_eq!(
-            decide(&inputs(10, &other, &st, &secret)),
-            Plan::Rotate {
-                why: Why::SpecChanged,
-                identity: None
-            }
-        );
-    }
-
-    #[test]
-    fn identity_survives_a_lost_status_through_the_secret() {
-        let st = CognitoUnauthCredentialStatus::default();
-        let secret = observed(0, 3600, None);
-        assert_eq!(
-            reusable_identity(&inputs(10, &spec(), &st, &secret)),
-            Some(ID.into())
-        );
-    }
-
-    #[test]
-    fn force_rotate_once_per_new_value() {
-        let (s, st) = (spec(), synced());
-        let secret = observed(0, 3600, Some("1"));
-        let mut i = inputs(10, &s, &st, &secret);
-        i.force_token = Some("1");
-        assert!(matches!(decide(&i), Plan::Wait { .. }));
-        i.force_token = Some("2");
-        assert_eq!(
-            decide(&i),
-            Plan::Rotate {
-                why: Why::Forced,
-                identity: Some(ID.into())
-            }
-        );
-    }
-
-    #[test]
-    fn failures_back_off_until_due_unless_the_spec_changed() {
-        let s = spec();
-        let st = CognitoUnauthCredentialStatus {
-            failed_attempts: Some(3),
-            last_failure_time: Some(time(at(100))),
-            last_failure_reason: Some(reason::THROTTLED.into()),
+    fn failing(n: i32, last: i64, why: &str) -> Status {
+        Status {
+            failed_attempts: Some(n),
+            last_failure_time: Some(time(at(last))),
+            last_failure_reason: Some(why.into()),
             ..synced()
-        };
-        let secret = observed(0, 3600, None);
-        let Plan::Backoff { until } = decide(&inputs(101, &s, &st, &secret)) else {
-            panic!()
-        };
-        // Third attempt: a 20 s step with equal jitter.
-        assert!(until >= at(110) && until <= at(120), "{until}");
-        assert!(matches!(
-            decide(&inputs(121, &s, &st, &secret)),
-            Plan::Wait { .. }
-        ));
-        let mut i = inputs(101, &s, &st, &secret);
-        i.generation = Some(2);
-        assert!(matches!(decide(&i), Plan::Wait { .. }));
+        }
+    }
+
+    /// One worked example: the situation, and what the plan must be.
+    struct Case {
+        name: &'static str,
+        now: i64,
+        spec: CognitoUnauthCredentialSpec,
+        status: Status,
+        secret: SecretState,
+        force: Option<&'static str>,
+        generation: i64,
+        started: i64,
+        pending: Option<&'static str>,
+        /// The plan in a few words (see `brief`).
+        want: &'static str,
+        /// For plans with a time: the window it must fall in, in seconds from `at(0)`,
+        /// worked out by hand from the rules in the docs (not from the code).
+        window: Option<(i64, i64)>,
+    }
+
+    fn case(name: &'static str, want: &'static str) -> Case {
+        Case {
+            name,
+            now: 10,
+            spec: spec(),
+            status: synced(),
+            secret: SecretState::Ours(Box::new(ours(0, 3600))),
+            force: None,
+            generation: 1,
+            started: -1_000_000,
+            pending: None,
+            want,
+            window: None,
+        }
+    }
+
+    /// What a plan comes to, in a few words, and its time if it has one.
+    fn brief(p: &Plan) -> (String, Option<Timestamp>) {
+        match p {
+            Plan::Conflict => ("conflict".into(), None),
+            Plan::Suspended { kept } => (format!("suspended kept={}", kept.is_some()), None),
+            Plan::Backoff { until, kept } => {
+                (format!("backoff kept={}", kept.is_some()), Some(*until))
+            }
+            Plan::Immutable { why, kept } => {
+                (format!("immutable {why:?} kept={}", kept.is_some()), None)
+            }
+            Plan::Rotate {
+                why,
+                identity,
+                kept,
+            } => (
+                format!(
+                    "rotate {why:?} identity={} kept={}",
+                    if identity.is_some() { "reused" } else { "new" },
+                    kept.is_some()
+                ),
+                None,
+            ),
+            Plan::Wait { wake, repair, .. } => (format!("wait repair={repair}"), Some(*wake)),
+        }
+    }
+
+    fn with(f: impl FnOnce(&mut Observed)) -> SecretState {
+        let mut o = ours(0, 3600);
+        f(&mut o);
+        SecretState::Ours(Box::new(o))
     }
 
     #[test]
-    fn terminal_failures_wait_minutes() {
-        let s = spec();
-        let st = CognitoUnauthCredentialStatus {
-            failed_attempts: Some(1),
-            last_failure_time: Some(time(at(0))),
-            last_failure_reason: Some(reason::GUEST_ACCESS_DISABLED.into()),
-            ..synced()
-        };
-        let Plan::Backoff { until } = decide(&inputs(1, &s, &st, &SecretState::Absent)) else {
-            panic!()
-        };
-        assert!(until.duration_since(at(0)) >= SignedDuration::from_secs(240));
+    fn worked_examples() {
+        let cases = vec![
+            Case {
+                status: Status::default(),
+                secret: SecretState::Absent,
+                ..case("first issue", "rotate Initial identity=new kept=false")
+            },
+            // 1 h lifetime, renewBefore 20 m: renewal at 40 min, less up to 60 s of jitter.
+            Case {
+                window: Some((2340, 2400)),
+                ..case("fresh credentials wait for renewal", "wait repair=false")
+            },
+            Case {
+                now: 2400,
+                ..case(
+                    "renewal time reached",
+                    "rotate Renewal identity=reused kept=true",
+                )
+            },
+            // moto's 90 s lifetime: renewBefore (20 m) is longer, so two thirds (60 s),
+            // less up to 5% of the lifetime (4.5 s) of jitter.
+            Case {
+                now: 1,
+                secret: SecretState::Ours(Box::new(ours(0, 90))),
+                window: Some((55, 60)),
+                ..case("short lifetime: two thirds", "wait repair=false")
+            },
+            Case {
+                secret: SecretState::Foreign,
+                ..case("foreign Secret", "conflict")
+            },
+            Case {
+                secret: SecretState::Foreign,
+                spec: CognitoUnauthCredentialSpec {
+                    suspend: Some(true),
+                    ..spec()
+                },
+                ..case("foreign Secret while suspended", "conflict")
+            },
+            // A conflict is not an attempt: failures recorded earlier do not change it.
+            Case {
+                secret: SecretState::Foreign,
+                status: failing(7, 0, reason::THROTTLED),
+                ..case("foreign Secret after failures", "conflict")
+            },
+            Case {
+                now: 5000,
+                spec: CognitoUnauthCredentialSpec {
+                    suspend: Some(true),
+                    ..spec()
+                },
+                ..case("suspended, expired", "suspended kept=true")
+            },
+            Case {
+                secret: with(|o| o.intact = false),
+                ..case("edited Secret", "rotate Drift identity=reused kept=false")
+            },
+            Case {
+                spec: CognitoUnauthCredentialSpec {
+                    custom_role_arn: Some("arn:aws:iam::123456789012:role/x".into()),
+                    ..spec()
+                },
+                ..case(
+                    "role changed",
+                    "rotate SpecChanged identity=reused kept=false",
+                )
+            },
+            Case {
+                spec: CognitoUnauthCredentialSpec {
+                    identity_pool_id: "us-east-1:22222222-0000-0000-0000-000000000002".into(),
+                    ..spec()
+                },
+                ..case("pool changed", "rotate SpecChanged identity=new kept=false")
+            },
+            Case {
+                status: Status::default(),
+                ..case("status lost: identity from the Secret", "wait repair=false")
+            },
+            Case {
+                status: Status::default(),
+                secret: with(|o| o.intact = false),
+                ..case(
+                    "status lost, Secret edited",
+                    "rotate Drift identity=reused kept=false",
+                )
+            },
+            Case {
+                status: Status::default(),
+                secret: SecretState::Absent,
+                pending: Some(ID),
+                ..case(
+                    "identity saved only in memory",
+                    "rotate Initial identity=reused kept=false",
+                )
+            },
+            Case {
+                force: Some("2"),
+                ..case(
+                    "force-rotate, new value",
+                    "rotate Forced identity=reused kept=true",
+                )
+            },
+            Case {
+                force: Some("1"),
+                secret: with(|o| o.provenance.as_mut().unwrap().force_token = Some("1".into())),
+                window: Some((2340, 2400)),
+                ..case("force-rotate, value already answered", "wait repair=false")
+            },
+            // Third transient failure at 100: a 20 s step, equal jitter: 110..120.
+            Case {
+                now: 101,
+                status: failing(3, 100, reason::THROTTLED),
+                window: Some((110, 120)),
+                ..case("transient failure backs off", "backoff kept=true")
+            },
+            Case {
+                now: 121,
+                status: failing(3, 100, reason::THROTTLED),
+                window: Some((2340, 2400)),
+                ..case("backoff over, renewal not due", "wait repair=false")
+            },
+            Case {
+                now: 101,
+                status: failing(3, 100, reason::THROTTLED),
+                generation: 2,
+                window: Some((2340, 2400)),
+                ..case("spec changed during backoff", "wait repair=false")
+            },
+            // Terminal: 5 min less up to 20%: 240..300 s after the failure.
+            Case {
+                now: 1,
+                status: failing(1, 0, reason::GUEST_ACCESS_DISABLED),
+                secret: SecretState::Absent,
+                window: Some((240, 300)),
+                ..case("terminal failure waits minutes", "backoff kept=false")
+            },
+            Case {
+                now: 1,
+                status: failing(1, 0, reason::NOT_AUTHORIZED),
+                secret: SecretState::Absent,
+                window: Some((240, 300)),
+                ..case("NotAuthorized is terminal", "backoff kept=false")
+            },
+            // A Secret write refused: transient, first step 5 s: 2.5..5 s.
+            Case {
+                now: 1,
+                status: failing(1, 0, reason::SECRET_WRITE_FAILED),
+                secret: SecretState::Absent,
+                window: Some((2, 5)),
+                ..case("refused write backs off", "backoff kept=false")
+            },
+            Case {
+                now: 2400,
+                secret: with(|o| o.immutable = true),
+                ..case("immutable Secret at renewal", "immutable Renewal kept=true")
+            },
+            Case {
+                secret: with(|o| o.immutable = true),
+                window: Some((2340, 2400)),
+                ..case("immutable Secret, nothing due", "wait repair=false")
+            },
+            Case {
+                secret: with(|o| {
+                    o.immutable = true;
+                    o.current_layout = false;
+                }),
+                window: Some((2340, 2400)),
+                ..case(
+                    "immutable Secret in an old layout is left alone",
+                    "wait repair=false",
+                )
+            },
+            Case {
+                secret: with(|o| o.current_layout = false),
+                window: Some((2340, 2400)),
+                ..case(
+                    "old layout repaired with the same credentials",
+                    "wait repair=true",
+                )
+            },
+            Case {
+                secret: with(|o| o.template_applied = false),
+                window: Some((2340, 2400)),
+                ..case("template labels missing", "wait repair=true")
+            },
+            // Down from 0 to 3000 (renewal at ~40 min was missed): the slot is within
+            // min(60 s, half the 600 s left) of the start.
+            Case {
+                now: 3000,
+                started: 3000,
+                window: Some((3000, 3060)),
+                ..case("overdue at start: spread", "wait repair=false")
+            },
+            Case {
+                now: 3000,
+                started: 100,
+                ..case(
+                    "came due after the start: not delayed",
+                    "rotate Renewal identity=reused kept=true",
+                )
+            },
+        ];
+        for c in &cases {
+            let i = Inputs {
+                now: at(c.now),
+                spec: &c.spec,
+                generation: Some(c.generation),
+                status: &c.status,
+                secret: &c.secret,
+                force_token: c.force,
+                renew_before: Duration::from_secs(1200),
+                seed: "uid",
+                started: at(c.started),
+                pending_identity: c.pending.map(|id| (POOL, id)),
+            };
+            let (got, when) = brief(&decide(&i));
+            assert_eq!(got, c.want, "{}", c.name);
+            if let Some((lo, hi)) = c.window {
+                let t = when.unwrap_or_else(|| panic!("{}: no time", c.name));
+                assert!(
+                    t >= at(lo) && t <= at(hi),
+                    "{}: {t} not in {lo}..{hi}",
+                    c.name
+                );
+            }
+        }
     }
 
     #[test]
-    fn overdue_renewals_found_at_start_are_spread_over_the_first_minute() {
-        let spec = spec();
-        let status = synced();
-        // Issued at 0 for 1 h; renewal ~40 min; the controller was down and starts at 50 min.
-        let secret = observed(0, 3600, None);
+    fn the_startup_spread_covers_the_minute_and_never_more_than_half_the_life_left() {
         let started = at(3000);
-        let mut i = inputs(3000, &spec, &status, &secret);
-        i.started = started;
         let slots: Vec<Timestamp> = (0..200)
             .map(|n| startup_slot(started, at(3600), &format!("uid-{n}")))
             .collect();
-        assert!(
-            slots
-                .iter()
-                .all(|s| *s >= started && *s <= started + SignedDuration::from_secs(60))
-        );
-        let spread = slots
-            .iter()
-            .max()
-            .unwrap()
-            .duration_since(*slots.iter().min().unwrap());
-        assert!(spread > SignedDuration::from_secs(50), "spread {spread:?}");
-        let slot = startup_slot(started, at(3600), "uid");
-        match decide(&i) {
-            Plan::Wait { renewal } => assert_eq!(renewal, slot),
-            other => panic!("{other:?}"),
-        }
-        i.now = slot;
-        assert!(matches!(
-            decide(&i),
-            Plan::Rotate {
-                why: Why::Renewal,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn the_startup_spread_never_uses_more_than_half_the_remaining_life() {
-        let started = at(3540);
+        assert!(slots.iter().all(|s| *s >= started && *s <= at(3060)));
+        let (lo, hi) = (slots.iter().min().unwrap(), slots.iter().max().unwrap());
+        assert!(hi.duration_since(*lo).as_secs() > 50, "spread {lo}..{hi}");
+        // 60 s left: at most 30 s of spread.
         for n in 0..100 {
-            let slot = startup_slot(started, at(3600), &format!("uid-{n}"));
-            assert!(slot <= at(3570), "{slot}");
+            assert!(startup_slot(at(3540), at(3600), &format!("uid-{n}")) <= at(3570));
         }
         // Already expired: no delay at all.
         assert_eq!(startup_slot(at(4000), at(3600), "uid"), at(4000));
-    }
-
-    #[test]
-    fn renewals_that_come_due_after_the_start_are_not_delayed() {
-        let spec = spec();
-        let status = synced();
-        let secret = observed(0, 3600, None);
-        let mut i = inputs(3000, &spec, &status, &secret);
-        i.started = at(100);
-        assert!(matches!(
-            decide(&i),
-            Plan::Rotate {
-                why: Why::Renewal,
-                ..
-            }
-        ));
     }
 }

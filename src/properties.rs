@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use crate::schedule::{BACKOFF_CAP, backoff, parse_go_duration, renewal_time};
 use crate::secret::{Credentials, Owner, Provenance, inspect, render};
-use crate::status::{ready, time};
+use crate::status::{Builder, ready_of, time};
 
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("in range")
@@ -30,6 +30,25 @@ fn creds_strategy() -> impl Strategy<Value = Credentials> {
             session_token: t,
             expiration: Timestamp::new(secs, nanos as i32).expect("in range"),
         })
+}
+
+/// `c` rendered into a Secret owned by uid `u`, mounted at `/m`.
+fn rendered(c: &Credentials) -> k8s_openapi::api::core::v1::Secret {
+    let owner = Owner {
+        api_version: "v".into(),
+        kind: "K".into(),
+        name: "n".into(),
+        uid: "u".into(),
+    };
+    let prov = Provenance {
+        identity_pool_id: "us-east-1:00000000-0000-0000-0000-000000000000".into(),
+        identity_id: "us-east-1:11111111-0000-0000-0000-000000000000".into(),
+        region: "us-east-1".into(),
+        custom_role_arn: None,
+        issued_at: ts(1_700_000_000),
+        force_token: None,
+    };
+    render("n", "ns", &owner, None, c, &prov, "/m")
 }
 
 proptest! {
@@ -60,7 +79,9 @@ proptest! {
         let d = backoff(attempt, &seed);
         prop_assert!(d <= BACKOFF_CAP);
         prop_assert!(d >= Duration::from_millis(2500));
-        let step = Duration::from_secs(5).saturating_mul(1 << (attempt - 1).min(16)).min(BACKOFF_CAP);
+        // The step by hand: 5 s doubling (5, 10, 20, 40, 80, 160), then 300 s from the 7th.
+        let step = match attempt { 1..=6 => 5u64 << (attempt - 1), _ => 300 };
+        let step = Duration::from_secs(step);
         prop_assert!(d >= step / 2 && d <= step);
     }
 
@@ -88,7 +109,7 @@ proptest! {
             force_token: None,
         };
         let s = render("n", "ns", &owner, None, &c, &prov, "/m");
-        let o = inspect(&s, "u", "/m");
+        let o = inspect(&s, "u", "/m", None);
         prop_assert!(o.owned && o.intact);
         let back = o.credentials.expect("credentials");
         prop_assert_eq!(&back.access_key_id, &c.access_key_id);
@@ -99,16 +120,7 @@ proptest! {
 
     #[test]
     fn any_change_to_any_data_byte_is_noticed(c in creds_strategy(), pick in any::<prop::sample::Index>(), byte in any::<u8>()) {
-        let owner = Owner { api_version: "v".into(), kind: "K".into(), name: "n".into(), uid: "u".into() };
-        let prov = Provenance {
-            identity_pool_id: "us-east-1:00000000-0000-0000-0000-000000000000".into(),
-            identity_id: "us-east-1:11111111-0000-0000-0000-000000000000".into(),
-            region: "us-east-1".into(),
-            custom_role_arn: None,
-            issued_at: ts(1_700_000_000),
-            force_token: None,
-        };
-        let mut s = render("n", "ns", &owner, None, &c, &prov, "/m");
+        let mut s = rendered(&c);
         let data = s.data.as_mut().expect("data");
         let keys: Vec<String> = data.keys().cloned().collect();
         let key = pick.get(&keys).clone();
@@ -116,7 +128,16 @@ proptest! {
         let at = pick.index(value.0.len().max(1)).min(value.0.len().saturating_sub(1));
         prop_assume!(value.0.get(at) != Some(&byte));
         if value.0.is_empty() { value.0.push(byte) } else { value.0[at] = byte }
-        prop_assert!(!inspect(&s, "u", "/m").intact, "an edit of {} went unnoticed", key);
+        prop_assert!(!inspect(&s, "u", "/m", None).intact, "an edit of {} went unnoticed", key);
+    }
+
+    #[test]
+    fn keys_someone_else_adds_are_not_drift(c in creds_strategy(), key in "[A-Za-z0-9._-]{1,30}", value in prop::collection::vec(any::<u8>(), 0..64)) {
+        prop_assume!(!crate::secret::is_our_key(&key));
+        let mut s = rendered(&c);
+        s.data.as_mut().expect("data").insert(key, ByteString(value));
+        let o = inspect(&s, "u", "/m", None);
+        prop_assert!(o.intact && o.current_layout, "a foreign key made the Secret drift");
     }
 
     #[test]
@@ -126,7 +147,10 @@ proptest! {
         let mut prev: Option<bool> = None;
         for (t, ok) in flips.iter().enumerate() {
             let now = ts(1_800_000_000 + t as i64);
-            let c = ready(*ok, if *ok { "CredentialsIssued" } else { "Throttled" }, String::new(), Some(1), now, &conds);
+            let old = crate::crd::CognitoUnauthCredentialStatus { conditions: conds.clone(), ..Default::default() };
+            let mut b = Builder::new(old, Some(1), now);
+            if *ok { b.ready("CredentialsIssued", String::new()) } else { b.not_ready("Throttled", String::new()) }
+            let c = ready_of(b.next()).expect("ready").clone();
             if prev != Some(*ok) {
                 last_flip = Some(now);
             }

@@ -99,10 +99,7 @@ impl<C> Paced<C> {
                 _ => self.quotas.get_credentials_per_second,
             };
         let wait = {
-            let mut buckets = match self.buckets.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut buckets = crate::lock(&self.buckets);
             let now = Instant::now();
             buckets
                 .entry((region.to_string(), operation))

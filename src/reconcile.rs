@@ -1,10 +1,12 @@
 //! One reconcile, in steps: read inputs → decide (pure, `plan`) → fetch from Cognito →
 //! render the Secret (pure, `secret`) → apply it → write status (only when it changed).
 //!
-//! Cognito failures are not reconcile errors: they become the `Ready` condition, an
-//! event and a scheduled retry (persisted in status, so a restart keeps the backoff and
-//! our own status write does not cause another call). Only Kubernetes API failures are
-//! returned as errors, and `error_policy` retries those with backoff.
+//! A [`Reconciliation`] holds one reconcile's inputs and the status being built, with
+//! one short method per plan branch. Cognito failures and Secret writes the API server
+//! refuses are not reconcile errors: they become the `Ready` condition, an event and a
+//! retry scheduled in status (so a restart keeps the backoff, and our own status write
+//! does not cause another attempt). Only other Kubernetes API failures are returned as
+//! errors, and `error_policy` retries those with backoff.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,12 +27,13 @@ use crate::crd::{
     RolloutRestartStatus,
 };
 use crate::events::{Event, EventType, Recorder};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
 use crate::restart::{self, Duty};
 use crate::schedule;
 use crate::secret::{self, Credentials, Owner, Provenance};
-use crate::status::{self, reason, show, time};
+use crate::status::{self, Builder, reason, show, time};
 
 /// Field manager for every write, and the events' reporting controller.
 pub const MANAGER: &str = "cognito-unauth-controller";
@@ -55,16 +58,43 @@ impl Error {
     }
 }
 
+/// What this controller remembers about one resource between reconciles. An entry
+/// exists only while there is something to remember, and goes with the resource.
+#[derive(Debug, Default)]
+struct Memory {
+    uid: String,
+    /// Consecutive Kubernetes API failures, for `error_policy`'s backoff.
+    api_failures: u32,
+    /// Status we wrote that the watch cache may not show yet.
+    written: Option<Written>,
+    /// An identity (pool, id) from GetId that could not be saved in status yet.
+    pending_identity: Option<(String, String)>,
+}
+
+impl Memory {
+    fn is_empty(&self) -> bool {
+        self.api_failures == 0 && self.written.is_none() && self.pending_identity.is_none()
+    }
+}
+
+/// A status we wrote, and the statuses it replaced that the cache may still show.
+#[derive(Debug)]
+struct Written {
+    status: CognitoUnauthCredentialStatus,
+    superseded: Vec<CognitoUnauthCredentialStatus>,
+}
+
+/// How many replaced statuses are remembered while the cache lags.
+const SUPERSEDED_KEPT: usize = 8;
+
 /// What every reconcile shares.
 pub struct Context<C> {
     pub client: kube::Client,
     pub cognito: C,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Consecutive API failures per object, for `error_policy`'s backoff.
-    api_failures: Mutex<HashMap<String, u32>>,
-    /// Status we wrote that the watch cache may not show yet: resourceVersion and status.
-    written: Mutex<HashMap<String, (u64, CognitoUnauthCredentialStatus)>>,
+    /// One entry per resource that needs remembering, keyed `namespace/name`.
+    memory: Mutex<HashMap<String, Memory>>,
     /// When reconciling (re)started, in Unix seconds: see `plan::startup_slot`.
     started: AtomicI64,
 }
@@ -81,8 +111,7 @@ impl<C: Cognito> Context<C> {
             cognito,
             recorder,
             metrics,
-            api_failures: Mutex::default(),
-            written: Mutex::default(),
+            memory: Mutex::default(),
             started: AtomicI64::new(Timestamp::now().as_second()),
         }
     }
@@ -98,24 +127,53 @@ impl<C: Cognito> Context<C> {
             .unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        lock(&self.api_failures)
+    /// Runs `f` on the memory of `obj` (a resource of another uid under the same name
+    /// starts afresh), dropping the entry when nothing is left in it.
+    fn remember<R>(&self, obj: &CognitoUnauthCredential, f: impl FnOnce(&mut Memory) -> R) -> R {
+        let uid = obj.uid().unwrap_or_default();
+        let mut all = lock(&self.memory);
+        let k = key(obj);
+        let m = all.entry(k.clone()).or_default();
+        if m.uid != uid {
+            *m = Memory {
+                uid,
+                ..Memory::default()
+            };
+        }
+        let r = f(m);
+        if m.is_empty() {
+            all.remove(&k);
+        }
+        self.metrics.tracked_objects(all.len());
+        r
     }
 
-    /// The newest status we know: the cached object's, unless we wrote a newer one the
-    /// watch has not delivered yet. Deciding on a stale status would repeat a Cognito
-    /// call or a write that already happened.
+    /// Forgets a resource that is gone: its memory and its metric series.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut all = lock(&self.memory);
+        all.remove(&format!("{namespace}/{name}"));
+        self.metrics.tracked_objects(all.len());
+        self.metrics.forget(namespace, name);
+    }
+
+    /// How many resources have memory (0 when every one is settled).
+    pub fn tracked(&self) -> usize {
+        lock(&self.memory).len()
+    }
+
+    /// The newest status we know: the cached object's, unless it is one our own write
+    /// replaced and the watch has not delivered that write yet. Deciding on a stale
+    /// status would repeat a Cognito call or a write that already happened. Statuses
+    /// are compared by content: resourceVersions are opaque and have no order.
     fn freshest_status(&self, obj: &CognitoUnauthCredential) -> CognitoUnauthCredentialStatus {
-        let mut written = lock(&self.written);
-        let k = key(obj);
-        let cached_rv = obj.resource_version().and_then(|v| v.parse::<u64>().ok());
-        if let Some((rv, st)) = written.get(&k) {
-            if cached_rv.is_some_and(|c| c < *rv) {
-                return st.clone();
+        let cached = obj.status.clone().unwrap_or_default();
+        self.remember(obj, |m| {
+            let (fresh, lagging) = freshest(m.written.as_ref(), cached);
+            if !lagging {
+                m.written = None;
             }
-            written.remove(&k);
-        }
-        obj.status.clone().unwrap_or_default()
+            fresh
+        })
     }
 
     /// Writes status with server-side apply, only when it changed.
@@ -134,20 +192,24 @@ impl<C: Cognito> Context<C> {
             "kind": CognitoUnauthCredential::kind(&()),
             "status": new,
         });
-        let written = api
-            .patch_status(
-                &obj.name_any(),
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(Error::Kube)?;
-        if let Some(rv) = written
-            .resource_version()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            lock(&self.written).insert(key(obj), (rv, new.clone()));
-        }
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        self.remember(obj, |m| {
+            let mut superseded = m.written.take().map(|w| w.superseded).unwrap_or_default();
+            superseded.push(old.clone());
+            if superseded.len() > SUPERSEDED_KEPT {
+                superseded.remove(0);
+            }
+            m.written = Some(Written {
+                status: new.clone(),
+                superseded,
+            });
+        });
         Ok(())
     }
 
@@ -170,10 +232,16 @@ impl<C: Cognito> Context<C> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
+/// The status to decide on: the cached one, unless it is one that our last write
+/// replaced (the cache lags: then what we wrote, and `true`). Once the cache shows our
+/// write, or a status of someone else's, it has caught up (`false`: forget the write).
+fn freshest(
+    written: Option<&Written>,
+    cached: CognitoUnauthCredentialStatus,
+) -> (CognitoUnauthCredentialStatus, bool) {
+    match written {
+        Some(w) if w.superseded.contains(&cached) => (w.status.clone(), true),
+        _ => (cached, false),
     }
 }
 
@@ -187,12 +255,10 @@ pub fn error_policy<C: Cognito>(
     err: &Error,
     ctx: Arc<Context<C>>,
 ) -> Action {
-    let n = {
-        let mut f = ctx.failures();
-        let n = f.entry(key(&obj)).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
+    let n = ctx.remember(&obj, |m| {
+        m.api_failures = m.api_failures.saturating_add(1);
+        m.api_failures
+    });
     let delay = schedule::backoff(n, obj.uid().as_deref().unwrap_or_default());
     ctx.metrics.reconcile_error(err.metric_label());
     warn!(error = %err, label = err.metric_label(), attempt = n, retry_in = ?delay, "reconcile failed");
@@ -210,745 +276,759 @@ pub async fn reconcile<C: Cognito>(
     ctx: Arc<Context<C>>,
 ) -> Result<Action, Error> {
     ctx.metrics.reconciled();
-    let result = reconcile_inner(&obj, &ctx).await;
+    if obj.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the Secret through its owner reference.
+        ctx.forget(&obj.namespace().unwrap_or_default(), &obj.name_any());
+        return Ok(Action::await_change());
+    }
+    let result = match Reconciliation::load(&obj, &ctx).await {
+        Ok(Loaded::Ready(r)) => r.run().await,
+        Ok(Loaded::Done(action)) => Ok(action),
+        Err(e) => Err(e),
+    };
     if result.is_ok() {
-        ctx.failures().remove(&key(&obj));
+        ctx.remember(&obj, |m| m.api_failures = 0);
     }
     result
 }
 
-async fn reconcile_inner<C: Cognito>(
-    obj: &CognitoUnauthCredential,
-    ctx: &Context<C>,
-) -> Result<Action, Error> {
-    if obj.metadata.deletion_timestamp.is_some() {
-        // The garbage collector removes the Secret through its owner reference.
-        lock(&ctx.written).remove(&key(obj));
-        ctx.metrics
-            .forget(&obj.namespace().unwrap_or_default(), &obj.name_any());
-        return Ok(Action::await_change());
-    }
-    let ns = obj.namespace().ok_or(Error::MissingField("namespace"))?;
-    let uid = obj.uid().ok_or(Error::MissingField("uid"))?;
-    let name = obj.name_any();
-    let now = Timestamp::now();
-    let old = ctx.freshest_status(obj);
-    let secret_name = obj.spec.secret_name.clone().unwrap_or_else(|| name.clone());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let api: Api<CognitoUnauthCredential> = Api::namespaced(ctx.client.clone(), &ns);
+/// How soon something that blocks an attempt before any call (a Secret we do not own,
+/// an immutable Secret) is looked at again, besides when it changes.
+const BLOCKED_RECHECK: Duration = Duration::from_secs(60);
+/// How soon a rollout restart that could not be done (forbidden, failed) is retried.
+const RESTART_RETRY: Duration = Duration::from_secs(60);
+/// How soon verification is asked again after STS gave no answer.
+const VERIFY_RETRY: Duration = Duration::from_secs(60);
+/// How soon the deletion of a Secret under a former name is tried again.
+const CLEANUP_RETRY: Duration = Duration::from_secs(60);
 
-    let mut next = old.clone();
-    next.secret_name = Some(secret_name.clone());
-    next.observed_generation = obj.metadata.generation;
-    let generation = obj.metadata.generation;
+enum Loaded<'a, C> {
+    Ready(Box<Reconciliation<'a, C>>),
+    Done(Action),
+}
 
-    let renew_before = match schedule::parse_go_duration(obj.spec.renew_before()) {
-        Ok(d) => d,
-        Err(e) => {
-            // Admission refuses this; an older CRD or a direct etcd write could still let it in.
-            set_ready(
-                &mut next,
-                false,
-                reason::INVALID_SPEC,
-                e.to_string(),
-                generation,
-                now,
-                &old,
-            );
-            ctx.write_status(&api, obj, &old, &next).await?;
-            return Ok(Action::await_change());
+/// One reconcile of one resource: its inputs, and the status being built.
+struct Reconciliation<'a, C> {
+    ctx: &'a Context<C>,
+    obj: &'a CognitoUnauthCredential,
+    ns: String,
+    uid: String,
+    secret_name: String,
+    secrets: Api<Secret>,
+    api: Api<CognitoUnauthCredential>,
+    now: Timestamp,
+    renew_before: Duration,
+    existing: Option<Secret>,
+    status: Builder,
+    /// An identity GetId created in this reconcile (said in the rotation's event).
+    created: Option<String>,
+}
+
+impl<'a, C: Cognito> Reconciliation<'a, C> {
+    /// Reads what the decision needs: the freshest status and the Secret.
+    async fn load(
+        obj: &'a CognitoUnauthCredential,
+        ctx: &'a Context<C>,
+    ) -> Result<Loaded<'a, C>, Error> {
+        let ns = obj.namespace().ok_or(Error::MissingField("namespace"))?;
+        let uid = obj.uid().ok_or(Error::MissingField("uid"))?;
+        let now = Timestamp::now();
+        let secret_name = obj
+            .spec
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| obj.name_any());
+        let api: Api<CognitoUnauthCredential> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut status = Builder::new(ctx.freshest_status(obj), obj.metadata.generation, now);
+        let next = status.next_mut();
+        if let Some(prev) = next.secret_name.clone()
+            && prev != secret_name
+            && !next.previous_secret_names.contains(&prev)
+        {
+            next.previous_secret_names.push(prev);
         }
-    };
+        next.previous_secret_names.retain(|p| *p != secret_name);
+        next.secret_name = Some(secret_name.clone());
 
-    let existing = secrets.get_opt(&secret_name).await.map_err(Error::Kube)?;
-    let secret_state = match &existing {
-        None => SecretState::Absent,
-        Some(s) => {
-            let o = secret::inspect(s, &uid, obj.spec.mount_path());
-            if o.owned {
-                SecretState::Ours(Box::new(o))
-            } else {
-                SecretState::Foreign
+        let renew_before = match schedule::parse_go_duration(obj.spec.renew_before()) {
+            Ok(d) => d,
+            Err(e) => {
+                // Admission refuses this; an older CRD or a direct etcd write could still let it in.
+                status.not_ready(reason::INVALID_SPEC, e.to_string());
+                ctx.write_status(&api, obj, status.old(), status.next())
+                    .await?;
+                return Ok(Loaded::Done(Action::await_change()));
             }
-        }
-    };
-    let inputs = Inputs {
-        now,
-        spec: &obj.spec,
-        generation,
-        status: &old,
-        secret: &secret_state,
-        force_token: obj
+        };
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let existing = secrets.get_opt(&secret_name).await.map_err(Error::Kube)?;
+        Ok(Loaded::Ready(Box::new(Self {
+            ctx,
+            obj,
+            ns,
+            uid,
+            secret_name,
+            secrets,
+            api,
+            now,
+            renew_before,
+            existing,
+            status,
+            created: None,
+        })))
+    }
+
+    /// Decides, acts on the decision, writes status if it changed.
+    async fn run(mut self) -> Result<Action, Error> {
+        let spec = &self.obj.spec;
+        let secret_state = match &self.existing {
+            None => SecretState::Absent,
+            Some(s) if !secret::owned_by(s, &self.uid) => SecretState::Foreign,
+            Some(s) => SecretState::Ours(Box::new(secret::inspect(
+                s,
+                &self.uid,
+                spec.mount_path(),
+                spec.secret_template.as_ref(),
+            ))),
+        };
+        let pending = self.ctx.remember(self.obj, |m| m.pending_identity.clone());
+        let old = self.status.old().clone();
+        let decision = plan::decide(&Inputs {
+            now: self.now,
+            spec,
+            generation: self.obj.metadata.generation,
+            status: &old,
+            secret: &secret_state,
+            force_token: self.force_token(),
+            renew_before: self.renew_before,
+            seed: &self.uid,
+            started: self.ctx.started(),
+            pending_identity: pending.as_ref().map(|(p, i)| (p.as_str(), i.as_str())),
+        });
+        debug!(plan = ?decision, "decided");
+        let action = match decision {
+            Plan::Conflict => self.conflict().await,
+            Plan::Suspended { kept } => self.suspended(kept.as_ref()),
+            Plan::Backoff { until, kept } => self.backoff(until, kept.as_ref()),
+            Plan::Immutable { why, kept } => self.immutable(why, kept.as_ref()).await,
+            Plan::Wait { kept, wake, repair } => self.wait(&kept, wake, repair).await?,
+            Plan::Rotate {
+                why,
+                identity,
+                kept,
+            } => self.rotate(why, identity, kept.as_ref()).await?,
+        };
+        self.ctx
+            .write_status(&self.api, self.obj, self.status.old(), self.status.next())
+            .await?;
+        self.ctx
+            .metrics
+            .observe(&self.ns, &self.obj.name_any(), self.status.next());
+        Ok(action)
+    }
+
+    fn force_token(&self) -> Option<&'a str> {
+        self.obj
             .annotations()
             .get(FORCE_ROTATE_ANNOTATION)
-            .map(String::as_str),
-        renew_before,
-        seed: &uid,
-        started: ctx.started(),
-    };
-    let kept = plan::kept(&inputs);
-    let decision = plan::decide(&inputs);
-    debug!(plan = ?decision, "decided");
+            .map(String::as_str)
+    }
 
-    let action = match decision {
-        Plan::Conflict => {
-            let msg = format!(
-                "Secret {secret_name} exists and is not owned by this resource; it is left untouched. Delete it or choose another spec.secretName."
-            );
-            if status::ready_of(&old).map(|c| c.reason.as_str()) != Some(reason::SECRET_CONFLICT) {
-                ctx.event(
-                    obj,
+    fn region(&self) -> &'a str {
+        self.obj.spec.region()
+    }
+
+    /// Whether `Ready` already says `why` (so its event was sent).
+    fn ready_was(&self, why: &str) -> bool {
+        status::ready_of(self.status.old()).map(|c| c.reason.as_str()) == Some(why)
+    }
+
+    /// A Secret we do not own holds the name: said once, then looked at every minute.
+    async fn conflict(&mut self) -> Action {
+        let msg = format!(
+            "Secret {} exists and is not owned by this resource; it is left untouched. Delete it or choose another spec.secretName.",
+            self.secret_name
+        );
+        if !self.ready_was(reason::SECRET_CONFLICT) {
+            self.ctx
+                .event(
+                    self.obj,
                     EventType::Warning,
                     reason::SECRET_CONFLICT,
                     msg.clone(),
                 )
                 .await;
-            }
-            let delay = record_failure(&mut next, &old, reason::SECRET_CONFLICT, now, &uid);
-            set_ready(
-                &mut next,
-                false,
-                reason::SECRET_CONFLICT,
-                msg,
-                generation,
-                now,
-                &old,
-            );
-            Action::requeue(delay)
         }
-        Plan::Suspended => {
-            next.renewal_time = None;
-            match &kept {
-                Some(k) if !k.expired(now) => {
-                    let exp = k.credentials.expiration;
-                    next.expiration = Some(time(exp));
-                    let msg = format!(
-                        "Rotation is suspended; the Secret holds credentials valid until {}",
-                        show(exp)
-                    );
-                    set_ready(
-                        &mut next,
-                        true,
-                        reason::SUSPENDED,
-                        msg,
-                        generation,
-                        now,
-                        &old,
-                    );
-                    requeue_at(now, exp)
-                }
-                _ => {
-                    let msg =
-                        "Rotation is suspended; the Secret holds no valid credentials".to_string();
-                    set_ready(
-                        &mut next,
-                        false,
-                        reason::SUSPENDED,
-                        msg,
-                        generation,
-                        now,
-                        &old,
-                    );
-                    Action::await_change()
-                }
-            }
-        }
-        Plan::Backoff { until } => {
-            if let Some(k) = kept.as_ref().filter(|k| k.expired(now)) {
-                let last = old.last_failure_reason.clone().unwrap_or_default();
+        self.status.not_ready(reason::SECRET_CONFLICT, msg);
+        Action::requeue(BLOCKED_RECHECK)
+    }
+
+    fn suspended(&mut self, kept: Option<&Kept>) -> Action {
+        self.status.next_mut().renewal_time = None;
+        match kept {
+            Some(k) if !k.expired(self.now) => {
+                let exp = k.credentials.expiration;
+                self.status.next_mut().expiration = Some(time(exp));
                 let msg = format!(
-                    "The credentials in the Secret expired at {}; the last attempt failed ({last}); next attempt at {}",
-                    show(k.credentials.expiration),
-                    show(until)
+                    "Rotation is suspended; the Secret holds credentials valid until {}",
+                    show(exp)
                 );
-                set_ready(
-                    &mut next,
-                    false,
-                    reason::EXPIRED,
-                    msg,
-                    generation,
-                    now,
-                    &old,
-                );
+                self.status.ready(reason::SUSPENDED, msg);
+                requeue_at(self.now, exp)
             }
-            let wake = match &kept {
-                Some(k) if !k.expired(now) => until.min(k.credentials.expiration),
-                _ => until,
-            };
-            requeue_at(now, wake)
-        }
-        Plan::Wait { renewal } => {
-            let Some(k) = kept else {
-                return Err(Error::MissingField("kept credentials"));
-            };
-            let layout_current = matches!(&secret_state, SecretState::Ours(o) if o.current_layout);
-            if let Some(s) = &existing
-                && (!template_applied(s, obj) || !layout_current)
-            {
-                apply_secret(
-                    &secrets,
-                    obj,
-                    &secret_name,
-                    &uid,
-                    &k.credentials,
-                    &k.provenance,
-                    existing.as_ref(),
-                )
-                .await?;
+            _ => {
+                let msg = "Rotation is suspended; the Secret holds no valid credentials".into();
+                self.status
+                    .set(status::READY, false, reason::SUSPENDED, msg);
+                Action::await_change()
             }
-            mark_issued(&mut next, &k, generation, now, &old);
-            if obj.spec.verify == Some(true) {
-                // Verification just turned on (or the spec changed): check the kept
-                // credentials once; a failure is reported, the Secret stays.
-                let checked = status::condition_of(&old, status::VERIFIED)
-                    .is_some_and(|c| c.observed_generation == generation);
-                if !checked {
-                    let r = ctx
-                        .cognito
-                        .caller_identity(obj.spec.region(), &k.credentials)
-                        .await;
-                    mark_verified(
-                        &mut next,
-                        r.as_ref().map(String::as_str),
-                        generation,
-                        now,
-                        &old,
-                    );
-                }
-            } else {
-                mark_verified_off(&mut next);
-            }
-            let retry = roll_out(
-                ctx,
-                obj,
-                &ns,
-                k.provenance.issued_at,
-                &mut next,
-                generation,
-                now,
-            )
-            .await;
-            requeue_at(now, retry.map_or(renewal, |r| renewal.min(now + r)))
-        }
-        Plan::Rotate { why, identity } => {
-            rotate(
-                ctx,
-                obj,
-                RotateArgs {
-                    why,
-                    identity,
-                    kept: kept.as_ref(),
-                    existing: existing.as_ref(),
-                    secret_name: &secret_name,
-                    uid: &uid,
-                    renew_before,
-                    now,
-                    api: &api,
-                    secrets: &secrets,
-                    old: &old,
-                    next: &mut next,
-                },
-            )
-            .await?
-        }
-    };
-
-    ctx.write_status(&api, obj, &old, &next).await?;
-    ctx.metrics.observe(&ns, &name, &next);
-    Ok(action)
-}
-
-struct RotateArgs<'a> {
-    why: Why,
-    identity: Option<String>,
-    kept: Option<&'a Kept>,
-    existing: Option<&'a Secret>,
-    secret_name: &'a str,
-    uid: &'a str,
-    renew_before: Duration,
-    now: Timestamp,
-    api: &'a Api<CognitoUnauthCredential>,
-    secrets: &'a Api<Secret>,
-    old: &'a CognitoUnauthCredentialStatus,
-    next: &'a mut CognitoUnauthCredentialStatus,
-}
-
-/// Records a new identity in status at once, so a crash before the Secret is written
-/// does not cost another GetId.
-async fn remember_identity<C: Cognito>(
-    ctx: &Context<C>,
-    obj: &CognitoUnauthCredential,
-    a: &mut RotateArgs<'_>,
-    id: &str,
-    recreated: bool,
-) -> Result<(), Error> {
-    a.next.identity_id = Some(id.to_string());
-    a.next.identity_pool_id = Some(obj.spec.identity_pool_id.clone());
-    let mut persisted = a.old.clone();
-    persisted.identity_id = a.next.identity_id.clone();
-    persisted.identity_pool_id = a.next.identity_pool_id.clone();
-    ctx.write_status(a.api, obj, a.old, &persisted).await?;
-    if recreated {
-        let msg = format!("Cognito no longer knows the previous identity; created identity {id}");
-        ctx.event(obj, EventType::Warning, "IdentityRecreated", msg)
-            .await;
-    } else {
-        ctx.event(
-            obj,
-            EventType::Normal,
-            "IdentityCreated",
-            format!("Created Cognito identity {id}"),
-        )
-        .await;
-    }
-    info!(identity = id, recreated, "identity created");
-    Ok(())
-}
-
-async fn fetch<C: Cognito>(
-    ctx: &Context<C>,
-    obj: &CognitoUnauthCredential,
-    a: &mut RotateArgs<'_>,
-) -> Result<Result<(String, Credentials), CognitoError>, Error> {
-    let spec = &obj.spec;
-    let region = spec.region();
-    let role = spec.custom_role_arn.as_deref();
-    let reused = a.identity.clone();
-    let id = match reused.clone() {
-        Some(id) => id,
-        None => match ctx.cognito.get_id(region, &spec.identity_pool_id).await {
-            Ok(id) => {
-                remember_identity(ctx, obj, a, &id, false).await?;
-                id
-            }
-            Err(e) => return Ok(Err(e)),
-        },
-    };
-    match ctx.cognito.get_credentials(region, &id, role).await {
-        Ok(c) => Ok(Ok((id, c))),
-        Err(CognitoError::IdentityNotFound(_)) if reused.is_some() => {
-            let id = match ctx.cognito.get_id(region, &spec.identity_pool_id).await {
-                Ok(id) => id,
-                Err(e) => return Ok(Err(e)),
-            };
-            remember_identity(ctx, obj, a, &id, true).await?;
-            Ok(ctx
-                .cognito
-                .get_credentials(region, &id, role)
-                .await
-                .map(|c| (id, c)))
-        }
-        Err(e) => Ok(Err(e)),
-    }
-}
-
-async fn rotate<C: Cognito>(
-    ctx: &Context<C>,
-    obj: &CognitoUnauthCredential,
-    mut a: RotateArgs<'_>,
-) -> Result<Action, Error> {
-    let generation = obj.metadata.generation;
-    let now = a.now;
-    let mut fetched = fetch(ctx, obj, &mut a).await?;
-    if obj.spec.verify != Some(true) {
-        mark_verified_off(a.next);
-    } else if let Ok((_, creds)) = &fetched {
-        // Verified before they are written: refused credentials never replace good ones.
-        let r = ctx.cognito.caller_identity(obj.spec.region(), creds).await;
-        mark_verified(
-            a.next,
-            r.as_ref().map(String::as_str),
-            generation,
-            now,
-            a.old,
-        );
-        if let Err(e) = r {
-            fetched = Err(e);
         }
     }
-    match fetched {
-        Ok((identity_id, mut creds)) => {
-            // The Secret keeps the issue time at full precision (it tells two rotations
-            // in one second apart) and the expiration in whole seconds: what is computed
-            // now from them equals what is computed later from what is read back, or the
-            // next reconcile would see a different status and write it again.
-            let issued_at = Timestamp::now();
-            creds.expiration = time(creds.expiration).0;
-            let prov = Provenance {
-                identity_pool_id: obj.spec.identity_pool_id.clone(),
-                identity_id: identity_id.clone(),
-                region: obj.spec.region().to_string(),
-                custom_role_arn: obj.spec.custom_role_arn.clone(),
-                issued_at,
-                force_token: obj.annotations().get(FORCE_ROTATE_ANNOTATION).cloned(),
-            };
-            apply_secret(
-                a.secrets,
-                obj,
-                a.secret_name,
-                a.uid,
-                &creds,
-                &prov,
-                a.existing,
-            )
-            .await?;
-            let renewal =
-                schedule::renewal_time(issued_at, creds.expiration, a.renew_before, a.uid);
-            let kept = Kept {
-                credentials: creds,
-                provenance: prov,
-                renewal,
-            };
-            a.next.identity_id = Some(identity_id);
-            a.next.identity_pool_id = Some(obj.spec.identity_pool_id.clone());
-            a.next.last_rotation_time = Some(time(issued_at));
-            mark_issued(a.next, &kept, generation, now, a.old);
+
+    fn backoff(&mut self, until: Timestamp, kept: Option<&Kept>) -> Action {
+        if let Some(k) = kept.filter(|k| k.expired(self.now)) {
+            let last = self
+                .status
+                .old()
+                .last_failure_reason
+                .clone()
+                .unwrap_or_default();
             let msg = format!(
-                "Rotated credentials ({}); valid until {}; next rotation at {}",
-                a.why.as_str(),
-                show(kept.credentials.expiration),
-                show(renewal)
+                "The credentials in the Secret expired at {}; the last attempt failed ({last}); next attempt at {}",
+                show(k.credentials.expiration),
+                show(until)
             );
-            info!(why = a.why.as_str(), expiration = %show(kept.credentials.expiration), renewal = %show(renewal), "credentials rotated");
-            ctx.metrics.rotated();
-            ctx.event(obj, EventType::Normal, "CredentialsRotated", msg)
-                .await;
-            remove_previous_secret(a.secrets, a.old, a.secret_name, a.uid).await?;
-            let ns = obj.namespace().unwrap_or_default();
-            let retry = roll_out(ctx, obj, &ns, issued_at, a.next, generation, now).await;
-            Ok(requeue_at(
-                now,
-                retry.map_or(renewal, |r| renewal.min(now + r)),
-            ))
+            self.status.not_ready(reason::EXPIRED, msg);
         }
-        Err(e) => {
-            let delay = record_failure(a.next, a.old, e.reason(), now, a.uid);
-            let retry = now + delay;
-            // The event's note leaves out the retry time: repeats of one failure fold into
-            // one event's series, and an event's note cannot change.
-            let (reason, note) = match a.kept {
-                Some(k) if k.expired(now) => (
-                    reason::EXPIRED,
-                    format!(
-                        "The credentials in the Secret expired at {}; rotation failed: {e}",
-                        show(k.credentials.expiration),
-                    ),
-                ),
-                Some(k) => (
-                    e.reason(),
-                    format!(
-                        "Rotation failed: {e}; the Secret keeps credentials valid until {}",
-                        show(k.credentials.expiration),
-                    ),
-                ),
-                None => (e.reason(), format!("Could not get credentials: {e}")),
-            };
-            let msg = format!("{note}; next attempt at {}", show(retry));
-            warn!(reason = e.reason(), error = %e, retry_in = ?delay, "rotation failed");
-            ctx.metrics.rotation_failed(e.reason());
-            ctx.event(obj, EventType::Warning, "RotationFailed", note)
-                .await;
-            set_ready(a.next, false, reason, msg, generation, now, a.old);
-            let wake = match a.kept {
-                Some(k) if !k.expired(now) => retry.min(k.credentials.expiration),
-                _ => retry,
-            };
-            Ok(requeue_at(now, wake))
+        requeue_at(self.now, self.wake(until, kept))
+    }
+
+    /// The earlier of `at` and the kept credentials' expiry (to say Expired on time).
+    fn wake(&self, at: Timestamp, kept: Option<&Kept>) -> Timestamp {
+        match kept {
+            Some(k) if !k.expired(self.now) => at.min(k.credentials.expiration),
+            _ => at,
         }
     }
-}
 
-/// How soon a rollout restart that could not be done (forbidden, failed) is retried.
-const RESTART_RETRY: Duration = Duration::from_secs(60);
+    /// New credentials are needed but our Secret is immutable: no call (they could not
+    /// be written); said once, looked at again when the Secret changes.
+    async fn immutable(&mut self, why: Why, kept: Option<&Kept>) -> Action {
+        let name = &self.secret_name;
+        let (ready_reason, msg) = match kept {
+            Some(k) if k.expired(self.now) => (
+                reason::EXPIRED,
+                format!(
+                    "The credentials in the Secret expired at {}; Secret {name} is immutable and cannot be rotated: delete it and the controller writes a new one",
+                    show(k.credentials.expiration)
+                ),
+            ),
+            Some(k) => (
+                reason::SECRET_WRITE_FAILED,
+                format!(
+                    "New credentials are needed ({}) but Secret {name} is immutable; it keeps credentials valid until {}. Delete it and the controller writes a new one",
+                    why.as_str(),
+                    show(k.credentials.expiration)
+                ),
+            ),
+            None => (
+                reason::SECRET_WRITE_FAILED,
+                format!(
+                    "Secret {name} is immutable and holds no usable credentials ({}): delete it and the controller writes a new one",
+                    why.as_str()
+                ),
+            ),
+        };
+        if !self.ready_was(ready_reason) {
+            warn!(reason = ready_reason, "the Secret is immutable");
+            self.ctx
+                .metrics
+                .rotation_failed(reason::SECRET_WRITE_FAILED);
+            self.ctx
+                .event(self.obj, EventType::Warning, "RotationFailed", msg.clone())
+                .await;
+        }
+        self.status.not_ready(ready_reason, msg);
+        let recheck = self.now + BLOCKED_RECHECK;
+        requeue_at(self.now, self.wake(recheck, kept))
+    }
 
-/// Rolls the spec's targets when the credentials in the Secret (issued at `issued_at`)
-/// are newer than the ones they were rolled for. Returns a retry delay when a patch
-/// must be tried again. Failures are reported (condition, event, metric), never
-/// returned: the Secret is good either way.
-async fn roll_out<C: Cognito>(
-    ctx: &Context<C>,
-    obj: &CognitoUnauthCredential,
-    ns: &str,
-    issued_at: Timestamp,
-    next: &mut CognitoUnauthCredentialStatus,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Option<Duration> {
-    let targets = &obj.spec.rollout_restart_targets;
-    let previous = next.conditions.clone();
-    let set = |next: &mut CognitoUnauthCredentialStatus, ok: bool, why: &str, msg: String| {
-        let c = status::condition(
-            status::ROLLOUT_RESTART,
-            ok,
-            why,
-            msg,
-            generation,
-            now,
-            &previous,
-        );
-        status::set_condition(&mut next.conditions, c);
-    };
-    match restart::duty(targets, next.rollout_restart.as_ref(), issued_at) {
-        Duty::NoTargets => {
-            next.rollout_restart = None;
-            status::remove_condition(&mut next.conditions, status::ROLLOUT_RESTART);
-            None
+    /// The Secret holds good credentials: repair its layout if needed, verify once if
+    /// asked, roll the targets if they run older credentials, clean up former Secrets.
+    async fn wait(&mut self, k: &Kept, wake: Timestamp, repair: bool) -> Result<Action, Error> {
+        if repair {
+            self.write_secret(&k.credentials, &k.provenance).await?;
         }
-        Duty::Done => None,
-        Duty::Baseline => {
-            next.rollout_restart = Some(RolloutRestartStatus {
-                credentials_issued_at: Some(restart::stamp(issued_at)),
-                restarted_at: None,
-            });
-            let msg = format!(
-                "The targets start with the credentials issued at {}; they roll when these are replaced",
-                show(issued_at)
-            );
-            set(next, true, reason::NO_ROTATION_YET, msg);
-            None
-        }
-        Duty::Restart { stamp } => {
-            let mut outcomes = Vec::with_capacity(targets.len());
-            for t in targets {
-                let o = restart::patch_target(&ctx.client, ns, t, &stamp, MANAGER).await;
-                ctx.metrics.rollout_restart(t.kind.as_str(), o.label());
-                outcomes.push((t.clone(), o));
-            }
-            let sum = restart::summarize(&outcomes, &stamp);
-            if let Some(note) = sum.triggered.clone() {
-                info!(stamp = %stamp, "rollout restart triggered");
-                ctx.event(obj, EventType::Normal, "RolloutRestartTriggered", note)
-                    .await;
-            }
-            if let Some(note) = sum.failed.clone() {
-                warn!(reason = sum.reason, "rollout restart incomplete");
-                ctx.event(obj, EventType::Warning, "RolloutRestartFailed", note)
-                    .await;
-            }
-            set(next, sum.ok, sum.reason, sum.message);
-            if sum.done {
-                next.rollout_restart = Some(RolloutRestartStatus {
-                    credentials_issued_at: Some(stamp.clone()),
-                    restarted_at: Some(stamp),
+        self.status.issued(&k.provenance, &k.credentials, k.renewal);
+        let mut retry = None;
+        if self.obj.spec.verify == Some(true) {
+            // Verification just turned on, the spec changed, or STS gave no answer last
+            // time: check the kept credentials; a refusal is reported, the Secret stays.
+            let settled =
+                status::condition_of(self.status.old(), status::VERIFIED).is_some_and(|c| {
+                    c.observed_generation == self.obj.metadata.generation && c.status != "Unknown"
                 });
+            if !settled {
+                let r = self
+                    .ctx
+                    .cognito
+                    .caller_identity(self.region(), &k.credentials)
+                    .await;
+                retry = self.mark_verified(&r);
+            }
+        } else {
+            self.verification_off();
+        }
+        let rolled = self.roll_out(k.provenance.issued_at).await;
+        let cleaned = self.remove_previous_secrets().await;
+        let at = [retry, rolled, cleaned]
+            .into_iter()
+            .flatten()
+            .map(|d| self.now + d)
+            .fold(wake, Timestamp::min);
+        Ok(requeue_at(self.now, at))
+    }
+
+    /// Fetches new credentials, verifies them if asked, writes the Secret.
+    async fn rotate(
+        &mut self,
+        why: Why,
+        identity: Option<String>,
+        kept: Option<&Kept>,
+    ) -> Result<Action, Error> {
+        let (identity_id, mut creds) = match self.fetch(identity).await? {
+            Ok(got) => got,
+            Err(e) => return Ok(self.failed(e.reason(), &e.to_string(), kept).await),
+        };
+        let mut retry = None;
+        if self.obj.spec.verify == Some(true) {
+            // Verified before they are written: refused credentials never replace good
+            // ones. No answer from STS is not a refusal: they are written.
+            let r = self
+                .ctx
+                .cognito
+                .caller_identity(self.region(), &creds)
+                .await;
+            if let Err(e @ CognitoError::VerificationFailed(_)) = &r {
+                self.mark_verified(&r);
+                return Ok(self.failed(e.reason(), &e.to_string(), kept).await);
+            }
+            retry = self.mark_verified(&r);
+        } else {
+            self.verification_off();
+        }
+        // The Secret keeps the issue time at full precision (it tells two rotations in
+        // one second apart) and the expiration in whole seconds: what is computed now
+        // from them equals what is computed later from what is read back, or the next
+        // reconcile would see a different status and write it again.
+        let issued_at = Timestamp::now();
+        creds.expiration = time(creds.expiration).0;
+        let prov = Provenance {
+            identity_pool_id: self.obj.spec.identity_pool_id.clone(),
+            identity_id,
+            region: self.region().to_string(),
+            custom_role_arn: self.obj.spec.custom_role_arn.clone(),
+            issued_at,
+            force_token: self.force_token().map(str::to_string),
+        };
+        if let Err(e) = self.write_secret(&creds, &prov).await {
+            return match e {
+                // Someone created it meanwhile: the next reconcile sees whose it is.
+                Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+                    Err(Error::Kube(kube::Error::Api(s)))
+                }
+                Error::Kube(kube::Error::Api(s)) => {
+                    let detail = format!(
+                        "the Secret could not be written: {} (HTTP {})",
+                        s.message, s.code
+                    );
+                    Ok(self
+                        .failed(reason::SECRET_WRITE_FAILED, &detail, kept)
+                        .await)
+                }
+                other => Err(other),
+            };
+        }
+        // The Secret carries the identity now.
+        self.ctx.remember(self.obj, |m| m.pending_identity = None);
+        let renewal =
+            schedule::renewal_time(issued_at, creds.expiration, self.renew_before, &self.uid);
+        self.status.issued(&prov, &creds, renewal);
+        let created = match self.created.take() {
+            Some(id) => format!("Created Cognito identity {id}; "),
+            None => String::new(),
+        };
+        let msg = format!(
+            "{created}Rotated credentials ({}); valid until {}; next rotation at {}",
+            why.as_str(),
+            show(creds.expiration),
+            show(renewal)
+        );
+        info!(why = why.as_str(), expiration = %show(creds.expiration), renewal = %show(renewal), "credentials rotated");
+        self.ctx.metrics.rotated();
+        self.ctx
+            .event(self.obj, EventType::Normal, "CredentialsRotated", msg)
+            .await;
+        let rolled = self.roll_out(issued_at).await;
+        let cleaned = self.remove_previous_secrets().await;
+        let at = [retry, rolled, cleaned]
+            .into_iter()
+            .flatten()
+            .map(|d| self.now + d)
+            .fold(renewal, Timestamp::min);
+        Ok(requeue_at(self.now, at))
+    }
+
+    /// A failed attempt: counted in status (which schedules the next), reported as the
+    /// `Ready` reason (or Expired), an event and a metric. The Secret is left as it is.
+    async fn failed(&mut self, why: &str, detail: &str, kept: Option<&Kept>) -> Action {
+        if let Some(id) = self.created.take() {
+            let msg = format!("Created Cognito identity {id}");
+            self.ctx
+                .event(self.obj, EventType::Normal, "IdentityCreated", msg)
+                .await;
+        }
+        let due = self.status.failed(why, &self.uid);
+        // The event's note leaves out the retry time: repeats of one failure fold into
+        // one event's series, and an event's note cannot change.
+        let (ready_reason, note) = match kept {
+            Some(k) if k.expired(self.now) => (
+                reason::EXPIRED,
+                format!(
+                    "The credentials in the Secret expired at {}; rotation failed: {detail}",
+                    show(k.credentials.expiration),
+                ),
+            ),
+            Some(k) => (
+                why,
+                format!(
+                    "Rotation failed: {detail}; the Secret keeps credentials valid until {}",
+                    show(k.credentials.expiration),
+                ),
+            ),
+            None => (why, format!("Could not get credentials: {detail}")),
+        };
+        let msg = format!("{note}; next attempt at {}", show(due));
+        warn!(reason = why, error = detail, retry_at = %show(due), "rotation failed");
+        self.ctx.metrics.rotation_failed(why);
+        self.ctx
+            .event(self.obj, EventType::Warning, "RotationFailed", note)
+            .await;
+        self.status.not_ready(ready_reason, msg);
+        requeue_at(self.now, self.wake(due, kept))
+    }
+
+    /// GetId when there is no identity to reuse (saved at once), then
+    /// GetCredentialsForIdentity; a forgotten identity is replaced once.
+    async fn fetch(
+        &mut self,
+        identity: Option<String>,
+    ) -> Result<Result<(String, Credentials), CognitoError>, Error> {
+        let pool = self.obj.spec.identity_pool_id.clone();
+        let role = self.obj.spec.custom_role_arn.clone();
+        let region = self.region();
+        let cognito = &self.ctx.cognito;
+        let reused = identity.is_some();
+        let id = match identity {
+            Some(id) => id,
+            None => match cognito.get_id(region, &pool).await {
+                Ok(id) => {
+                    self.remember_identity(&id, false).await;
+                    id
+                }
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        match cognito.get_credentials(region, &id, role.as_deref()).await {
+            Ok(c) => Ok(Ok((id, c))),
+            Err(CognitoError::IdentityNotFound(_)) if reused => {
+                let id = match cognito.get_id(region, &pool).await {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                self.remember_identity(&id, true).await;
+                Ok(cognito
+                    .get_credentials(region, &id, role.as_deref())
+                    .await
+                    .map(|c| (id, c)))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Saves a new identity in status at once, so a crash before the Secret is written
+    /// does not cost another GetId. If that write fails, the identity is kept in memory
+    /// until the Secret (or a later status write) carries it: never lost to a retry.
+    async fn remember_identity(&mut self, id: &str, recreated: bool) {
+        let pool = self.obj.spec.identity_pool_id.clone();
+        let next = self.status.next_mut();
+        next.identity_id = Some(id.to_string());
+        next.identity_pool_id = Some(pool.clone());
+        let mut persisted = self.status.old().clone();
+        persisted.identity_id = Some(id.to_string());
+        persisted.identity_pool_id = Some(pool.clone());
+        if let Err(e) = self
+            .ctx
+            .write_status(&self.api, self.obj, self.status.old(), &persisted)
+            .await
+        {
+            warn!(error = %e, "could not save the new identity in status; kept in memory");
+            self.ctx.remember(self.obj, |m| {
+                m.pending_identity = Some((pool, id.to_string()));
+            });
+        }
+        if recreated {
+            let msg =
+                format!("Cognito no longer knows the previous identity; created identity {id}");
+            self.ctx
+                .event(self.obj, EventType::Warning, "IdentityRecreated", msg)
+                .await;
+        } else {
+            // Said in the CredentialsRotated event that follows (one write fewer per
+            // resource), or in its own event if the rotation fails.
+            self.created = Some(id.to_string());
+        }
+        info!(identity = id, recreated, "identity created");
+    }
+
+    /// The `Verified` condition and assumedRoleArn after a GetCallerIdentity; returns
+    /// when to ask again if STS gave no answer.
+    fn mark_verified(&mut self, result: &Result<String, CognitoError>) -> Option<Duration> {
+        match result {
+            Ok(arn) => {
+                self.status.next_mut().assumed_role_arn = Some(arn.clone());
+                let msg = format!("STS GetCallerIdentity accepted the credentials as {arn}");
+                self.status.set(
+                    status::VERIFIED,
+                    true,
+                    reason::CALLER_IDENTITY_VERIFIED,
+                    msg,
+                );
                 None
-            } else {
-                Some(RESTART_RETRY)
+            }
+            Err(e @ CognitoError::VerificationFailed(_)) => {
+                self.status.set(
+                    status::VERIFIED,
+                    false,
+                    reason::VERIFICATION_FAILED,
+                    e.to_string(),
+                );
+                None
+            }
+            Err(e) => {
+                self.status.unknown(
+                    status::VERIFIED,
+                    reason::VERIFICATION_UNAVAILABLE,
+                    e.to_string(),
+                );
+                Some(VERIFY_RETRY)
+            }
+        }
+    }
+
+    /// Without spec.verify: no `Verified` condition, no assumedRoleArn.
+    fn verification_off(&mut self) {
+        self.status.next_mut().assumed_role_arn = None;
+        self.status.remove(status::VERIFIED);
+    }
+
+    /// Creates the Secret, or applies our fields to ours (uid as the precondition).
+    /// Never takes over a Secret someone else created.
+    async fn write_secret(&self, creds: &Credentials, prov: &Provenance) -> Result<(), Error> {
+        let owner = Owner {
+            api_version: CognitoUnauthCredential::api_version(&()).to_string(),
+            kind: CognitoUnauthCredential::kind(&()).to_string(),
+            name: self.obj.name_any(),
+            uid: self.uid.clone(),
+        };
+        let mut desired = secret::render(
+            &self.secret_name,
+            &self.ns,
+            &owner,
+            self.obj.spec.secret_template.as_ref(),
+            creds,
+            prov,
+            self.obj.spec.mount_path(),
+        );
+        match &self.existing {
+            None => {
+                let pp = PostParams {
+                    field_manager: Some(MANAGER.to_string()),
+                    ..PostParams::default()
+                };
+                // Never takes over: if someone created it meanwhile, this fails with 409
+                // and the next reconcile reports the conflict.
+                self.secrets
+                    .create(&pp, &desired)
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+            Some(current) => {
+                // Server-side apply of our fields only, forced: a concurrent writer of
+                // other fields (labels, annotations, its own data keys) neither conflicts
+                // with us nor loses its change. The uid is the precondition: if the
+                // Secret was replaced by another object of the same name, the API server
+                // refuses, and we never write into it.
+                desired.metadata.uid = current.metadata.uid.clone();
+                let mut value = serde_json::to_value(&desired)
+                    .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+                value["apiVersion"] = json!("v1");
+                value["kind"] = json!("Secret");
+                self.secrets
+                    .patch(
+                        &self.secret_name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&value),
+                    )
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the Secrets this resource wrote under former names (only ours, with uid
+    /// and resourceVersion as preconditions). Each stays listed in status until it is
+    /// gone, so a failed delete or a crash is retried; returns when to retry.
+    async fn remove_previous_secrets(&mut self) -> Option<Duration> {
+        let names = self.status.next().previous_secret_names.clone();
+        let mut left = Vec::new();
+        for name in names {
+            match self.delete_if_ours(&name).await {
+                Ok(()) => info!(secret = %name, "deleted the Secret under the former name"),
+                Err(e) => {
+                    warn!(secret = %name, error = %e, "could not delete the Secret under the former name");
+                    left.push(name);
+                }
+            }
+        }
+        let retry = (!left.is_empty()).then_some(CLEANUP_RETRY);
+        self.status.next_mut().previous_secret_names = left;
+        retry
+    }
+
+    async fn delete_if_ours(&self, name: &str) -> Result<(), kube::Error> {
+        let Some(s) = self.secrets.get_opt(name).await? else {
+            return Ok(());
+        };
+        if !secret::owned_by(&s, &self.uid) {
+            return Ok(());
+        }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: s.metadata.uid.clone(),
+                resource_version: s.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match self.secrets.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rolls the spec's targets when the credentials in the Secret (issued at
+    /// `issued_at`) are newer than the ones they were rolled for. Returns a retry
+    /// delay when a patch must be tried again. Failures are reported (condition, event,
+    /// metric), never returned: the Secret is good either way.
+    async fn roll_out(&mut self, issued_at: Timestamp) -> Option<Duration> {
+        let targets = &self.obj.spec.rollout_restart_targets;
+        match restart::duty(
+            targets,
+            self.status.next().rollout_restart.as_ref(),
+            issued_at,
+        ) {
+            Duty::NoTargets => {
+                self.status.next_mut().rollout_restart = None;
+                self.status.remove(status::ROLLOUT_RESTART);
+                None
+            }
+            Duty::Done => None,
+            Duty::Baseline => {
+                self.status.next_mut().rollout_restart = Some(RolloutRestartStatus {
+                    credentials_issued_at: Some(restart::stamp(issued_at)),
+                    restarted_at: None,
+                });
+                let msg = format!(
+                    "The targets start with the credentials issued at {}; they roll when these are replaced",
+                    show(issued_at)
+                );
+                self.status
+                    .set(status::ROLLOUT_RESTART, true, reason::NO_ROTATION_YET, msg);
+                None
+            }
+            Duty::Restart { stamp } => {
+                let mut outcomes = Vec::with_capacity(targets.len());
+                for t in targets {
+                    let o =
+                        restart::patch_target(&self.ctx.client, &self.ns, t, &stamp, MANAGER).await;
+                    self.ctx.metrics.rollout_restart(t.kind.as_str(), o.label());
+                    outcomes.push((t.clone(), o));
+                }
+                let sum = restart::summarize(&outcomes, &stamp);
+                if let Some(note) = sum.triggered.clone() {
+                    info!(stamp = %stamp, "rollout restart triggered");
+                    self.ctx
+                        .event(self.obj, EventType::Normal, "RolloutRestartTriggered", note)
+                        .await;
+                }
+                if let Some(note) = sum.failed.clone() {
+                    warn!(reason = sum.reason, "rollout restart incomplete");
+                    self.ctx
+                        .event(self.obj, EventType::Warning, "RolloutRestartFailed", note)
+                        .await;
+                }
+                self.status
+                    .set(status::ROLLOUT_RESTART, sum.ok, sum.reason, sum.message);
+                if sum.done {
+                    self.status.next_mut().rollout_restart = Some(RolloutRestartStatus {
+                        credentials_issued_at: Some(stamp.clone()),
+                        restarted_at: Some(stamp),
+                    });
+                    None
+                } else {
+                    Some(RESTART_RETRY)
+                }
             }
         }
     }
 }
 
-/// The `Verified` condition and assumedRoleArn after a GetCallerIdentity.
-fn mark_verified(
-    next: &mut CognitoUnauthCredentialStatus,
-    result: Result<&str, &CognitoError>,
-    generation: Option<i64>,
-    now: Timestamp,
-    old: &CognitoUnauthCredentialStatus,
-) {
-    let c = match result {
-        Ok(arn) => {
-            next.assumed_role_arn = Some(arn.to_string());
-            status::condition(
-                status::VERIFIED,
-                true,
-                reason::CALLER_IDENTITY_VERIFIED,
-                format!("STS GetCallerIdentity accepted the credentials as {arn}"),
-                generation,
-                now,
-                &old.conditions,
-            )
-        }
-        Err(e) => status::condition(
-            status::VERIFIED,
-            false,
-            reason::VERIFICATION_FAILED,
-            e.to_string(),
-            generation,
-            now,
-            &old.conditions,
-        ),
-    };
-    status::set_condition(&mut next.conditions, c);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Without spec.verify: no `Verified` condition, no assumedRoleArn.
-fn mark_verified_off(next: &mut CognitoUnauthCredentialStatus) {
-    next.assumed_role_arn = None;
-    status::remove_condition(&mut next.conditions, status::VERIFIED);
-}
-
-/// Counts a failed attempt in status; returns the delay before the next one.
-fn record_failure(
-    next: &mut CognitoUnauthCredentialStatus,
-    old: &CognitoUnauthCredentialStatus,
-    why: &str,
-    now: Timestamp,
-    seed: &str,
-) -> Duration {
-    let failed = old.failed_attempts.unwrap_or(0).saturating_add(1);
-    next.failed_attempts = Some(failed);
-    next.last_failure_time = Some(time(now));
-    next.last_failure_reason = Some(why.to_string());
-    // The same rule the next reconcile uses to decide whether the retry is due, from
-    // the same (whole-second) stored time, so the wake-up and the decision agree.
-    plan::retry_due(next, seed).map_or(schedule::BACKOFF_BASE, |due| schedule::until(now, due))
-}
-
-/// Status for good credentials in the Secret.
-fn mark_issued(
-    next: &mut CognitoUnauthCredentialStatus,
-    k: &Kept,
-    generation: Option<i64>,
-    now: Timestamp,
-    old: &CognitoUnauthCredentialStatus,
-) {
-    if next.identity_id.is_none()
-        || next.identity_pool_id.as_deref() != Some(k.provenance.identity_pool_id.as_str())
-    {
-        next.identity_id = Some(k.provenance.identity_id.clone());
-        next.identity_pool_id = Some(k.provenance.identity_pool_id.clone());
-    }
-    if next.last_rotation_time.is_none() {
-        next.last_rotation_time = Some(time(k.provenance.issued_at));
-    }
-    next.expiration = Some(time(k.credentials.expiration));
-    next.renewal_time = Some(time(k.renewal));
-    next.failed_attempts = None;
-    next.last_failure_time = None;
-    next.last_failure_reason = None;
-    let msg = format!(
-        "Credentials valid until {}; next rotation at {}",
-        show(k.credentials.expiration),
-        show(k.renewal)
-    );
-    set_ready(
-        next,
-        true,
-        reason::CREDENTIALS_ISSUED,
-        msg,
-        generation,
-        now,
-        old,
-    );
-}
-
-fn set_ready(
-    next: &mut CognitoUnauthCredentialStatus,
-    ok: bool,
-    why: &str,
-    msg: String,
-    generation: Option<i64>,
-    now: Timestamp,
-    old: &CognitoUnauthCredentialStatus,
-) {
-    let c = status::ready(ok, why, msg, generation, now, &old.conditions);
-    status::set_condition(&mut next.conditions, c);
-}
-
-/// Whether the Secret carries the template's labels and annotations.
-fn template_applied(s: &Secret, obj: &CognitoUnauthCredential) -> bool {
-    let Some(t) = &obj.spec.secret_template else {
-        return true;
-    };
-    let has = |have: &Option<std::collections::BTreeMap<String, String>>,
-               want: &std::collections::BTreeMap<String, String>| {
-        want.iter()
-            .filter(|(k, _)| {
-                !k.starts_with("cognito.kubecred.io/") && k.as_str() != secret::MANAGED_BY_LABEL
-            })
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
-    has(&s.metadata.labels, &t.labels) && has(&s.metadata.annotations, &t.annotations)
-}
-
-/// Creates the Secret, or applies our fields to ours (uid as the precondition). Never
-/// takes over a Secret someone else created.
-async fn apply_secret(
-    secrets: &Api<Secret>,
-    obj: &CognitoUnauthCredential,
-    name: &str,
-    uid: &str,
-    creds: &Credentials,
-    prov: &Provenance,
-    existing: Option<&Secret>,
-) -> Result<(), Error> {
-    let owner = Owner {
-        api_version: CognitoUnauthCredential::api_version(&()).to_string(),
-        kind: CognitoUnauthCredential::kind(&()).to_string(),
-        name: obj.name_any(),
-        uid: uid.to_string(),
-    };
-    let ns = obj.namespace().unwrap_or_default();
-    let mut desired = secret::render(
-        name,
-        &ns,
-        &owner,
-        obj.spec.secret_template.as_ref(),
-        creds,
-        prov,
-        obj.spec.mount_path(),
-    );
-    match existing {
-        None => {
-            let pp = PostParams {
-                field_manager: Some(MANAGER.to_string()),
-                ..PostParams::default()
-            };
-            // Never takes over: if someone created it meanwhile, this fails with 409 and
-            // the next reconcile reports the conflict.
-            secrets.create(&pp, &desired).await.map_err(Error::Kube)?;
-        }
-        Some(current) => {
-            // Server-side apply of our fields only, forced: a concurrent writer of other
-            // fields (labels, annotations) neither conflicts with us nor loses its change.
-            // The uid is the precondition: if the Secret was replaced by another object of
-            // the same name, the API server refuses, and we never write into it.
-            desired.metadata.uid = current.metadata.uid.clone();
-            let mut value = serde_json::to_value(&desired)
-                .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-            value["apiVersion"] = json!("v1");
-            value["kind"] = json!("Secret");
-            secrets
-                .patch(
-                    name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&value),
-                )
-                .await
-                .map_err(Error::Kube)?;
+    fn st(id: &str) -> CognitoUnauthCredentialStatus {
+        CognitoUnauthCredentialStatus {
+            identity_id: Some(id.into()),
+            ..Default::default()
         }
     }
-    Ok(())
-}
 
-/// After spec.secretName changed: delete the Secret we wrote under the old name.
-async fn remove_previous_secret(
-    secrets: &Api<Secret>,
-    old: &CognitoUnauthCredentialStatus,
-    current: &str,
-    uid: &str,
-) -> Result<(), Error> {
-    let Some(prev) = old.secret_name.as_deref().filter(|p| *p != current) else {
-        return Ok(());
-    };
-    let Some(s) = secrets.get_opt(prev).await.map_err(Error::Kube)? else {
-        return Ok(());
-    };
-    if !secret::inspect(&s, uid, crate::crd::DEFAULT_MOUNT_PATH).owned {
-        return Ok(());
-    }
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: s.metadata.uid.clone(),
-            resource_version: s.metadata.resource_version.clone(),
-        }),
-        ..DeleteParams::default()
-    };
-    match secrets.delete(prev, &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
+    /// The cache may lag behind our writes by several: what it shows is judged by
+    /// content, never by comparing resourceVersions (opaque strings with no order).
+    #[test]
+    fn a_lagging_cache_never_wins_over_our_writes() {
+        let (b, w1, w2, other) = (st("b"), st("w1"), st("w2"), st("other"));
+        let written = Written {
+            status: w2.clone(),
+            superseded: vec![b.clone(), w1.clone()],
+        };
+        // Worked examples: (cached, decided on, cache still lagging)
+        let cases = [
+            (b.clone(), w2.clone(), true),
+            (w1.clone(), w2.clone(), true),
+            (w2.clone(), w2.clone(), false),
+            (other.clone(), other.clone(), false),
+        ];
+        for (cached, want, lagging) in cases {
+            assert_eq!(
+                freshest(Some(&written), cached.clone()),
+                (want, lagging),
+                "{cached:?}"
+            );
+        }
+        assert_eq!(freshest(None, b.clone()), (b, false));
     }
 }

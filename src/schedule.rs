@@ -19,7 +19,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 #[error("invalid duration {0:?}: expected a Go duration such as 20m, 1h30m or 90s")]
 pub struct DurationError(pub String);
 
-/// Parses a non-negative Go duration string: `300ms`, `1.5h`, `2h45m`, `0`.
+/// Parses a non-negative Go duration string: `300ms`, `1.5h`, `2h45m`, `0`, as Go's
+/// `time.ParseDuration` does (and so CEL's `duration()`, which the CRD validates with).
+/// Not `kube::core::Duration`: it accepts `""` and overflowing values that Go and CEL
+/// refuse (see the test `kube_duration_disagrees_with_go`).
 pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
     let err = || DurationError(s.to_string());
     if s == "0" {
@@ -122,6 +125,35 @@ pub fn terminal_retry(attempt: u32, seed: &str) -> Duration {
     BACKOFF_CAP.mul_f64(0.8 + 0.2 * unit_fraction(seed, u64::from(attempt)))
 }
 
+/// When attempt number `failed + 1` is due after `failed` failures, the last at `last`;
+/// `None` when nothing failed.
+pub fn retry_due(failed: u32, last: Timestamp, terminal: bool, seed: &str) -> Option<Timestamp> {
+    if failed == 0 {
+        return None;
+    }
+    let delay = if terminal {
+        terminal_retry(failed, seed)
+    } else {
+        backoff(failed, seed)
+    };
+    Some(last + delay)
+}
+
+/// RFC 3339 in whole seconds (rounded down, never later than the truth), UTC, `Z`: the
+/// one format of times in the Secret, in messages and in events.
+pub fn rfc3339(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Full precision (nanoseconds), UTC, `Z`: for the issue time, which tells rotations
+/// apart and is read back exactly.
+pub fn rfc3339_precise(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
+}
+
 /// `to - from` as a std `Duration`, zero when `to` is not after `from`.
 pub fn until(from: Timestamp, to: Timestamp) -> Duration {
     Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
@@ -163,6 +195,19 @@ mod tests {
             "9999999999999h",
         ] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    /// Why this module keeps its own parser: Go's `time.ParseDuration` (CEL's
+    /// `duration()`) refuses these, kube's parser takes them.
+    #[test]
+    fn kube_duration_disagrees_with_go() {
+        for s in ["", "9999999999999h"] {
+            assert!(
+                s.parse::<kube::core::Duration>().is_ok(),
+                "{s:?}: kube now refuses it; use kube's parser"
+            );
+            assert!(parse_go_duration(s).is_err(), "{s:?}");
         }
     }
 
@@ -231,10 +276,21 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_equal_jitter_and_caps_at_five_minutes() {
-        for attempt in 1..=30 {
-            let step = BACKOFF_BASE
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(BACKOFF_CAP);
+        // Worked out by hand: (attempt, full step in seconds); the wait is between half
+        // the step and the step.
+        let steps = [
+            (1, 5),
+            (2, 10),
+            (3, 20),
+            (4, 40),
+            (5, 80),
+            (6, 160),
+            (7, 300),
+            (8, 300),
+            (30, 300),
+        ];
+        for (attempt, secs) in steps {
+            let step = Duration::from_secs(secs);
             let d = backoff(attempt, "uid");
             assert!(
                 d >= step / 2 && d <= step,

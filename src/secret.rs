@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use sha2::{Digest, Sha256};
 
 use crate::crd::SecretTemplate;
+pub use crate::schedule::{rfc3339, rfc3339_precise};
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "cognito-unauth-controller";
@@ -92,20 +93,6 @@ pub struct Owner {
     pub kind: String,
     pub name: String,
     pub uid: String,
-}
-
-fn rfc3339(t: Timestamp) -> String {
-    // Whole seconds (rounded down, never later than the truth), UTC, `Z`.
-    Timestamp::from_second(t.as_second())
-        .unwrap_or(t)
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
-/// Full precision (nanoseconds), UTC, `Z`: for the issue time, which tells rotations
-/// apart and is read back exactly.
-pub fn rfc3339_precise(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
 }
 
 fn ini(c: &Credentials) -> String {
@@ -237,11 +224,16 @@ pub fn render(
 pub struct Observed {
     /// Has an owner reference with controller=true to this resource's uid.
     pub owned: bool,
-    /// Data is complete and matches the checksum the controller wrote.
+    /// Our keys are complete and match the checksum the controller wrote. Keys that
+    /// others added are theirs: they neither break this nor count as drift.
     pub intact: bool,
     /// Intact and laid out as it would be rendered now (all keys, this mount path).
     /// An intact Secret in an older layout is re-rendered with the same credentials.
     pub current_layout: bool,
+    /// Carries the spec's secretTemplate labels and annotations.
+    pub template_applied: bool,
+    /// `immutable: true`: it can never be written again, only deleted.
+    pub immutable: bool,
     /// The credentials, when intact.
     pub credentials: Option<Credentials>,
     pub provenance: Option<Provenance>,
@@ -257,20 +249,59 @@ fn parse_time(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }
 
-/// Reads a Secret without trusting it: anything missing or inconsistent makes it not
-/// intact. `mount_path` is the spec's, to tell whether the layout is current.
-pub fn inspect(secret: &Secret, owner_uid: &str, mount_path: &str) -> Observed {
-    let owned = secret
+/// Whether the Secret has a controller owner reference to `owner_uid`.
+pub fn owned_by(secret: &Secret, owner_uid: &str) -> bool {
+    secret
         .metadata
         .owner_references
         .as_deref()
         .unwrap_or_default()
         .iter()
-        .any(|r| r.controller == Some(true) && r.uid == owner_uid);
+        .any(|r| r.controller == Some(true) && r.uid == owner_uid)
+}
+
+/// Whether the Secret carries the template's labels and annotations (our own keys in
+/// the template are ignored: ours win).
+pub fn template_applied(secret: &Secret, template: Option<&SecretTemplate>) -> bool {
+    let Some(t) = template else {
+        return true;
+    };
+    let has = |have: &Option<BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
+        want.iter()
+            .filter(|(k, _)| {
+                !k.starts_with("cognito.kubecred.io/") && k.as_str() != MANAGED_BY_LABEL
+            })
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    has(&secret.metadata.labels, &t.labels) && has(&secret.metadata.annotations, &t.annotations)
+}
+
+/// The keys this controller writes. Everything else in a Secret's data is someone else's.
+pub fn is_our_key(key: &str) -> bool {
+    LEGACY_KEYS.contains(&key) || key == KEY_CREDENTIAL_PROCESS || key == KEY_CONFIG_FILE
+}
+
+/// Reads a Secret without trusting it: anything of ours missing or inconsistent makes
+/// it not intact. `mount_path` and `template` are the spec's, to tell whether the
+/// layout and metadata are current.
+pub fn inspect(
+    secret: &Secret,
+    owner_uid: &str,
+    mount_path: &str,
+    template: Option<&SecretTemplate>,
+) -> Observed {
     let empty = BTreeMap::new();
     let ann = secret.metadata.annotations.as_ref().unwrap_or(&empty);
     let no_data = BTreeMap::new();
-    let data = secret.data.as_ref().unwrap_or(&no_data);
+    // Only our keys: another writer's keys are left alone, and do not make it drift.
+    let data: BTreeMap<String, ByteString> = secret
+        .data
+        .as_ref()
+        .unwrap_or(&no_data)
+        .iter()
+        .filter(|(k, _)| is_our_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
 
     let provenance = (|| {
         Some(Provenance {
@@ -286,13 +317,13 @@ pub fn inspect(secret: &Secret, owner_uid: &str, mount_path: &str) -> Observed {
     let credentials = (|| {
         let expiration = parse_time(ann.get(ANN_EXPIRATION)?)?;
         let c = Credentials {
-            access_key_id: text(data, KEY_ACCESS_KEY_ID)?,
-            secret_access_key: text(data, KEY_SECRET_ACCESS_KEY)?,
-            session_token: text(data, KEY_SESSION_TOKEN)?,
+            access_key_id: text(&data, KEY_ACCESS_KEY_ID)?,
+            secret_access_key: text(&data, KEY_SECRET_ACCESS_KEY)?,
+            session_token: text(&data, KEY_SESSION_TOKEN)?,
             expiration,
         };
         let region = &provenance.as_ref()?.region;
-        // The data must be what we rendered for these credentials, in this layout or an
+        // Our data must be what we rendered for these credentials, in this layout or an
         // older one (fewer keys, another mount path), unedited since (the checksum).
         let expected = render_data(&c, region, mount_path);
         let consistent = LEGACY_KEYS.iter().all(|k| data.contains_key(*k))
@@ -301,16 +332,18 @@ pub fn inspect(secret: &Secret, owner_uid: &str, mount_path: &str) -> Observed {
                 Some(want) => want == v,
                 None => false,
             });
-        let unedited = ann.get(ANN_CHECKSUM) == Some(&checksum(data));
-        (consistent && unedited).then_some((c, data == &expected))
+        let unedited = ann.get(ANN_CHECKSUM) == Some(&checksum(&data));
+        (consistent && unedited).then_some((c, data == expected))
     })();
     let current_layout = credentials.as_ref().is_some_and(|(_, current)| *current);
     let credentials = credentials.map(|(c, _)| c);
 
     Observed {
-        owned,
+        owned: owned_by(secret, owner_uid),
         intact: credentials.is_some() && provenance.is_some(),
         current_layout: current_layout && provenance.is_some(),
+        template_applied: template_applied(secret, template),
+        immutable: secret.immutable == Some(true),
         credentials,
         provenance,
     }
@@ -410,7 +443,7 @@ mod tests {
     #[test]
     fn inspect_reads_back_what_render_wrote() {
         let s = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
-        let o = inspect(&s, "uid-1", MOUNT);
+        let o = inspect(&s, "uid-1", MOUNT, None);
         assert!(o.owned && o.intact);
         let c = o.credentials.unwrap();
         assert_eq!(c.access_key_id, "ASIAEXAMPLEKEY123456");
@@ -420,7 +453,7 @@ mod tests {
             "2026-11-27T08:00:00Z".parse::<Timestamp>().unwrap()
         );
         assert_eq!(o.provenance.unwrap().identity_id, prov().identity_id);
-        assert!(!inspect(&s, "other-uid", MOUNT).owned);
+        assert!(!inspect(&s, "other-uid", MOUNT, None).owned);
         // The issue time round-trips at full precision (it tells rotations apart).
         let precise: Timestamp = "2026-11-27T07:00:00.123456789Z".parse().unwrap();
         let p = Provenance {
@@ -432,12 +465,12 @@ mod tests {
             s.metadata.annotations.as_ref().unwrap()[ANN_ISSUED_AT],
             "2026-11-27T07:00:00.123456789Z"
         );
-        let back = inspect(&s, "uid-1", MOUNT).provenance.unwrap();
+        let back = inspect(&s, "uid-1", MOUNT, None).provenance.unwrap();
         assert_eq!(back.issued_at, precise);
     }
 
     #[test]
-    fn any_edit_of_the_data_is_drift() {
+    fn any_edit_of_our_data_is_drift_and_their_keys_are_not() {
         let base = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
         type Edit = Box<dyn Fn(&mut Secret)>;
         let edits: Vec<Edit> = vec![
@@ -449,12 +482,6 @@ mod tests {
             }),
             Box::new(|s| {
                 s.data.as_mut().unwrap().remove(KEY_SESSION_TOKEN);
-            }),
-            Box::new(|s| {
-                s.data
-                    .as_mut()
-                    .unwrap()
-                    .insert("extra".into(), ByteString(b"x".to_vec()));
             }),
             Box::new(|s| s.data = None),
             Box::new(|s| {
@@ -481,10 +508,22 @@ mod tests {
         for (i, edit) in edits.iter().enumerate() {
             let mut s = base.clone();
             edit(&mut s);
-            let o = inspect(&s, "uid-1", MOUNT);
+            let o = inspect(&s, "uid-1", MOUNT, None);
             assert!(!o.intact, "edit {i} went unnoticed");
             assert!(o.credentials.is_none());
         }
+        // A key someone else added: theirs, not drift, and the layout is still current.
+        let mut s = base.clone();
+        s.data
+            .as_mut()
+            .unwrap()
+            .insert("EXTRA_KEY".into(), ByteString(b"x".to_vec()));
+        let o = inspect(&s, "uid-1", MOUNT, None);
+        assert!(o.intact && o.current_layout);
+        assert_eq!(
+            o.credentials,
+            inspect(&base, "uid-1", MOUNT, None).credentials
+        );
     }
 
     #[test]
@@ -521,14 +560,14 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(ANN_CHECKSUM.into(), sum);
-        let o = inspect(&legacy, "uid-1", MOUNT);
+        let o = inspect(&legacy, "uid-1", MOUNT, None);
         assert!(o.intact && !o.current_layout);
         assert_eq!(
             o.credentials.unwrap(),
-            inspect(&base, "uid-1", MOUNT).credentials.unwrap()
+            inspect(&base, "uid-1", MOUNT, None).credentials.unwrap()
         );
         // Another mount path: same credentials, layout to redo.
-        let o = inspect(&base, "uid-1", "/creds");
+        let o = inspect(&base, "uid-1", "/creds", None);
         assert!(o.intact && !o.current_layout);
         let moved = render("n", "ns", &owner(), None, &creds(), &prov(), "/creds/");
         let cfg =
@@ -537,8 +576,8 @@ mod tests {
             cfg.contains("credential_process = cat /creds/credential-process.json\n"),
             "{cfg}"
         );
-        assert!(inspect(&moved, "uid-1", "/creds/").current_layout);
-        assert!(inspect(&base, "uid-1", MOUNT).current_layout);
+        assert!(inspect(&moved, "uid-1", "/creds/", None).current_layout);
+        assert!(inspect(&base, "uid-1", MOUNT, None).current_layout);
     }
 
     #[test]
@@ -555,6 +594,6 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(ANN_CHECKSUM.into(), sum);
-        assert!(!inspect(&s, "uid-1", MOUNT).intact);
+        assert!(!inspect(&s, "uid-1", MOUNT, None).intact);
     }
 }

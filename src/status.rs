@@ -6,6 +6,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::CognitoUnauthCredentialStatus;
+use crate::schedule;
+use crate::secret::{Credentials, Provenance};
 
 pub const READY: &str = "Ready";
 /// With spec.verify: whether STS accepted the last credentials fetched.
@@ -13,22 +15,32 @@ pub const VERIFIED: &str = "Verified";
 /// With spec.rolloutRestartTargets: whether the targets run with the Secret's credentials.
 pub const ROLLOUT_RESTART: &str = "RolloutRestart";
 
-/// The reasons the `Ready` condition can carry.
+/// The reasons the conditions can carry, and what each means for the next attempt.
 pub mod reason {
     pub const CREDENTIALS_ISSUED: &str = "CredentialsIssued";
     pub const SUSPENDED: &str = "Suspended";
     pub const IDENTITY_POOL_NOT_FOUND: &str = "IdentityPoolNotFound";
+    /// Cognito no longer knows the identity, and a new one could not be used either.
+    pub const IDENTITY_NOT_FOUND: &str = "IdentityNotFound";
     pub const GUEST_ACCESS_DISABLED: &str = "GuestAccessDisabled";
+    /// Cognito refused the identity for another reason than guest access being off
+    /// (e.g. the identity is disabled, or linked to a login).
+    pub const NOT_AUTHORIZED: &str = "NotAuthorized";
     pub const INVALID_POOL_CONFIGURATION: &str = "InvalidPoolConfiguration";
     pub const INVALID_PARAMETER: &str = "InvalidParameter";
     pub const THROTTLED: &str = "Throttled";
     pub const COGNITO_UNAVAILABLE: &str = "CognitoUnavailable";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// The Secret could not be written: it is immutable, or the API server refused the
+    /// write (an admission webhook or policy, missing RBAC).
+    pub const SECRET_WRITE_FAILED: &str = "SecretWriteFailed";
     pub const EXPIRED: &str = "Expired";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PENDING: &str = "Pending";
     /// `Ready` False and `Verified` False: STS refused the new credentials.
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// `Verified` Unknown: STS could not be asked (timeout, 5xx, throttling).
+    pub const VERIFICATION_UNAVAILABLE: &str = "VerificationUnavailable";
     /// `Verified` True.
     pub const CALLER_IDENTITY_VERIFIED: &str = "CallerIdentityVerified";
     /// `RolloutRestart` True: the targets were rolled for the credentials in the Secret.
@@ -43,16 +55,55 @@ pub mod reason {
     /// `RolloutRestart` False: the patch failed otherwise.
     pub const RESTART_FAILED: &str = "PatchFailed";
 
+    /// What a `Ready` reason means for the next attempt.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Class {
+        /// Good, or a state the user chose (suspend): nothing to retry.
+        Settled,
+        /// A failed attempt that may succeed by itself: exponential backoff from 5 s.
+        Transient,
+        /// A failed attempt that needs a change in AWS or in the spec: about every 5 min.
+        Terminal,
+        /// Something in the cluster blocks the attempt before any call is made (a Secret
+        /// we do not own, an immutable Secret): not an attempt, so not counted as a
+        /// failure; rechecked every minute and at once when the Secret changes.
+        Blocked,
+        /// Derived from the kept credentials (Expired), not the cause of a failure.
+        Derived,
+    }
+
+    /// The one table of `Ready` reasons.
+    pub const READY_REASONS: [(&str, Class); 16] = [
+        (CREDENTIALS_ISSUED, Class::Settled),
+        (SUSPENDED, Class::Settled),
+        (PENDING, Class::Settled),
+        (IDENTITY_POOL_NOT_FOUND, Class::Terminal),
+        (GUEST_ACCESS_DISABLED, Class::Terminal),
+        (NOT_AUTHORIZED, Class::Terminal),
+        (INVALID_POOL_CONFIGURATION, Class::Terminal),
+        (INVALID_PARAMETER, Class::Terminal),
+        (INVALID_SPEC, Class::Terminal),
+        (IDENTITY_NOT_FOUND, Class::Transient),
+        (THROTTLED, Class::Transient),
+        (COGNITO_UNAVAILABLE, Class::Transient),
+        (VERIFICATION_FAILED, Class::Transient),
+        (SECRET_WRITE_FAILED, Class::Transient),
+        (SECRET_CONFLICT, Class::Blocked),
+        (EXPIRED, Class::Derived),
+    ];
+
+    /// The class of `reason`; an unknown reason (written by an older or newer version)
+    /// is treated as transient.
+    pub fn class(reason: &str) -> Class {
+        READY_REASONS
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(Class::Transient, |(_, c)| *c)
+    }
+
     /// Reasons after which the next attempt waits the slow, terminal schedule.
     pub fn is_terminal(reason: &str) -> bool {
-        matches!(
-            reason,
-            IDENTITY_POOL_NOT_FOUND
-                | GUEST_ACCESS_DISABLED
-                | INVALID_POOL_CONFIGURATION
-                | INVALID_PARAMETER
-                | INVALID_SPEC
-        )
+        class(reason) == Class::Terminal
     }
 }
 
@@ -62,30 +113,18 @@ pub fn time(t: Timestamp) -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
-/// The `Ready` condition as it should be now.
-pub fn ready(
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Timestamp,
-    previous: &[Condition],
-) -> Condition {
-    condition(READY, status, reason, message, generation, now, previous)
-}
-
-/// A condition of `type_` as it should be now; its lastTransitionTime moves only when
-/// its status changes.
-pub fn condition(
+/// A condition of `type_` as it should be now, its status as Kubernetes spells it (True,
+/// False, Unknown); its lastTransitionTime moves only when its status changes.
+fn condition(
     type_: &str,
-    status: bool,
+    status: &str,
     reason: &str,
     message: String,
     generation: Option<i64>,
     now: Timestamp,
     previous: &[Condition],
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = status.to_string();
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -126,9 +165,143 @@ pub fn condition_of<'a>(
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// RFC 3339, whole seconds, for messages.
-pub fn show(t: Timestamp) -> String {
-    time(t).0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+/// RFC 3339, whole seconds, for messages (the one format, shared with the Secret).
+pub use crate::schedule::rfc3339 as show;
+
+/// When the next attempt is due after the failures recorded in `status`.
+pub fn retry_due(status: &CognitoUnauthCredentialStatus, seed: &str) -> Option<Timestamp> {
+    let failed = u32::try_from(status.failed_attempts.unwrap_or(0)).unwrap_or(0);
+    let last = status.last_failure_time.as_ref()?.0;
+    let terminal = status
+        .last_failure_reason
+        .as_deref()
+        .is_some_and(reason::is_terminal);
+    schedule::retry_due(failed, last, terminal, seed)
+}
+
+/// The status one reconcile computes: it starts from the old one, and says how each
+/// condition should be now, keeping lastTransitionTime the cert-manager way.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    old: CognitoUnauthCredentialStatus,
+    next: CognitoUnauthCredentialStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+}
+
+impl Builder {
+    pub fn new(
+        old: CognitoUnauthCredentialStatus,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Self {
+        let mut next = old.clone();
+        next.observed_generation = generation;
+        Self {
+            old,
+            next,
+            generation,
+            now,
+        }
+    }
+
+    /// The status this reconcile started from.
+    pub fn old(&self) -> &CognitoUnauthCredentialStatus {
+        &self.old
+    }
+
+    /// The status as computed so far.
+    pub fn next(&self) -> &CognitoUnauthCredentialStatus {
+        &self.next
+    }
+
+    /// For the fields that have no helper.
+    pub fn next_mut(&mut self) -> &mut CognitoUnauthCredentialStatus {
+        &mut self.next
+    }
+
+    pub fn changed(&self) -> bool {
+        self.old != self.next
+    }
+
+    /// Sets the condition `type_` (True or False).
+    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: String) {
+        let status = if ok { "True" } else { "False" };
+        self.set_with(type_, status, reason, message);
+    }
+
+    /// Sets the condition `type_` to Unknown.
+    pub fn unknown(&mut self, type_: &str, reason: &str, message: String) {
+        self.set_with(type_, "Unknown", reason, message);
+    }
+
+    fn set_with(&mut self, type_: &str, status: &str, reason: &str, message: String) {
+        let c = condition(
+            type_,
+            status,
+            reason,
+            message,
+            self.generation,
+            self.now,
+            &self.old.conditions,
+        );
+        set_condition(&mut self.next.conditions, c);
+    }
+
+    pub fn remove(&mut self, type_: &str) {
+        remove_condition(&mut self.next.conditions, type_);
+    }
+
+    /// `Ready` True.
+    pub fn ready(&mut self, reason: &str, message: String) {
+        self.set(READY, true, reason, message);
+    }
+
+    /// `Ready` False.
+    pub fn not_ready(&mut self, reason: &str, message: String) {
+        self.set(READY, false, reason, message);
+    }
+
+    /// The Secret holds good credentials (issued as `prov` says, expiring as `creds`
+    /// says, next rotated at `renewal`): everything in status follows from the Secret,
+    /// so a status lost in a crash is rebuilt the same.
+    pub fn issued(&mut self, prov: &Provenance, creds: &Credentials, renewal: Timestamp) {
+        let n = &mut self.next;
+        // An identity status already has for this pool wins (it may be newer than the
+        // Secret's, when a recreated identity was saved but its Secret not yet written).
+        if n.identity_id.is_none() || n.identity_pool_id.as_deref() != Some(&prov.identity_pool_id)
+        {
+            n.identity_id = Some(prov.identity_id.clone());
+            n.identity_pool_id = Some(prov.identity_pool_id.clone());
+        }
+        n.last_rotation_time = Some(time(prov.issued_at));
+        n.expiration = Some(time(creds.expiration));
+        n.renewal_time = Some(time(renewal));
+        n.failed_attempts = None;
+        n.last_failure_time = None;
+        n.last_failure_reason = None;
+        let msg = format!(
+            "Credentials valid until {}; next rotation at {}",
+            show(creds.expiration),
+            show(renewal)
+        );
+        self.ready(reason::CREDENTIALS_ISSUED, msg);
+    }
+
+    /// Counts a failed attempt (of class Transient or Terminal); returns when the next
+    /// attempt is due, by the same rule the next reconcile decides with.
+    pub fn failed(&mut self, why: &str, seed: &str) -> Timestamp {
+        let n = &mut self.next;
+        n.failed_attempts = Some(self.old.failed_attempts.unwrap_or(0).saturating_add(1));
+        n.last_failure_time = Some(time(self.now));
+        n.last_failure_reason = Some(why.to_string());
+        retry_due(n, seed).unwrap_or(self.now)
+    }
+
+    /// The status to write.
+    pub fn build(self) -> CognitoUnauthCredentialStatus {
+        self.next
+    }
 }
 
 #[cfg(test)]
@@ -139,78 +312,84 @@ mod tests {
         Timestamp::from_second(s).unwrap()
     }
 
-    #[test]
-    fn transition_time_moves_only_when_status_changes() {
-        let first = ready(
-            true,
-            reason::CREDENTIALS_ISSUED,
-            "a".into(),
-            Some(1),
-            at(100),
-            &[],
-        );
-        assert_eq!(first.last_transition_time, time(at(100)));
-        // Same status, new reason and message: time kept.
-        let second = ready(
-            false,
-            reason::THROTTLED,
-            "b".into(),
-            Some(1),
-            at(200),
-            std::slice::from_ref(&first),
-        );
-        assert_eq!(second.last_transition_time, time(at(200)));
-        let third = ready(
-            false,
-            reason::EXPIRED,
-            "c".into(),
-            Some(2),
-            at(300),
-            std::slice::from_ref(&second),
-        );
-        assert_eq!(third.last_transition_time, time(at(200)));
-        assert_eq!(third.observed_generation, Some(2));
-        assert_eq!(
-            (third.status.as_str(), third.reason.as_str()),
-            ("False", "Expired")
-        );
+    /// One reconcile after another, each starting from the status the last one wrote.
+    fn step(
+        old: &CognitoUnauthCredentialStatus,
+        at_s: i64,
+        generation: i64,
+        f: impl FnOnce(&mut Builder),
+    ) -> CognitoUnauthCredentialStatus {
+        let mut b = Builder::new(old.clone(), Some(generation), at(at_s));
+        f(&mut b);
+        b.build()
     }
 
     #[test]
-    fn set_condition_replaces_by_type() {
-        let mut v = vec![];
-        set_condition(
-            &mut v,
-            ready(
-                true,
-                reason::CREDENTIALS_ISSUED,
-                "x".into(),
-                None,
-                at(1),
-                &[],
-            ),
+    fn transition_time_moves_only_when_status_changes() {
+        let first = step(&Default::default(), 100, 1, |b| {
+            b.ready(reason::CREDENTIALS_ISSUED, "a".into())
+        });
+        let c = ready_of(&first).unwrap();
+        assert_eq!(c.last_transition_time, time(at(100)));
+        // New status: the time moves.
+        let second = step(&first, 200, 1, |b| {
+            b.not_ready(reason::THROTTLED, "b".into())
+        });
+        assert_eq!(
+            ready_of(&second).unwrap().last_transition_time,
+            time(at(200))
         );
-        set_condition(
-            &mut v,
-            ready(false, reason::THROTTLED, "y".into(), None, at(2), &[]),
+        // Same status, new reason and message: time kept.
+        let third = step(&second, 300, 2, |b| {
+            b.not_ready(reason::EXPIRED, "c".into())
+        });
+        let c = ready_of(&third).unwrap();
+        assert_eq!(c.last_transition_time, time(at(200)));
+        assert_eq!(c.observed_generation, Some(2));
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Expired"));
+        assert_eq!(third.observed_generation, Some(2));
+        // Nothing new: nothing changed, so nothing to write.
+        let mut again = Builder::new(third.clone(), Some(2), at(400));
+        again.not_ready(reason::EXPIRED, "c".into());
+        assert!(!again.changed());
+    }
+
+    #[test]
+    fn conditions_are_replaced_by_type_and_unknown_is_a_status() {
+        let st = step(&Default::default(), 1, 1, |b| {
+            b.ready(reason::CREDENTIALS_ISSUED, "x".into());
+            b.not_ready(reason::THROTTLED, "y".into());
+            b.unknown(VERIFIED, reason::VERIFICATION_UNAVAILABLE, "z".into());
+        });
+        assert_eq!(st.conditions.len(), 2);
+        assert_eq!(ready_of(&st).unwrap().reason, "Throttled");
+        let v = condition_of(&st, VERIFIED).unwrap();
+        assert_eq!(
+            (v.status.as_str(), v.last_transition_time.clone()),
+            ("Unknown", time(at(1)))
         );
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].reason, "Throttled");
-        let verified = condition(
-            VERIFIED,
-            true,
-            reason::CALLER_IDENTITY_VERIFIED,
-            "z".into(),
-            None,
-            at(3),
-            &v,
+        let st = step(&st, 2, 1, |b| b.remove(VERIFIED));
+        assert_eq!(st.conditions.len(), 1);
+        assert_eq!(st.conditions[0].type_, READY);
+    }
+
+    /// A failure is counted once per attempt and schedules the next by the table's class:
+    /// worked out by hand (first transient step 5 s with equal jitter: 2.5..5 s; terminal:
+    /// 240..300 s).
+    #[test]
+    fn failures_count_and_schedule_by_class() {
+        let mut b = Builder::new(Default::default(), Some(1), at(1000));
+        let due = b.failed(reason::THROTTLED, "uid");
+        assert!(
+            due >= at(1000) + std::time::Duration::from_millis(2500) && due <= at(1005),
+            "{due}"
         );
-        assert_eq!(verified.last_transition_time, time(at(3)));
-        set_condition(&mut v, verified);
-        assert_eq!(v.len(), 2);
-        remove_condition(&mut v, VERIFIED);
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].type_, READY);
+        let st = b.build();
+        assert_eq!(st.failed_attempts, Some(1));
+        let mut b = Builder::new(st, Some(1), at(1003));
+        let due = b.failed(reason::GUEST_ACCESS_DISABLED, "uid");
+        assert!(due >= at(1003 + 240) && due <= at(1003 + 300), "{due}");
+        assert_eq!(b.next().failed_attempts, Some(2));
     }
 
     #[test]

@@ -14,14 +14,15 @@ source "$LOCAL/env"
 cargo test --locked --test controller -- --test-threads 8 \
   fault repairs_a_deleted never_takes deleting_the_resource a_forgotten_identity overdue_renewals
 cargo test --locked --test workloads -- --test-threads 4 verify restart_targets
-cargo test --locked --test runtime -- --test-threads 8 one_leader leader_failover
+cargo test --locked --test loops -- --test-threads 8
+cargo test --locked --test runtime -- --test-threads 8 one_leader leader_failover a_leader_that_cannot_renew
 cargo test --locked --test apiserver_restart
 python3 - "$rows" > docs/reliability.md <<'PY'
 import json, os, sys, platform, datetime
 rows = [json.load(open(os.path.join(sys.argv[1], f))) for f in sorted(os.listdir(sys.argv[1]))]
 print("# Reliability: the fault matrix\n")
 print("Each row is a test against the real API server and the Cognito emulator behind the")
-print("proxy (tests/controller/faults.rs, tests/controller.rs, tests/workloads.rs,")
+print("proxy (tests/controller/faults.rs, tests/controller.rs, tests/loops.rs, tests/workloads.rs,")
 print("tests/runtime.rs, tests/apiserver_restart.rs); a row is written only when its")
 print("test passes. Rerun and regenerate this page with `make reliability`.\n")
 print("In every Cognito fault the test also watches every version of the Secret while the")

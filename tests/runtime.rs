@@ -311,7 +311,8 @@ async fn leader_failover_during_a_rotation_finishes_it_once() {
         .await
         .unwrap();
     assert!(
-        cognito_unauth_controller::secret::inspect(&secret, "", "/var/run/secrets/cognito").intact
+        cognito_unauth_controller::secret::inspect(&secret, "", "/var/run/secrets/cognito", None)
+            .intact
     );
     assert_ne!(key(&secret), before);
     tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may happen
@@ -326,11 +327,158 @@ async fn leader_failover_during_a_rotation_finishes_it_once() {
         env!("CARGO_TARGET_TMPDIR"),
         "failover-rotation",
         "Leader SIGKILLed with GetCredentialsForIdentity in flight; a standby holds",
-        "the standby takes the Lease and finishes the rotation once (same identity); the Secret is intact throughout",
+        "the standby takes the Lease and finishes the rotation once (same identity); the Secret is intact after",
         &format!(
             "rotation finished {:.1}s after the kill (lease 6 s); 1 GetId; 3 GetCredentialsForIdentity (1 initial, 1 lost, 1 by the new leader)",
             took.as_secs_f64()
         ),
     );
+    ns.cleanup().await;
+}
+
+/// Issue 11, bug 5: a leader that cannot renew its Lease (here: its Lease permission is
+/// taken away; everything else still works, the worst case of a partial partition)
+/// stops reconciling before the standby can take over, so no work is done twice.
+/// Before the fix it went on reconciling (and rotating) next to the new leader.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() {
+    let proxy = Proxy::new();
+    // Short-lived credentials: a rotation falls due while both replicas run.
+    let pool = proxy.realistic_pool(24).await;
+    let ns = TestNs::new("fencing").await;
+    install_crd();
+    let dir = test_dir(&ns.name);
+    let mut replicas = Vec::new();
+    for id in ["replica-a", "replica-b"] {
+        testbed_support::controller_rbac(&ns.name, id, true, true);
+        let kc = dir.join(format!("{id}.kubeconfig"));
+        testbed_support::impersonating_kubeconfig(id, &[], &kc);
+        replicas.push(kc);
+    }
+    let kc = |i: usize| replicas[i].to_string_lossy().to_string();
+    let (kc_a, kc_b) = (kc(0), kc(1));
+    let mut env_a = leader_election(&ns.name, "replica-a");
+    env_a.push(("KUBECONFIG", &kc_a));
+    let mut env_b = leader_election(&ns.name, "replica-b");
+    env_b.push(("KUBECONFIG", &kc_b));
+    let a = start(&ns.name, &dir.join("a.log"), &env_a);
+    let leases = ns.api::<Lease>();
+    let holder = |l: Option<&Lease>| {
+        l.and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.holder_identity.clone())
+            .unwrap_or_default()
+    };
+    let holds = |who: &'static str| {
+        let leases = leases.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                await_condition(
+                    leases,
+                    "cognito-unauth-controller",
+                    move |l: Option<&Lease>| holder(l) == who,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{who} holds the lease"))
+            .unwrap();
+        }
+    };
+    holds("replica-a").await;
+    let b = start(&ns.name, &dir.join("b.log"), &env_b);
+    kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
+    wait_ready(&ns.name, "app", 30);
+    let metric = |port: u16, series: &'static str| async move {
+        get(port, "/metrics")
+            .await
+            .and_then(|(_, t)| sample(&t, series))
+            .unwrap_or(0.0)
+    };
+    const RECONCILES: &str = "cognito_unauth_controller_reconciliations_total";
+    assert_eq!(
+        metric(b.port, RECONCILES).await,
+        0.0,
+        "the standby must not reconcile"
+    );
+
+    // Cut replica-a off from its Lease.
+    let cut = std::time::Instant::now();
+    kubectl(&["-n", &ns.name, "delete", "rolebinding", "lease-replica-a"]);
+    holds("replica-b").await;
+    let takeover = cut.elapsed();
+    let a_after = metric(a.port, RECONCILES).await;
+    // Work arrives: a touch, then the next rotation (credentials live 24 s).
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "cuc/app",
+        "test.example/touch=1",
+    ]);
+    let first = ns
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("app")
+        .await
+        .unwrap();
+    let issued = |s: &k8s_openapi::api::core::v1::Secret| {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("cognito.kubecred.io/issued-at").cloned())
+    };
+    let before = issued(&first);
+    let rotated = tokio::time::timeout(
+        Duration::from_secs(40),
+        await_condition(
+            ns.api::<k8s_openapi::api::core::v1::Secret>(),
+            "app",
+            move |s: Option<&k8s_openapi::api::core::v1::Secret>| {
+                s.is_some_and(|s| issued(s) != before)
+            },
+        ),
+    )
+    .await
+    .expect("the next rotation")
+    .unwrap();
+    assert!(rotated.is_some());
+    // Let a second rotator, if any, finish its call.
+    eventually(
+        Duration::from_secs(10),
+        "the new leader's reconciles",
+        || async { (metric(b.port, RECONCILES).await >= 2.0).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        metric(a.port, RECONCILES).await,
+        a_after,
+        "the fenced leader reconciled after the takeover"
+    );
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        2,
+        "one call for the first issue, one for the rotation: none twice"
+    );
+    let log = std::fs::read_to_string(dir.join("a.log")).unwrap_or_default();
+    assert!(
+        log.contains("stopped leading"),
+        "replica-a's log says it fenced itself"
+    );
+    println!(
+        "takeover {:.1}s after the cut (lease 6 s, renew deadline 4 s)",
+        takeover.as_secs_f64()
+    );
+    testbed_support::record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "fencing",
+        "Leader cannot renew its Lease (its Lease permission removed; the rest of the API still works); a standby holds",
+        "the leader stops reconciling within its renew deadline, before the standby takes over; the standby does the work; no rotation twice",
+        &format!(
+            "takeover {:.1}s after the cut (lease 6 s); 0 reconciles by the old leader after it; 2 GetCredentialsForIdentity (first issue + 1 rotation)",
+            takeover.as_secs_f64()
+        ),
+    );
+    drop(a);
+    assert!(b.terminate().success());
     ns.cleanup().await;
 }

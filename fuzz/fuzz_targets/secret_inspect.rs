@@ -68,7 +68,7 @@ fuzz_target!(|input: Input| {
     if !input.owned {
         s.metadata.owner_references = Some(vec![OwnerReference::default()]);
     }
-    let o = secret::inspect(&s, "uid", "/m");
+    let o = secret::inspect(&s, "uid", "/m", None);
     if o.intact {
         let (c, p) = (o.credentials.expect("intact has credentials"), o.provenance.expect("and provenance"));
         let again = secret::render("n", "ns", &owner(), None, &c, &p, "/m");

@@ -10,10 +10,12 @@ use cognito_unauth_controller::controller::{self, Settings};
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
 use cognito_unauth_controller::http::Health;
 use cognito_unauth_controller::metrics::Metrics;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use testbed_support::{TestNs, install_crd, testbed};
 use tokio::sync::oneshot;
@@ -21,6 +23,7 @@ use tokio::task::JoinHandle;
 
 const STOP_WAIT: Duration = Duration::from_secs(30);
 /// How long a wait on the resource or its Secret may take.
+#[allow(dead_code)] // not every test crate waits this way
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// An in-process controller for one namespace; stops gracefully on `stop()`.
@@ -39,6 +42,12 @@ impl Running {
 
     #[allow(dead_code)] // not every test crate needs other timeouts
     pub async fn start_with(ns: &TestNs, timeouts: Timeouts) -> Self {
+        Self::start_as(ns, ns.client.clone(), timeouts).await
+    }
+
+    /// As `start_with`, acting as `client` (e.g. an identity with less RBAC).
+    #[allow(dead_code)] // not every test crate needs another identity
+    pub async fn start_as(ns: &TestNs, client: kube::Client, timeouts: Timeouts) -> Self {
         install_crd();
         let sdk = load_sdk_config(timeouts, Some(&testbed().cognito_endpoint)).await;
         let (tx, rx) = oneshot::channel::<()>();
@@ -46,7 +55,6 @@ impl Running {
             namespaces: vec![ns.name.clone()],
             ..Settings::default()
         };
-        let client = ns.client.clone();
         let metrics = Arc::new(Metrics::new());
         let shared = metrics.clone();
         let task = tokio::spawn(async move {
@@ -62,14 +70,30 @@ impl Running {
                 health,
                 stop,
             )
-            .await
-            .expect("controller");
+            .await;
         });
         Self {
             metrics: shared,
             stop: Some(tx),
             task,
         }
+    }
+
+    /// The value of a metric sample (the first line starting with `series`), as /metrics shows it.
+    #[allow(dead_code)] // not every test crate reads metrics
+    pub fn sample(&self, series: &str) -> f64 {
+        let text = self.metrics.render().expect("render metrics");
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Reconciles run so far.
+    #[allow(dead_code)] // not every test crate reads metrics
+    pub fn reconciles(&self) -> f64 {
+        self.sample("cognito_unauth_controller_reconciliations_total")
     }
 
     pub async fn stop(mut self) {
@@ -176,6 +200,7 @@ pub fn text(s: &Secret, key: &str) -> String {
     .expect("utf-8")
 }
 
+#[allow(dead_code)] // not every test crate reads it
 pub fn rotation(o: &CognitoUnauthCredential) -> Option<jiff::Timestamp> {
     o.status.as_ref()?.last_rotation_time.as_ref().map(|t| t.0)
 }
@@ -214,4 +239,39 @@ pub async fn force_rotate(ns: &TestNs, name: &str, token: &str) -> CognitoUnauth
         json!({"metadata": {"annotations": {"cognito.kubecred.io/force-rotate": token}}}),
     )
     .await
+}
+
+/// Counts resourceVersion changes of the resource `name` and the Secret `secret` over `window`.
+#[allow(dead_code)] // not every test crate counts writes
+pub async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Duration) -> usize {
+    let cucs = watcher(
+        ns.api::<CognitoUnauthCredential>(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+    .map(|o| o.map(|o| o.resource_version()))
+    .boxed();
+    let secrets = watcher(
+        ns.api::<Secret>(),
+        watcher::Config::default().fields(&format!("metadata.name={secret}")),
+    )
+    .applied_objects()
+    .map(|o| o.map(|o| o.resource_version()))
+    .boxed();
+    let mut merged = futures::stream::select(cucs, secrets);
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::sleep(window);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            item = merged.next() => match item {
+                Some(Ok(Some(rv))) => { seen.insert(rv); }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    // The first sighting of each object is its current version, not a write.
+    seen.len().saturating_sub(2)
 }

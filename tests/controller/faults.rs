@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
-use cognito_unauth_controller::schedule::{BACKOFF_BASE, BACKOFF_CAP};
 use testbed_support::{ControllerProcess, cuc_manifest, kubectl_apply, test_dir, wait_ready};
 
 use super::*;
@@ -41,7 +40,8 @@ impl SecretLog {
                 let entry = match ev {
                     Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
                         Some(Some(Seen {
-                            intact: secret::inspect(&s, "", "/var/run/secrets/cognito").intact,
+                            intact: secret::inspect(&s, "", "/var/run/secrets/cognito", None)
+                                .intact,
                             access_key: s
                                 .data
                                 .as_ref()
@@ -89,28 +89,27 @@ pub(crate) fn record(id: &str, fault: &str, asserted: &str, measured: &str) {
     testbed_support::record_fault(env!("CARGO_TARGET_TMPDIR"), id, fault, asserted, measured);
 }
 
-/// The most attempts the backoff allows within `window` after a first failed attempt:
-/// each step waits at least half of 5 s × 2^(k-1), capped at 5 minutes.
+/// When attempt n+1 can come at the earliest after a first failed attempt at 0, worked
+/// out by hand from the documented rule (not from the code under test): each wait is at
+/// least half its step, and the steps are 5, 10, 20, 40, 80, 160 s, then 300 s.
+const EARLIEST_ATTEMPT_S: [f64; 10] = [0.0, 2.5, 7.5, 17.5, 37.5, 77.5, 157.5, 307.5, 457.5, 607.5];
+
+/// The most attempts the backoff allows within `window` after a first failed attempt.
 fn max_attempts(window: Duration) -> u64 {
-    let (mut t, mut n) = (Duration::ZERO, 1u64);
-    loop {
-        let step = BACKOFF_BASE
-            .saturating_mul(1 << (n - 1).min(16))
-            .min(BACKOFF_CAP)
-            / 2;
-        if t + step > window {
-            return n;
-        }
-        t += step;
-        n += 1;
-    }
+    EARLIEST_ATTEMPT_S
+        .iter()
+        .filter(|t| **t <= window.as_secs_f64())
+        .count() as u64
 }
 
-/// The longest wait before the next attempt after `failures` failed ones.
+/// The longest wait before the next attempt after `failures` failed ones (the full step,
+/// by hand: 5, 10, 20, 40, 80, 160, then 300 s).
 fn step_after(failures: u64) -> Duration {
-    BACKOFF_BASE
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP)
+    const STEPS_S: [u64; 7] = [5, 10, 20, 40, 80, 160, 300];
+    let i = usize::try_from(failures.max(1) - 1)
+        .unwrap_or(usize::MAX)
+        .min(STEPS_S.len() - 1);
+    Duration::from_secs(STEPS_S[i])
 }
 
 async fn creds_calls(proxy: &Proxy, pool: &str) -> u64 {
@@ -500,7 +499,7 @@ async fn fault_sigkill_between_fetch_and_write() {
     );
     assert_eq!(creds_calls(&proxy, &pool).await, 2);
     let s = ns.api::<Secret>().get("app").await.unwrap();
-    assert!(secret::inspect(&s, "", "/var/run/secrets/cognito").intact);
+    assert!(secret::inspect(&s, "", "/var/run/secrets/cognito", None).intact);
     assert!(second.terminate().success());
     record(
         "sigkill-fetch",
@@ -554,7 +553,7 @@ async fn fault_conflicting_writer() {
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = storm.await.expect("storm");
-    assert!(secret::inspect(&rotated, "", "/var/run/secrets/cognito").intact);
+    assert!(secret::inspect(&rotated, "", "/var/run/secrets/cognito", None).intact);
     assert!(
         rotated.labels().contains_key("other-writer"),
         "the other writer's label was dropped"
@@ -602,7 +601,7 @@ async fn fault_sigkill_during_get_id() {
         st.identity_id.as_deref(),
         Some(annotation(&s, "cognito.kubecred.io/identity-id").as_str())
     );
-    assert!(secret::inspect(&s, "", "/var/run/secrets/cognito").intact);
+    assert!(secret::inspect(&s, "", "/var/run/secrets/cognito", None).intact);
     assert!(second.terminate().success());
     record(
         "sigkill-getid",

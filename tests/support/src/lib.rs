@@ -700,3 +700,54 @@ pub fn wait_ready(namespace: &str, name: &str, seconds: u32) {
         &format!("--timeout={seconds}s"),
     ]);
 }
+
+/// RBAC for a controller identity `user` in `ns`: a Role `ctl` with what the controller
+/// needs (status writes only `with_status`), bound as `ctl-<user>`; with `lease`, a Role
+/// `lease` for leader election, bound as `lease-<user>` (so a test can take just that
+/// away). Applied with `kubectl apply`: calling it again with less takes rules away.
+pub fn controller_rbac(ns: &str, user: &str, with_status: bool, lease: bool) {
+    let status = if with_status {
+        "- {apiGroups: [cognito.kubecred.io], resources: [cognitounauthcredentials/status], verbs: [patch]}\n"
+    } else {
+        ""
+    };
+    let mut manifest = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: ctl, namespace: {ns}}}
+rules:
+- {{apiGroups: [cognito.kubecred.io], resources: [cognitounauthcredentials], verbs: [get, list, watch]}}
+{status}- {{apiGroups: [""], resources: [secrets], verbs: [get, list, watch, create, patch, delete]}}
+- {{apiGroups: ["", events.k8s.io], resources: [events], verbs: [create, patch]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ctl-{user}, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: ctl}}
+subjects: [{{kind: User, name: {user}, apiGroup: rbac.authorization.k8s.io}}]
+"#
+    );
+    if lease {
+        manifest.push_str(&format!(
+            r#"---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: lease, namespace: {ns}}}
+rules:
+- {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, patch]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: lease-{user}, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: lease}}
+subjects: [{{kind: User, name: {user}, apiGroup: rbac.authorization.k8s.io}}]
+"#
+        ));
+    }
+    let out = kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
