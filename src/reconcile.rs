@@ -200,9 +200,21 @@ impl<C: Cognito> Context<C> {
         .await
         .map_err(Error::Kube)?;
         self.remember(obj, |m| {
-            let mut superseded = m.written.take().map(|w| w.superseded).unwrap_or_default();
-            superseded.push(old.clone());
-            if superseded.len() > SUPERSEDED_KEPT {
+            // Replaced now: the status this write started from, and our previous write
+            // (e.g. the identity saved mid-rotation), whichever the cache may still show.
+            let mut superseded = match m.written.take() {
+                Some(w) => {
+                    let mut s = w.superseded;
+                    s.push(w.status);
+                    s
+                }
+                None => Vec::new(),
+            };
+            if !superseded.contains(old) {
+                superseded.push(old.clone());
+            }
+            superseded.dedup();
+            while superseded.len() > SUPERSEDED_KEPT {
                 superseded.remove(0);
             }
             m.written = Some(Written {
