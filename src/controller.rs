@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::cognito::Cognito;
 use crate::crd::CognitoUnauthCredential;
 use crate::events::Recorder;
-use crate::http::Health;
+use crate::http::{BEAT_EVERY, Health};
 use crate::lease;
 use crate::metrics::{Metered, Metrics};
 use crate::quota::{Paced, Quotas};
@@ -113,10 +113,15 @@ pub async fn run<C: Cognito>(
     // A standby replica is ready: it is waiting for the Lease, as it should.
     health.set_ready(true);
     info!(lease = %le.lease_name, identity = %le.identity, "waiting for leadership");
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+    let mut beat = tokio::time::interval(BEAT_EVERY);
+    'standby: loop {
+        // A standby beats from here; the leader from its controllers' task.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break 'standby,
+                r = leading.wait_for(|l| *l) => if r.is_err() { break 'standby } else { break },
+                _ = beat.tick() => health.beat(),
+            }
         }
         info!(identity = %le.identity, "leading: starting to reconcile");
         let controllers = run_controllers(&ctx, &settings, &health, stop.child_token());
@@ -208,7 +213,7 @@ async fn run_controllers<C: Cognito>(
     }
     // Dropped with this function's future (leadership lost): aborts the readiness task.
     let mut tasks = JoinSet::new();
-    let health = health.clone();
+    let ready_health = health.clone();
     tasks.spawn(async move {
         // The store's readiness is a oneshot that wakes only its latest waiter, and the
         // controller's own runner waits on it too: so re-poll instead of waiting once.
@@ -218,19 +223,30 @@ async fn run_controllers<C: Cognito>(
                 .is_err()
             {}
         }
-        health.set_ready(true);
+        ready_health.set_ready(true);
         info!("caches synced; ready");
     });
     // Graceful shutdown lets in-flight reconciles finish; it cannot end a controller whose
     // caches never synced (e.g. its list is forbidden), so after a stop request give it a
     // bounded grace, then abandon the rest. Reconciles are idempotent: abandoning one
     // leaves either the old or the new Secret, never a partial one.
+    // The heartbeat is polled by the same task as the controllers: if that task stops
+    // being polled, /livez says so.
+    let heart = health.clone();
+    let beating = async move {
+        let mut beat = tokio::time::interval(BEAT_EVERY);
+        loop {
+            beat.tick().await;
+            heart.beat();
+        }
+    };
     tokio::select! {
         _ = join_all(runs) => {}
         _ = async {
             stop.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => warn!(grace = ?SHUTDOWN_GRACE, "in-flight work did not finish in time; abandoned"),
+        () = beating => {}
     }
     tasks.abort_all();
     info!("controller stopped");
