@@ -23,7 +23,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+import socket
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
@@ -59,6 +61,12 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
     return r.stdout
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def calls(pool: str) -> dict[str, int]:
     return proxy("GET", "/calls")["pools"].get(pool, {})
 
@@ -73,33 +81,68 @@ class Audit:
     def __init__(self) -> None:
         self.path = LOCAL / "run" / "audit.log"
 
-    def mark(self) -> int:
-        return self.path.stat().st_size
+    def mark(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return (st.st_ino, st.st_size)
 
-    def writes(self, since: int) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def _since(self, mark: tuple[int, int]):
+        """The log's lines after `mark`. The API server rotates its audit log (by size): a
+        rotation between mark and now would make an offset count nothing, so it fails loudly."""
+        ino, size = mark
+        st = self.path.stat()
+        if st.st_ino != ino or st.st_size < size:
+            raise SystemExit("the audit log was rotated during a measured phase: raise --audit-log-maxsize in testbed/up.sh")
         with open(self.path, "rb") as f:
-            f.seek(since)
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if not (e.get("userAgent") or "").startswith(UA):
-                    continue
-                if e.get("verb") not in ("create", "update", "patch", "delete"):
-                    continue
-                ref = e.get("objectRef", {})
-                key = ref.get("resource", "?") + ("/" + ref["subresource"] if ref.get("subresource") else "")
-                out[key] = out.get(key, 0) + 1
+            f.seek(size)
+            yield from f
+
+    def writes(self, since: tuple[int, int]) -> dict[str, int]:
+        return self.requests(since, ("create", "update", "patch", "delete"))
+
+    def requests(self, since: tuple[int, int], verbs: tuple[str, ...]) -> dict[str, int]:
+        """The controller's requests with one of `verbs`, by resource[/subresource]."""
+        out: dict[str, int] = {}
+        for line in self._since(since):
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if not (e.get("userAgent") or "").startswith(UA):
+                continue
+            if e.get("verb") not in verbs:
+                continue
+            ref = e.get("objectRef", {})
+            key = ref.get("resource", "?") + ("/" + ref["subresource"] if ref.get("subresource") else "")
+            out[key] = out.get(key, 0) + 1
         return out
 
 
 class Controller:
     def __init__(self, binary: Path, ns: str, log: Path) -> None:
-        env = dict(CHILD_ENV, WATCH_NAMESPACES=ns, METRICS_ADDRESS="127.0.0.1:0", LOG_LEVEL="warn", CONCURRENCY="16")
+        self.port = free_port()
+        env = dict(CHILD_ENV, WATCH_NAMESPACES=ns, METRICS_ADDRESS=f"127.0.0.1:{self.port}", LOG_LEVEL="warn", CONCURRENCY="16")
         self.log = log
         self.proc = subprocess.Popen([str(binary)], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def metric(self, series: str) -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        for line in text.splitlines():
+            if line.startswith(series):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def wait_reconciled(self, n: int, timeout: float) -> float:
+        """Seconds until this process has reconciled at least n times."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.metric("cognito_unauth_controller_reconciliations_total") >= n:
+                return time.monotonic() - start
+            time.sleep(0.2)
+        raise SystemExit(f"fewer than {n} reconciles after {timeout:.0f}s")
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -125,8 +168,9 @@ def ready_count(ns: str) -> tuple[int, int]:
     return ready, len(items)
 
 
-def wait_all_ready(ns: str, n: int, timeout: float) -> float:
-    start = time.monotonic()
+def wait_all_ready(ns: str, n: int, timeout: float, start: Optional[float] = None) -> float:
+    """Seconds from `start` (default: now) until n resources are Ready."""
+    start = time.monotonic() if start is None else start
     while time.monotonic() - start < timeout:
         r, _ = ready_count(ns)
         if r >= n:
@@ -263,19 +307,22 @@ def main() -> int:
     ctl = Controller(binary, ns, tmp / "controller.log")
     time.sleep(1)
     cpu0, mark, thr0 = ctl.cpu_seconds(), audit.mark(), throttled()
+    # The clock starts before the apply: what a user waits for is apply to all Ready.
     t0 = time.monotonic()
     kubectl("apply", "--server-side", "-f", "-", stdin=manifests(ns, n, pool))
-    took = wait_all_ready(ns, n, timeout=max(120, n / 25 * 3))
+    applied = time.monotonic() - t0
+    took = wait_all_ready(ns, n, timeout=max(120, n / 25 * 3), start=t0)
     c = calls(pool)
     bound = n / 25
     thr = throttled() - thr0
-    row(f"cold start, {n} resources", f"all Ready in {took:.1f}s; {c.get('GetId', 0)} GetId, {c.get('GetCredentialsForIdentity', 0)} GetCredentialsForIdentity; {thr} throttled",
+    row(f"cold start, {n} resources", f"all Ready {took:.1f}s after the apply started (the apply itself took {applied:.1f}s); {c.get('GetId', 0)} GetId, {c.get('GetCredentialsForIdentity', 0)} GetCredentialsForIdentity; {thr} throttled",
         f"≤ {1.1 * bound:.1f}s (1.1 × N/25), no throttling", f"{took / bound:.2f} × N/25" + verdict(took <= 1.1 * bound and thr == 0, n >= 500))
     cold_cpu = ctl.cpu_seconds() - cpu0
     cold_writes = audit.writes(mark)
-    row("cold start API writes", json.dumps(cold_writes, sort_keys=True), "-", f"{sum(cold_writes.values()) / n:.2f} per resource")
+    row("cold start API writes", json.dumps(cold_writes, sort_keys=True), "≤ 4 per resource", f"{sum(cold_writes.values()) / n:.2f} per resource" + verdict(sum(cold_writes.values()) / n <= 4, True))
     time.sleep(5)
     rss, peak = ctl.rss_mib()
+    rss_at_n = rss
     row(f"memory at {n} resources", f"RSS {rss:.1f} MiB settled, {peak:.1f} MiB peak", "≤ 40 MiB at 5,000", f"{peak / 40:.2f} of 40 MiB")
     no_throttle_condition(ns)
     row("CPU per credential (controller, cold start)", f"{cold_cpu / n * 1000:.2f} ms", "-", "-")
@@ -292,11 +339,16 @@ def main() -> int:
     ctl.stop()
     mark, c0 = audit.mark(), calls(pool)
     ctl = Controller(binary, ns, tmp / "controller2.log")
-    time.sleep(max(10, n / 200))
+    # Counted only once every resource was reconciled by the new process: a window that
+    # closed before the resync would count zero for the wrong reason.
+    resync = ctl.wait_reconciled(n, timeout=max(60, n / 10))
+    wait_idle(ctl, pool)
     c1 = calls(pool)
     restart_calls = sum(c1.values()) - sum(c0.values())
     restart_writes = sum(audit.writes(mark).values())
-    row(f"restart with {n} Ready", f"{restart_calls} Cognito calls, {restart_writes} API writes", "0 and 0", "met" if restart_calls == 0 and restart_writes == 0 else "missed")
+    restart_gets = audit.requests(mark, ("get",)).get("secrets", 0)
+    row(f"restart with {n} Ready", f"{restart_calls} Cognito calls, {restart_writes} API writes, {restart_gets} Secret GETs (all {n} reconciled in {resync:.1f}s)", "0, 0 and 0 GETs after the initial LISTs",
+        "met" if restart_calls == 0 and restart_writes == 0 and restart_gets == 0 else ("missed" if restart_calls or restart_writes else "calls and writes met; GETs missed"))
 
     # 3b. Grow to --scale-to: memory there, and the rotations below run at that scale.
     total = n
@@ -311,6 +363,9 @@ def main() -> int:
         rss, peak = ctl.rss_mib()
         row(f"memory at {total} resources", f"RSS {rss:.1f} MiB settled, {peak:.1f} MiB peak (after growing from {n} in {took:.0f}s)",
             "≤ 40 MiB", f"{peak / 40:.2f} of 40 MiB" + verdict(peak <= 40, total >= 5000))
+        # Marginal: settled RSS per added resource (both settled, the second after a restart at N).
+        per = (rss - rss_at_n) * 1024 * 1024 / (total - n)
+        row(f"marginal memory per resource, {n} → {total}", f"{per / 1024:.2f} KiB", "≤ 4 KiB", f"{per / 4096:.2f} of 4 KiB" + verdict(per <= 4096, total - n >= 1000))
         no_throttle_condition(ns)
 
     # 4. Rotation cost: short-lived credentials, one rotation of each resource.
@@ -385,6 +440,10 @@ def main() -> int:
             f.write("\nThe memory at 5,000 is measured after growing from N (the controller restarted at N, so the\n")
             f.write("cold start's events are not in it; they cost ~100 bytes each for six minutes). Where the memory\n")
             f.write("goes, and what changed to meet the target: [memory-profile.md](memory-profile.md).\n")
+    # Which targets this run checked: at a small N (make test) the full-scale targets are
+    # reported but not judged; say which were.
+    judged = [r[0] for r in rows if r[3] in ("met", "missed") or r[3].endswith(("(met)", "(missed)"))]
+    print(f"bench: targets judged at this scale: {'; '.join(judged)}", file=sys.stderr)
     if args.check:
         missed = [r for r in rows if r[3] == "missed" or r[3].endswith("(missed)")]
         if missed:

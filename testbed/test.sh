@@ -41,6 +41,6 @@ step "tests against the real control plane and the Cognito emulator"
 cargo test --locked --test '*' -- --test-threads 8
 step "container image: the Dockerfile's final stage with buildah, and its binary runs"
 testbed/image.sh
-step "benchmark, small N (make bench runs N=1000): targets checked so it never rots"
+step "benchmark, small N (make bench runs N=1000): it prints which targets it judged at this scale (writes per resource, steady state, rotation cost, CPU against the CLI loop); the full-scale ones are judged by make bench"
 BENCH_N=20 testbed/bench.sh --steady-seconds 10 --baseline-n 3 --rotation-n 5 --scale-to 40 --unrelated-secrets 20 --unrelated-kib 10 --check
 log "make test passed in $(( $(date +%s) - t_start ))s"
