@@ -16,6 +16,28 @@ RUN="$LOCAL/run"
 VENV="$LOCAL/venv"
 CACHE="${CUC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cognito-unauth-controller}"
 
+# The node (testbed/node.sh) lives in a network namespace of its own, joined to the host
+# by one veth pair. What is machine-global (the namespace, the host-side veth, the host's
+# nft table, the cgroup root, the addresses) is named after a short hash of $ROOT, so the
+# test beds of two work trees never collide; up.sh refuses to start when another bed
+# already holds this bed's addresses (set CUC_BED_INDEX=2..251 to move it).
+BED_ID=$(printf '%s' "$ROOT" | sha256sum | cut -c1-6)
+BED_INDEX=${CUC_BED_INDEX:-$(( 16#$BED_ID % 250 + 2 ))}
+NODE_NETNS="cuc-$BED_ID"            # /run/netns/cuc-<id>: kubelet, containerd, kube-proxy, the bridge
+HOST_VETH="cuc-$BED_ID"             # host side of the link; "host0" in the node's namespace
+NFT_TABLE="cuc_$BED_ID"             # the host's guard (inet family)
+CGROUP_ROOT="/cuc-$BED_ID"          # the kubelet's cgroupRoot, in every v1 hierarchy
+BED_NET="10.234.$BED_INDEX"         # this bed's /24: nothing outside it is ever routed to
+POD_CIDR="$BED_NET.0/25"            # pods; the bridge (cni0) is $BED_NET.1
+BRIDGE_IP="$BED_NET.1"
+LINK_CIDR="$BED_NET.128/30"
+HOST_IP="$BED_NET.129"              # the API server and the Cognito proxy, as pods see them
+NODE_IP="$BED_NET.130"              # the node's InternalIP
+SERVICE_CIDR="10.96.0.0/24"         # exists only in the node's namespace (kube-proxy's rules)
+NODE_NAME="testbed-node"
+NODE_DIR="$RUN/node"                # containerd's root and state, the kubelet's root, configs
+PAUSE_IMAGE="registry.k8s.io/pause:3.10.2"   # containerd 2.3's default sandbox image name
+
 log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 
@@ -206,4 +228,39 @@ stop() {
   rm -f "$pidfile"
 }
 
+# buildah with this tree's own storage (vfs: no daemon, no overlay mounts) and its own
+# network config dir: by default every buildah command creates /etc/cni/net.d.
+buildah_local() {
+  mkdir -p "$LOCAL/buildah"
+  [[ -f "$LOCAL/buildah/containers.conf" ]] \
+    || printf '[network]\nnetwork_config_dir = "%s"\n' "$LOCAL/buildah/cni" > "$LOCAL/buildah/containers.conf"
+  CONTAINERS_CONF="$LOCAL/buildah/containers.conf" buildah --storage-driver vfs \
+    --root "$LOCAL/buildah/root" --runroot "$LOCAL/buildah/run" "$@"
+}
+
+# Mount points and their file system types, from /proc/self/mountinfo.
+mounts() { awk '{for (i = 7; i <= NF; i++) if ($i == "-") {print $5, $(i + 1); break}}' /proc/self/mountinfo; }
+
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+# write_kubeconfig FILE SERVER CA USER CERT KEY
+write_kubeconfig() {
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: $2
+    certificate-authority: $3
+users:
+- name: $4
+  user:
+    client-certificate: $5
+    client-key: $6
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: $4, namespace: default}
+current-context: testbed
+KC
+}
