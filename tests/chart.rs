@@ -38,7 +38,17 @@ fn helm_cmd(args: &[&str]) -> std::process::Output {
 }
 
 fn template(release: &str, ns: &str, sets: &[&str]) -> Result<String, String> {
-    let mut args = vec!["template", release, CHART, "--namespace", ns];
+    // The test bed's node runs what these tests apply: the chart's own image is not on
+    // it, and `Never` keeps the kubelet from asking a registry (a test's value wins).
+    let mut args = vec![
+        "template",
+        release,
+        CHART,
+        "--namespace",
+        ns,
+        "--set",
+        "image.pullPolicy=Never",
+    ];
     for s in sets {
         args.extend(["--set", s]);
     }
@@ -392,11 +402,12 @@ const TARGETS: [(&str, &str); 3] = [
 ];
 
 fn target_manifests(ns: &str) -> String {
+    // The test bed's node runs these pods: `Never` keeps the kubelet from ever pulling.
     TARGETS
         .iter()
         .map(|(kind, name)| {
             format!(
-                "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: registry.invalid/{name}}}]}}\n"
+                "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: registry.invalid/{name}, imagePullPolicy: Never}}]}}\n"
             )
         })
         .collect::<Vec<_>>()
