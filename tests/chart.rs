@@ -160,6 +160,9 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
         "rolloutRestart.enabled=maybe",
         "rolloutRestart.verbs={update}",
         "unknownKey=1",
+        "extraEnv[0].value=no-name",
+        "extraEnv[0].name=X,extraEnv[0].nonsense=1",
+        "extraEnv[0].name=X,extraEnv[0].value=1,extraEnv[0].valueFrom.fieldRef.fieldPath=x",
     ];
     for b in bad {
         let err = template("x", "default", &[b]).expect_err(b);
@@ -168,6 +171,31 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
             "{b}: {err}"
         );
     }
+
+    // extraEnv: EnvVar objects appended to the controller container's environment.
+    let rendered = template(
+        "x",
+        "default",
+        &[
+            "extraEnv[0].name=AWS_ENDPOINT_URL_STS,extraEnv[0].value=http://sts.example:8080",
+            "extraEnv[1].name=NODE,extraEnv[1].valueFrom.fieldRef.fieldPath=spec.nodeName",
+        ],
+    )
+    .expect("render");
+    let deployment = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the Deployment");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let env = env.as_array().expect("env");
+    assert_eq!(
+        env[env.len() - 2..],
+        [
+            json!({"name": "AWS_ENDPOINT_URL_STS", "value": "http://sts.example:8080"}),
+            json!({"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}),
+        ]
+    );
 }
 
 /// `rolloutRestart.enabled` adds exactly one rule, `patch` on the three apps workload
