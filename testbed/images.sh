@@ -65,12 +65,14 @@ build_aws_client() { # OUT
   umount_under "$rootfs"
   rm -rf "${rootfs:?}"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
     "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*
-  # A venv of the image's own python3, filled by pip on the host: awscli and boto3 are
-  # pure Python (PyYAML's wheel is cp311 manylinux, as the image's Python 3.11 needs).
+  # A venv of the image's own python3, filled by the host's pip (in a throwaway venv):
+  # awscli and boto3 are pure Python (PyYAML's wheel is cp311 manylinux, as the image's
+  # Python 3.11 needs).
   env PATH=/usr/bin:/bin "$chroot" "$rootfs" /usr/bin/python3 -m venv --without-pip /opt/aws
   pins=$(grep -E '^(awscli|boto3)==' "$ROOT/testbed/cognito/requirements.txt")
+  python3 -m venv "$work/pip"
   # shellcheck disable=SC2086
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile \
+  "$work/pip/bin/pip" install --quiet --disable-pip-version-check --no-compile \
     --python-version 3.11 --only-binary=:all: \
     --target "$rootfs/opt/aws/lib/python3.11/site-packages" $pins
   rm -rf "$rootfs/opt/aws/lib/python3.11/site-packages/bin"
@@ -130,7 +132,7 @@ ensure_node_images() {
   ensure_image pause build_pause "$(sha256sum "$(k8s_module_dir)/build/pause/linux/pause.c")" \
     "$PAUSE_IMAGE" "$(gcc --version | head -1)"
   ensure_image aws-client build_aws_client "$(grep -E '^(awscli|boto3)==' "$ROOT/testbed/cognito/requirements.txt")" \
-    "$("$VENV/bin/python" -c 'import sys; print(sys.version_info[:2])')"
+    "$(python3 -c 'import sys; print(sys.version_info[:2])')"
   "$ROOT/testbed/image.sh" >&2
   echo "$LOCAL/images/cognito-unauth-controller.tar"
 }

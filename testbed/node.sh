@@ -28,10 +28,13 @@ NODE_HOSTSTATE="$LOCAL/node-host-state"   # what the host had before up (read by
 
 in_node() { nsenter --net="/run/netns/$NODE_NETNS" -- "$@"; }
 # ctr on the node's containerd (it warns on stderr at every call that cgroup v1 is deprecated).
-ctr_node() { "$(containerd_bin_dir)/ctr" --address "$NODE_STATE/containerd.sock" -n k8s.io "$@"; }
+ctr_node() { "${cbin:-$(containerd_bin_dir)}/ctr" --address "$NODE_STATE/containerd.sock" -n k8s.io "$@"; }
 
+# Every Debian package the node and its images need, in one apt-get run (the image
+# builds run in the background, beside the Go builds: no second apt-get at once).
 node_prereqs() {
-  ensure_debs iptables nftables containernetworking-plugins buildah debootstrap
+  ensure_debs iptables nftables containernetworking-plugins buildah debootstrap \
+    libseccomp-dev pkg-config gcc libc6-dev musl-tools
   need nsenter "Install util-linux: apt-get install -y util-linux"
   need ip "Install iproute2: apt-get install -y iproute2"
   [[ -d /sys/fs/cgroup/memory ]] || die "the node needs cgroup v1 controllers under /sys/fs/cgroup (this machine kind has them)"
@@ -270,6 +273,8 @@ node_up() { # PKI API_URL IMAGE_ARCHIVE...
   local pki=$1 api_url=$2; shift 2
   local cbin kbin
   cbin=$(containerd_bin_dir); kbin=$(k8s_bin_dir)
+  echo "$kbin" > "$RUN/k8s-bin"
+  echo "$cbin" > "$RUN/containerd-bin"
   node_write_config "$pki" "$api_url"
   node_cgroups_up
   # containerd finds its shim next to itself on PATH.
@@ -319,7 +324,10 @@ node_remember_host() {
 # shims, mounts, the namespaces, the host's nft table and route, cgroups, log symlinks.
 # Safe to run when nothing or only part of it is up.
 node_down() {
-  local kbin; kbin=$(k8s_bin_dir)
+  # The binaries this bed was started with (the cache key may have changed since).
+  local kbin cbin
+  kbin=$(cat "$RUN/k8s-bin" 2>/dev/null || k8s_bin_dir)
+  cbin=$(cat "$RUN/containerd-bin" 2>/dev/null || containerd_bin_dir)
   # 1. Pods, through the kubelet, while it and the API server still run (the callers
   #    stop the controllers first, so nothing recreates them).
   if alive kubelet && alive kube-apiserver; then

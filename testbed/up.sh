@@ -42,15 +42,15 @@ mkdir -p "$RUN"
 "$ROOT/testbed/down.sh" --quiet || true
 mkdir -p "$RUN/pki"
 
+# The node's images build (the first time, or when their inputs changed) beside the Go
+# builds and the control plane's start.
+( ensure_node_images > "$RUN/images.list" ) 2> "$RUN/images.log" &
+images_job=$!
 ensure_venv &
 venv_job=$!
 ensure_cluster_binaries
 ensure_runtime_binaries
 wait "$venv_job"
-# The node's images build (the first time, or when their inputs changed) while the
-# control plane starts.
-( ensure_node_images > "$RUN/images.list" ) 2> "$RUN/images.log" &
-images_job=$!
 
 K8S_BIN="$(k8s_bin_dir)"
 ETCD_BIN="$(etcd_bin_dir)"
