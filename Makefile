@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down unit lint crds check-crds bench fuzz image reliability testbed-binaries
+.PHONY: help run test up down node-check unit lint crds check-crds bench fuzz image reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ test: ## fmt, clippy -D warnings, CRD freshness, unit tests, tests on the real c
 up: ## Start the local control plane and Cognito emulator (writes .local/env)
 	testbed/up.sh
 
-down: ## Stop everything `make up` started
+down: ## Stop everything `make up` started, and remove all the node added to the machine
 	testbed/down.sh
+
+node-check: ## Check the running node: network rules, images, pods reach the emulator and the API server
+	testbed/node-check.sh
 
 lint: ## cargo fmt --check and clippy with -D warnings
 	cargo fmt --all -- --check
@@ -46,5 +49,5 @@ fuzz: ## Run each cargo-fuzz target for FUZZ_SECONDS (default 60); needs nightly
 image: ## Build the Dockerfile's final stage with buildah from a host-built static binary
 	testbed/image.sh
 
-testbed-binaries: ## Build (once) the cluster binaries from the Go module proxy
-	bash -c 'source testbed/lib.sh && check_prereqs && ensure_cluster_binaries'
+testbed-binaries: ## Build (once) the cluster and node binaries from the Go module proxy
+	bash -c 'source testbed/lib.sh && check_prereqs && ensure_cluster_binaries && ensure_runtime_binaries'

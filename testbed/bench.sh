@@ -12,10 +12,10 @@ target=x86_64-unknown-linux-musl
 if rustup target list --installed | grep -qx "$target" && command -v musl-gcc >/dev/null 2>&1; then
   log "building the shipped binary (profile image, $target)"
   cargo build --locked --quiet --profile image --target "$target" --bin cognito-unauth-controller
-  bin="target/$target/image/cognito-unauth-controller"
+  bin="${CARGO_TARGET_DIR:-target}/$target/image/cognito-unauth-controller"
 else
   log "musl target or musl-gcc missing (testbed/image.sh installs them): benchmarking the release build"
   cargo build --locked --quiet --release --bin cognito-unauth-controller
-  bin="target/release/cognito-unauth-controller"
+  bin="${CARGO_TARGET_DIR:-target}/release/cognito-unauth-controller"
 fi
 "$VENV/bin/python" testbed/bench.py --n "$n" --binary "$bin" "$@"

@@ -16,6 +16,28 @@ RUN="$LOCAL/run"
 VENV="$LOCAL/venv"
 CACHE="${CUC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cognito-unauth-controller}"
 
+# The node (testbed/node.sh) lives in a network namespace of its own, joined to the host
+# by one veth pair. What is machine-global (the namespace, the host-side veth, the host's
+# nft table, the cgroup root, the addresses) is named after a short hash of $ROOT, so the
+# test beds of two work trees never collide; up.sh refuses to start when another bed
+# already holds this bed's addresses (set CUC_BED_INDEX=2..251 to move it).
+BED_ID=$(printf '%s' "$ROOT" | sha256sum | cut -c1-6)
+BED_INDEX=${CUC_BED_INDEX:-$(( 16#$BED_ID % 250 + 2 ))}
+NODE_NETNS="cuc-$BED_ID"            # /run/netns/cuc-<id>: kubelet, containerd, kube-proxy, the bridge
+HOST_VETH="cuc-$BED_ID"             # host side of the link; "host0" in the node's namespace
+NFT_TABLE="cuc_$BED_ID"             # the host's guard (inet family)
+CGROUP_ROOT="/cuc-$BED_ID"          # the kubelet's cgroupRoot, in every v1 hierarchy
+BED_NET="10.234.$BED_INDEX"         # this bed's /24: nothing outside it is ever routed to
+POD_CIDR="$BED_NET.0/25"            # pods; the bridge (cni0) is $BED_NET.1
+BRIDGE_IP="$BED_NET.1"
+LINK_CIDR="$BED_NET.128/30"
+HOST_IP="$BED_NET.129"              # the API server and the Cognito proxy, as pods see them
+NODE_IP="$BED_NET.130"              # the node's InternalIP
+SERVICE_CIDR="10.96.0.0/24"         # exists only in the node's namespace (kube-proxy's rules)
+NODE_NAME="testbed-node"
+NODE_DIR="$RUN/node"                # containerd's root and state, the kubelet's root, configs
+PAUSE_IMAGE="registry.k8s.io/pause:3.10.2"   # containerd 2.3's default sandbox image name
+
 log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 
@@ -69,7 +91,12 @@ ensure_venv() {
 # The cache key covers the pin (go.mod/go.sum/sources), the Go version and the link flags.
 go_key() {
   local dir=$1
-  { go version; go_ldflags "$dir"; cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; } | sha256sum | cut -c1-16
+  { go version; go_ldflags "$dir"; go_tags "$dir"; cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; } | sha256sum | cut -c1-16
+}
+
+# Build tags of the module in DIR (its build.tags file, if any).
+go_tags() {
+  if [[ -f "$1/build.tags" ]]; then tr -s ' \n' ' ' < "$1/build.tags" | sed 's/ $//'; fi
 }
 
 # Link flags: strip symbols, and stamp the Kubernetes version (module builds report
@@ -102,22 +129,33 @@ go_ldflags() {
 k8s_bin_dir() { echo "$CACHE/k8s-$(go_key "$ROOT/testbed/k8s")"; }
 etcd_bin_dir() { echo "$CACHE/etcd-$(go_key "$ROOT/testbed/etcd")"; }
 helm_bin_dir() { echo "$CACHE/helm-$(go_key "$ROOT/testbed/helm")"; }
+containerd_bin_dir() { echo "$CACHE/containerd-$(go_key "$ROOT/testbed/containerd")"; }
+runc_bin_dir() { echo "$CACHE/runc-$(go_key "$ROOT/testbed/runc")"; }
 
 # build_go DIR OUT PKG...: build PKGs of the Go module in DIR into OUT, once per key.
 build_go() {
   local dir=$1 out=$2; shift 2
-  [[ -f "$out/.complete" ]] && return 0
+  if [[ -f "$out/.complete" ]]; then
+    touch "$out/.used"
+    return 0
+  fi
   log "building $* from the Go module proxy into $out (first time only; several minutes)"
   local start; start=$(date +%s)
   rm -rf "$out.partial"
   mkdir -p "$out.partial"
-  (cd "$dir" && go build -buildvcs=false -trimpath -ldflags "$(go_ldflags "$dir")" -o "$out.partial/" "$@")
+  (cd "$dir" && go build -buildvcs=false -trimpath -tags "$(go_tags "$dir")" \
+    -ldflags "$(go_ldflags "$dir")" -o "$out.partial/" "$@")
   rm -rf "$out"
   mv "$out.partial" "$out"
-  # Builds for an older pin are dead weight: keep only this one.
+  touch "$out/.used"
+  # Builds for an older pin are dead weight; but another work tree of this project (a
+  # branch on another pin) may still use one: drop those unused for a week.
   local sibling
   for sibling in "${out%-*}"-*; do
-    [[ "$sibling" != "$out" && -d "$sibling" ]] && rm -rf "$sibling"
+    [[ "$sibling" != "$out" && -d "$sibling" && ! "$sibling" == *.partial ]] || continue
+    if [[ -z "$(find "$sibling/.used" "$sibling/.complete" -maxdepth 0 -mtime -7 2>/dev/null)" ]]; then
+      rm -rf "$sibling"
+    fi
   done
   echo "$(( $(date +%s) - start ))" > "$out/.complete"
   log "built in $(cat "$out/.complete")s"
@@ -128,7 +166,37 @@ ensure_cluster_binaries() {
   build_go "$ROOT/testbed/k8s" "$(k8s_bin_dir)" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy
+}
+
+# The node's container runtime: containerd 2.x and runc, from the Go module proxy.
+# runc needs cgo and libseccomp (Debian's libseccomp-dev, found with pkg-config).
+ensure_runtime_binaries() {
+  ensure_debs libseccomp-dev pkg-config
+  build_go "$ROOT/testbed/containerd" "$(containerd_bin_dir)" \
+    github.com/containerd/containerd/v2/cmd/containerd \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    github.com/containerd/containerd/v2/cmd/ctr
+  CGO_ENABLED=1 build_go "$ROOT/testbed/runc" "$(runc_bin_dir)" github.com/opencontainers/runc
+}
+
+# ensure_debs PKG...: install the Debian packages that are missing (once per machine).
+ensure_debs() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  (( ${#missing[@]} )) || return 0
+  command -v apt-get >/dev/null 2>&1 \
+    || die "missing Debian packages: ${missing[*]}; install them with your distribution's tools"
+  log "installing Debian packages: ${missing[*]}"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+      install -y -q --no-install-recommends "${missing[@]}"; } >"${TMPDIR:-/tmp}/cuc-apt.log" 2>&1 \
+    || { tail -20 "${TMPDIR:-/tmp}/cuc-apt.log" >&2
+         die "could not install them: apt-get update && apt-get install -y ${missing[*]}"; }
 }
 
 ensure_helm() {
@@ -160,4 +228,39 @@ stop() {
   rm -f "$pidfile"
 }
 
+# buildah with this tree's own storage (vfs: no daemon, no overlay mounts) and its own
+# network config dir: by default every buildah command creates /etc/cni/net.d.
+buildah_local() {
+  mkdir -p "$LOCAL/buildah"
+  [[ -f "$LOCAL/buildah/containers.conf" ]] \
+    || printf '[network]\nnetwork_config_dir = "%s"\n' "$LOCAL/buildah/cni" > "$LOCAL/buildah/containers.conf"
+  CONTAINERS_CONF="$LOCAL/buildah/containers.conf" buildah --storage-driver vfs \
+    --root "$LOCAL/buildah/root" --runroot "$LOCAL/buildah/run" "$@"
+}
+
+# Mount points and their file system types, from /proc/self/mountinfo.
+mounts() { awk '{for (i = 7; i <= NF; i++) if ($i == "-") {print $5, $(i + 1); break}}' /proc/self/mountinfo; }
+
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+# write_kubeconfig FILE SERVER CA USER CERT KEY
+write_kubeconfig() {
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: $2
+    certificate-authority: $3
+users:
+- name: $4
+  user:
+    client-certificate: $5
+    client-key: $6
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: $4, namespace: default}
+current-context: testbed
+KC
+}

@@ -26,4 +26,4 @@ moto's credentials live 90 s, so the controller rotates them about every minute.
 Ctrl-C stops the controller; 'make down' stops the test bed.
 
 MSG
-exec target/debug/cognito-unauth-controller --log-level "${LOG_LEVEL:-info}"
+exec "${CARGO_TARGET_DIR:-target}/debug/cognito-unauth-controller" --log-level "${LOG_LEVEL:-info}"

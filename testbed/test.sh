@@ -21,9 +21,14 @@ step "unit tests"
 cargo test --locked --lib --bins
 
 started_here=0
+before="$LOCAL/machine-before-up.txt"
 cleanup() {
   local rc=$?
-  if (( started_here )); then testbed/down.sh || true; fi
+  if (( started_here )); then
+    testbed/down.sh || rc=1
+    step "make down left the machine as it was before make up"
+    testbed/leftovers.sh compare "$before" || rc=1
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -31,11 +36,18 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 if ! testbed/up.sh --check-only 2>/dev/null; then
   started_here=1
+  # Whatever an earlier run left must not count against this one, nor what installing
+  # the node's Debian packages adds.
+  testbed/down.sh --quiet
+  bash -c 'source testbed/lib.sh && source testbed/node.sh && node_prereqs'
+  testbed/leftovers.sh snapshot "$before"
 fi
 step "test bed up"
 testbed/up.sh
 # shellcheck disable=SC1091
 source "$LOCAL/env"
+step "the node: network rules, images, pods placed by the scheduler reach the emulator and the API server"
+testbed/node-check.sh
 step "tests against the real control plane and the Cognito emulator"
 # The tests mostly wait on the API server and the emulator: run more than the 2 cores.
 cargo test --locked --test '*' -- --test-threads 8

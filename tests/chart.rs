@@ -38,7 +38,17 @@ fn helm_cmd(args: &[&str]) -> std::process::Output {
 }
 
 fn template(release: &str, ns: &str, sets: &[&str]) -> Result<String, String> {
-    let mut args = vec!["template", release, CHART, "--namespace", ns];
+    // The test bed's node runs what these tests apply: the chart's own image is not on
+    // it, and `Never` keeps the kubelet from asking a registry (a test's value wins).
+    let mut args = vec![
+        "template",
+        release,
+        CHART,
+        "--namespace",
+        ns,
+        "--set",
+        "image.pullPolicy=Never",
+    ];
     for s in sets {
         args.extend(["--set", s]);
     }
@@ -150,6 +160,9 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
         "rolloutRestart.enabled=maybe",
         "rolloutRestart.verbs={update}",
         "unknownKey=1",
+        "extraEnv[0].value=no-name",
+        "extraEnv[0].name=X,extraEnv[0].nonsense=1",
+        "extraEnv[0].name=X,extraEnv[0].value=1,extraEnv[0].valueFrom.fieldRef.fieldPath=x",
     ];
     for b in bad {
         let err = template("x", "default", &[b]).expect_err(b);
@@ -158,6 +171,31 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
             "{b}: {err}"
         );
     }
+
+    // extraEnv: EnvVar objects appended to the controller container's environment.
+    let rendered = template(
+        "x",
+        "default",
+        &[
+            "extraEnv[0].name=AWS_ENDPOINT_URL_STS,extraEnv[0].value=http://sts.example:8080",
+            "extraEnv[1].name=NODE,extraEnv[1].valueFrom.fieldRef.fieldPath=spec.nodeName",
+        ],
+    )
+    .expect("render");
+    let deployment = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the Deployment");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let env = env.as_array().expect("env");
+    assert_eq!(
+        env[env.len() - 2..],
+        [
+            json!({"name": "AWS_ENDPOINT_URL_STS", "value": "http://sts.example:8080"}),
+            json!({"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}),
+        ]
+    );
 }
 
 /// `rolloutRestart.enabled` adds exactly one rule, `patch` on the three apps workload
@@ -392,11 +430,12 @@ const TARGETS: [(&str, &str); 3] = [
 ];
 
 fn target_manifests(ns: &str) -> String {
+    // The test bed's node runs these pods: `Never` keeps the kubelet from ever pulling.
     TARGETS
         .iter()
         .map(|(kind, name)| {
             format!(
-                "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: registry.invalid/{name}}}]}}\n"
+                "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: registry.invalid/{name}, imagePullPolicy: Never}}]}}\n"
             )
         })
         .collect::<Vec<_>>()

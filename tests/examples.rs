@@ -25,6 +25,8 @@ use testbed_support::{
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
 const PLACEHOLDER: &str = "DEMO_IDENTITY_POOL_ID";
 const RESTARTED_AT: &str = "cognito.kubecred.io/restartedAt";
+const PUBLIC_AWS_CLI: &str = "public.ecr.aws/aws-cli/aws-cli:2.27.0";
+const LOCAL_AWS_CLI: &str = "localhost/aws-client:dev";
 
 /// The examples with a test of their own here; `demo.yaml` is `make run`'s.
 const RECIPES: [&str; 3] = [
@@ -250,7 +252,16 @@ async fn check(file: &str, recipe: Recipe) {
     let text = example(file);
     let pool_line = format!("identityPoolId: {PLACEHOLDER}");
     assert_eq!(text.matches(&pool_line).count(), 1, "{file}: {pool_line}");
-    let manifests = text.replace(PLACEHOLDER, &pool);
+    // The test bed's node never pulls: the recipes' public aws CLI image becomes the
+    // local one with the same tools (sh, cat, aws), which `make up` imported.
+    assert_eq!(
+        text.matches(PUBLIC_AWS_CLI).count(),
+        1,
+        "{file}: {PUBLIC_AWS_CLI}"
+    );
+    let manifests = text
+        .replace(PLACEHOLDER, &pool)
+        .replace(PUBLIC_AWS_CLI, LOCAL_AWS_CLI);
     let warnings =
         apply_strict(&ns.name, &manifests, &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
     assert!(

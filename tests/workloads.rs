@@ -450,6 +450,8 @@ fn deployment(name: &str) -> Deployment {
                 "spec": {"containers": [{
                     "name": "app",
                     "image": "registry.invalid/app:1",
+                    // The test bed's node runs this pod: never pull.
+                    "imagePullPolicy": "Never",
                     "envFrom": [{"secretRef": {"name": "app"}}],
                 }]},
             },

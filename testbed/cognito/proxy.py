@@ -909,6 +909,8 @@ def main() -> int:
     ap.add_argument("--listen", default="127.0.0.1:0", help="host:port (loopback)")
     ap.add_argument("--upstream", required=True, help="moto's URL, e.g. http://127.0.0.1:5000")
     ap.add_argument("--port-file", help="write the bound port here once listening")
+    ap.add_argument("--also-listen", action="append", default=[], metavar="HOST",
+                    help="serve on this address too, same port (the node's pods reach the host there)")
     args = ap.parse_args()
     host, port = args.listen.rsplit(":", 1)
     STATE = State(args.upstream)
@@ -916,6 +918,11 @@ def main() -> int:
     server = ThreadingHTTPServer((host, int(port)), Handler)
     server.daemon_threads = True
     bound = server.server_address[1]
+    for extra in args.also_listen:
+        more = ThreadingHTTPServer((extra, bound), Handler)
+        more.daemon_threads = True
+        threading.Thread(target=more.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        print(f"cognito proxy also on http://{extra}:{bound}", flush=True)
     if args.port_file:
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as f:

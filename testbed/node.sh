@@ -1,0 +1,419 @@
+# shellcheck shell=bash
+# The test bed's node: containerd (2.x) and runc, the kubelet and kube-proxy, all inside a
+# network namespace of their own (/run/netns/cuc-<id>), joined to the host by one veth
+# pair; the pods' bridge (cni0) and every iptables rule the kubelet, kube-proxy and the
+# CNI plugins make live in that namespace and vanish with it.
+#
+#   host namespace                           node namespace (cuc-<id>)
+#   kube-apiserver, Cognito proxy            kubelet, containerd, kube-proxy
+#     on $HOST_IP (and 127.0.0.1)            host0 $NODE_IP ---- cni0 $BRIDGE_IP ---- pods
+#   cuc-<id> $HOST_IP/30 ------------------- host0                      ($POD_CIDR)
+#
+# No packet from a pod can leave the machine, by three independent rules:
+#   - routes: pods have routes to this bed's /24 and the service range only, and the
+#     node's namespace has no default route: anything else is "network unreachable";
+#   - the node's nft table cuc_guard: its forward chain (policy drop) lets pod traffic
+#     reach pods and $HOST_IP only; the CNI bridge has ipMasq off;
+#   - the host's nft table cuc_<id>: nothing is forwarded to or from the veth, and from
+#     it only the ports in its set "ports" (the API server's, the proxy's) on $HOST_IP
+#     are reachable.
+# The host's own ip_forward is never touched (only the node namespace's is on).
+# containerd never reaches a registry: every registry host maps to a refused loopback
+# port (certs.d/_default/hosts.toml), and the node has nothing to route a pull by.
+# Every image is built locally (testbed/images.sh) and imported.
+# Sourced by up.sh and down.sh after lib.sh.
+
+NODE_STATE="/run/cuc-$BED_ID"     # short: containerd's and the shims' sockets, the kubelet's root
+NODE_HOSTSTATE="$LOCAL/node-host-state"   # what the host had before up (read by down)
+
+in_node() { nsenter --net="/run/netns/$NODE_NETNS" -- "$@"; }
+# ctr on the node's containerd (it warns on stderr at every call that cgroup v1 is deprecated).
+ctr_node() { "${cbin:-$(containerd_bin_dir)}/ctr" --address "$NODE_STATE/containerd.sock" -n k8s.io "$@"; }
+
+# Every Debian package the node and its images need, in one apt-get run (the image
+# builds run in the background, beside the Go builds: no second apt-get at once).
+node_prereqs() {
+  ensure_debs iptables nftables containernetworking-plugins buildah debootstrap \
+    libseccomp-dev pkg-config gcc libc6-dev musl-tools
+  need nsenter "Install util-linux: apt-get install -y util-linux"
+  need ip "Install iproute2: apt-get install -y iproute2"
+  [[ -d /sys/fs/cgroup/memory ]] || die "the node needs cgroup v1 controllers under /sys/fs/cgroup (this machine kind has them)"
+}
+
+# The v1 hierarchies (and the unified one) mounted under /sys/fs/cgroup.
+cgroup_hierarchies() {
+  mounts | awk '($2 == "cgroup" || $2 == "cgroup2") && $1 ~ /^\/sys\/fs\/cgroup\// {print $1}'
+}
+
+# ---------------------------------------------------------------- network
+node_network_up() {
+  node_remember_host
+  if ip -o -4 addr show | grep -q " inet $BED_NET\." || ip -4 route show | grep -q "^$BED_NET\."; then
+    die "addresses in $BED_NET.0/24 are in use on this machine (another test bed?): 'make down' in the work tree that owns them, or set CUC_BED_INDEX to another number in 2..251"
+  fi
+  [[ ! -e "/run/netns/$NODE_NETNS" ]] || die "network namespace $NODE_NETNS exists: run 'make down' here first"
+  ip netns add "$NODE_NETNS"
+  ip link add "$HOST_VETH" type veth peer name host0 netns "$NODE_NETNS"
+  sysctl -qw "net/ipv6/conf/$HOST_VETH/disable_ipv6=1"
+  ip addr add "$HOST_IP/30" dev "$HOST_VETH"
+  ip link set "$HOST_VETH" up
+  ip route add "$POD_CIDR" via "$NODE_IP" dev "$HOST_VETH"
+  in_node ip link set lo up
+  in_node sysctl -qw net.ipv6.conf.host0.disable_ipv6=1
+  in_node ip addr add "$NODE_IP/30" dev host0
+  in_node ip link set host0 up
+  # The bridge exists before the first pod, with the address the CNI config names as
+  # gateway (the bridge plugin reuses both).
+  in_node ip link add cni0 type bridge
+  in_node ip addr add "$BRIDGE_IP/25" dev cni0
+  in_node ip link set cni0 up
+  in_node sysctl -qw net.ipv4.ip_forward=1
+  # Deliberately no default route in the node's namespace.
+  in_node nft -f - <<NFT
+table inet cuc_guard {
+  chain forward {
+    type filter hook forward priority -10; policy drop;
+    ip saddr $POD_CIDR ip daddr { $POD_CIDR, $HOST_IP } accept
+    ip saddr $HOST_IP ip daddr $POD_CIDR accept
+  }
+}
+NFT
+  nft -f - <<NFT
+table inet $NFT_TABLE {
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    iifname "$HOST_VETH" drop
+    oifname "$HOST_VETH" drop
+  }
+  set ports {
+    type inet_service
+  }
+  chain input {
+    type filter hook input priority -10; policy accept;
+    iifname "$HOST_VETH" ct state established,related accept
+    iifname "$HOST_VETH" ip daddr $HOST_IP tcp dport @ports accept
+    iifname "$HOST_VETH" drop
+    ip daddr $HOST_IP iifname != { "lo", "$HOST_VETH" } drop
+  }
+}
+NFT
+}
+
+# node_allow_port PORT: let the node and its pods reach PORT on $HOST_IP.
+node_allow_port() { nft add element inet "$NFT_TABLE" ports "{ $1 }"; }
+
+# ---------------------------------------------------------------- configuration
+node_write_config() { # PKI CA_PATH API_URL
+  local pki=$1 api_url=$2 cbin rbin
+  cbin=$(containerd_bin_dir); rbin=$(runc_bin_dir)
+  mkdir -p "$NODE_DIR"/{containerd,cni/net.d,cni/ipam,certs.d/_default,pod-logs,volume-plugins} \
+    "$NODE_STATE"/{containerd,s,kubelet}
+  cat > "$NODE_DIR/containerd.toml" <<TOML
+# The test bed's node runtime (containerd $("$cbin/containerd" --version | awk '{print $3}')). Paths are this bed's own.
+version = 4
+root = '$NODE_DIR/containerd'
+state = '$NODE_STATE/containerd'
+imports = []
+# Plugins that would use machine-global paths (/opt/containerd, /var/run/nri, /etc/nri)
+# or that the node has no use for.
+disabled_plugins = [
+  'io.containerd.nri.v1.nri',
+  'io.containerd.internal.v1.opt',
+  'io.containerd.image-verifier.v1.bindir',
+  'io.containerd.tracing.processor.v1.otlp',
+  'io.containerd.internal.v1.tracing',
+  'io.containerd.snapshotter.v1.blockfile',
+  'io.containerd.snapshotter.v1.erofs',
+  'io.containerd.differ.v1.erofs',
+  'io.containerd.mount-handler.v1.erofs',
+]
+
+[plugins]
+  [plugins.'io.containerd.server.v1.grpc']
+    address = '$NODE_STATE/containerd.sock'
+  [plugins.'io.containerd.server.v1.ttrpc']
+    address = '$NODE_STATE/containerd.sock.ttrpc'
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '$PAUSE_IMAGE'
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = '$NODE_DIR/certs.d'
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    # This machine's root lacks CAP_SYS_RESOURCE: pod sandboxes (-998) and Guaranteed pods
+    # (-997) cannot lower their oom_score_adj below containerd's own.
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    cdi_spec_dirs = ['$NODE_DIR/cdi']
+    enable_criu = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = '$rbin/runc'
+        Root = '$NODE_STATE/runc'
+        SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ['/usr/lib/cni']
+      conf_dir = '$NODE_DIR/cni/net.d'
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = '$NODE_STATE/s'
+
+  [plugins.'io.containerd.transfer.v1.local']
+    config_path = '$NODE_DIR/certs.d'
+TOML
+  cat > "$NODE_DIR/certs.d/_default/hosts.toml" <<'TOML'
+# Every registry (docker.io, registry.k8s.io, public.ecr.aws, registry.invalid, ...) is
+# this loopback port of the node's namespace, where nothing listens: a pull is refused at
+# once and never leaves the node. Images are built locally and imported.
+server = 'http://127.0.0.1:9'
+TOML
+  cat > "$NODE_DIR/cni/net.d/10-testbed.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "cuc-$BED_ID",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$NODE_DIR/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$BRIDGE_IP"}]],
+        "routes": [{"dst": "$BED_NET.0/24"}, {"dst": "$SERVICE_CIDR"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
+  # No DNS server on the node: a lookup fails at once, inside the pod.
+  printf '# The test bed has no cluster DNS; nothing listens here.\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n' \
+    > "$NODE_DIR/resolv.conf"
+  cat > "$NODE_DIR/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# This machine: cgroup v1 (kubelet >= 1.35 refuses it unless told), swap on, cgroupfs.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: $CGROUP_ROOT
+failSwapOn: false
+containerRuntimeEndpoint: unix://$NODE_STATE/containerd.sock
+address: $NODE_IP
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $pki/ca.crt}
+authorization: {mode: Webhook}
+tlsCertFile: $pki/kubelet-serving.crt
+tlsPrivateKeyFile: $pki/kubelet-serving.key
+rotateCertificates: false
+serverTLSBootstrap: false
+clusterDomain: cluster.local
+resolvConf: $NODE_DIR/resolv.conf
+podLogsDir: $NODE_DIR/pod-logs
+volumePluginDir: $NODE_DIR/volume-plugins
+# A shared disk: image GC and eviction must never fire because another tree filled it.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "0%", nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%", imagefs.inodesFree: "0%"}
+localStorageCapacityIsolation: false
+# syncFrequency, the Secret and ConfigMap refresh and every other timing: the defaults,
+# which is what users live with.
+YAML
+  local name user cert
+  for name in kubelet kube-proxy; do
+    user=system:node:$NODE_NAME; cert=node
+    [[ "$name" == kube-proxy ]] && { user=system:kube-proxy; cert=kube-proxy; }
+    write_kubeconfig "$NODE_DIR/$name.kubeconfig" "$api_url" "$pki/ca.crt" "$user" "$pki/$cert.crt" "$pki/$cert.key"
+  done
+  cat > "$NODE_DIR/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $NODE_DIR/kube-proxy.kubeconfig}
+hostnameOverride: $NODE_NAME
+mode: iptables
+# Traffic from pods is never marked for masquerade; only the node's own.
+clusterCIDR: $POD_CIDR
+detectLocalMode: ClusterCIDR
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+iptables: {localhostNodePorts: false}
+nodePortAddresses: ["$NODE_IP/32"]
+# Leave the machine-wide conntrack sysctls alone.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+YAML
+}
+
+# ---------------------------------------------------------------- cgroups
+node_cgroups_up() {
+  local h
+  for h in $(cgroup_hierarchies); do
+    mkdir -p "$h$CGROUP_ROOT"
+    if [[ -f "$h/cpuset.cpus" ]]; then
+      cat "$h/cpuset.cpus" > "$h$CGROUP_ROOT/cpuset.cpus"
+      cat "$h/cpuset.mems" > "$h$CGROUP_ROOT/cpuset.mems"
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- processes
+node_up() { # PKI API_URL IMAGE_ARCHIVE...
+  local pki=$1 api_url=$2; shift 2
+  local cbin kbin
+  cbin=$(containerd_bin_dir); kbin=$(k8s_bin_dir)
+  echo "$kbin" > "$RUN/k8s-bin"
+  echo "$cbin" > "$RUN/containerd-bin"
+  node_write_config "$pki" "$api_url"
+  node_cgroups_up
+  # containerd finds its shim next to itself on PATH.
+  start containerd env PATH="$cbin:$PATH" nsenter --net="/run/netns/$NODE_NETNS" -- \
+    "$cbin/containerd" --config "$NODE_DIR/containerd.toml" --log-level warn
+  wait_until 60 containerd ctr_node version || { tail -30 "$RUN/containerd.log" >&2; die "containerd did not start"; }
+  local archive
+  for archive in "$@"; do
+    ctr_node images import --local "$archive" >/dev/null 2>"$RUN/ctr-import.log" \
+      || { cat "$RUN/ctr-import.log" >&2; die "ctr images import $archive failed"; }
+  done
+  start kubelet nsenter --net="/run/netns/$NODE_NETNS" -- "$kbin/kubelet" \
+    --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubelet.kubeconfig" \
+    --root-dir "$NODE_STATE/kubelet" --cert-dir "$NODE_STATE/kubelet/pki" \
+    --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
+  start kube-proxy nsenter --net="/run/netns/$NODE_NETNS" -- "$kbin/kube-proxy" \
+    --config "$NODE_DIR/kube-proxy.yaml" --v=1
+}
+
+# Waits until the node is Ready and kube-proxy has programmed the kubernetes Service.
+node_registered() { "$(k8s_bin_dir)/kubectl" --kubeconfig "$LOCAL/kubeconfig" get node "$NODE_NAME"; }
+service_programmed() { in_node iptables -t nat -S KUBE-SERVICES | grep -q -- "-d ${SERVICE_CIDR%.0/*}.1/32"; }
+node_wait_ready() {
+  local kbin; kbin=$(k8s_bin_dir)
+  wait_until 90 "the node to register" node_registered \
+    || { tail -30 "$RUN/kubelet.log" >&2; die "the kubelet did not register the node"; }
+  "$kbin/kubectl" --kubeconfig "$LOCAL/kubeconfig" wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s >/dev/null \
+    || { tail -30 "$RUN/kubelet.log" >&2; die "the node did not become Ready"; }
+  wait_until 60 "kube-proxy to program the kubernetes Service" service_programmed \
+    || { tail -30 "$RUN/kube-proxy.log" >&2; die "kube-proxy did not program the kubernetes Service"; }
+}
+
+# What the node may change on the host outside this bed's own paths, recorded before
+# anything starts so that down can put it back: /run/netns (made and bind-mounted by the
+# first `ip netns add`), the kubelet's legacy log links and its device-plugin socket
+# (both at fixed paths, whatever its root dir), libcni's cache.
+node_remember_host() {
+  local d
+  echo "ip_forward $(cat /proc/sys/net/ipv4/ip_forward)" > "$NODE_HOSTSTATE"
+  for d in /run/netns /var/log/containers /var/lib/cni /var/lib/kubelet; do
+    if [[ -d "$d" ]]; then echo "$d $(stat -c %a "$d")" >> "$NODE_HOSTSTATE"; else echo "$d absent" >> "$NODE_HOSTSTATE"; fi
+  done
+}
+
+# ---------------------------------------------------------------- teardown
+# Stops pods, then the kubelet, then containerd, and removes everything the node added:
+# shims, mounts, the namespaces, the host's nft table and route, cgroups, log symlinks.
+# Safe to run when nothing or only part of it is up.
+node_down() {
+  # The binaries this bed was started with (the cache key may have changed since).
+  local kbin cbin
+  kbin=$(cat "$RUN/k8s-bin" 2>/dev/null || k8s_bin_dir)
+  cbin=$(cat "$RUN/containerd-bin" 2>/dev/null || containerd_bin_dir)
+  # 1. Pods, through the kubelet, while it and the API server still run (the callers
+  #    stop the controllers first, so nothing recreates them).
+  if alive kubelet && alive kube-apiserver; then
+    "$kbin/kubectl" --kubeconfig "$LOCAL/kubeconfig" delete pods --all-namespaces --all \
+      --grace-period=1 --wait=true --timeout=60s >/dev/null 2>&1 \
+      || log "pods did not all stop within 60s; killing what is left through containerd"
+  fi
+  stop kube-proxy
+  stop kubelet
+  # 2. Whatever still runs, through containerd: kill the tasks, delete containers, so the
+  #    shims exit.
+  if alive containerd; then
+    local t
+    for t in $(ctr_node tasks ls -q 2>/dev/null); do ctr_node tasks delete --force "$t" >/dev/null 2>&1 || true; done
+    for t in $(ctr_node containers ls -q 2>/dev/null); do ctr_node containers delete "$t" >/dev/null 2>&1 || true; done
+  fi
+  stop containerd
+  # 3. Shims and container processes that outlived it: only ours (their socket is ours).
+  local pid
+  for pid in $(node_pids); do kill -KILL "$pid" 2>/dev/null || true; done
+  # 4. Mounts under our dirs (netns files, shm, overlay rootfs, volumes, the kubelet's
+  #    self bind mount), deepest first.
+  local dir
+  for dir in "$NODE_STATE" "$NODE_DIR"; do umount_all_under "$dir"; done
+  # 5. Network: the node namespace takes its bridge, veths, routes, iptables and nft
+  #    rules with it; the host keeps nothing of ours.
+  ip netns delete "$NODE_NETNS" 2>/dev/null || true
+  ip link delete "$HOST_VETH" 2>/dev/null || true
+  nft delete table inet "$NFT_TABLE" 2>/dev/null || true
+  # 6. Cgroups: ours, deepest first (the kubelet's kubepods/... under our root).
+  local h
+  for h in $(cgroup_hierarchies); do
+    [[ -d "$h$CGROUP_ROOT" ]] || continue
+    find "$h$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  # 7. What the kubelet and the CNI plugins leave on the host outside our paths.
+  node_restore_host
+  rm -rf --one-file-system "$NODE_STATE"
+}
+
+# The processes of this bed's node that are not in a pid file: shims (started with our
+# socket) and anything still in our cgroups.
+node_pids() {
+  local p h
+  for p in /proc/[0-9]*; do
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -q -- "$NODE_STATE/" && echo "${p#/proc/}"
+  done
+  for h in $(cgroup_hierarchies); do
+    [[ -d "$h$CGROUP_ROOT" ]] && find "$h$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null
+  done
+  true
+}
+
+umount_all_under() {
+  local dir=$1 m
+  [[ -d "$dir" ]] || return 0
+  while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
+  done < <(awk -v d="$dir" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r)
+}
+
+node_restore_host() {
+  [[ -f "$NODE_HOSTSTATE" ]] || return 0
+  local d state f
+  # The kubelet's legacy log symlinks point into our pod log dir.
+  if [[ -d /var/log/containers ]]; then
+    for f in /var/log/containers/*.log; do
+      [[ -L "$f" && "$(readlink "$f")" == "$NODE_DIR/"* ]] && rm -f "$f"
+    done
+  fi
+  # libcni's result cache: entries named after our network.
+  rm -rf /var/lib/cni/results/"cuc-$BED_ID"-* 2>/dev/null || true
+  # The kubelet's device-plugin socket (no device plugins run here).
+  rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+  while read -r d state; do
+    if [[ "$d" != /* ]]; then
+      continue
+    elif [[ "$state" == absent ]]; then
+      [[ -d "$d" ]] || continue
+      if [[ -z "$(find "$d" -mindepth 1 -not -type d -print -quit)" ]] && mountpoint -q "$d"; then
+        umount "$d" 2>/dev/null || true
+      fi
+      find "$d" -depth -type d -empty -delete 2>/dev/null || true
+    elif [[ -d "$d" ]]; then
+      chmod "$state" "$d"
+    fi
+  done < "$NODE_HOSTSTATE"
+  rm -f "$NODE_HOSTSTATE"
+}
