@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
 use crate::restart::{self, Duty};
 use crate::schedule;
-use crate::secret::{self, Credentials, Owner, Provenance};
+use crate::secret::{self, Credentials, Owner, Provenance, RoleSession};
 use crate::status::{self, Builder, reason, show, time};
 
 /// Field manager for every write, and the events' reporting controller.
@@ -318,10 +318,20 @@ struct Reconciliation<'a, C> {
     api: Api<CognitoUnauthCredential>,
     now: Timestamp,
     renew_before: Duration,
+    /// Flow Basic: what AssumeRoleWithWebIdentity is asked for; None for Enhanced.
+    session: Option<RoleSession>,
     existing: Option<Secret>,
     status: Builder,
     /// An identity GetId created in this reconcile (said in the rotation's event).
     created: Option<String>,
+}
+
+/// New credentials, and what they came from.
+struct Fetched {
+    identity_id: String,
+    credentials: Credentials,
+    /// Flow Basic: AssumeRoleWithWebIdentity's AssumedRoleUser.Arn.
+    assumed_role_arn: Option<String>,
 }
 
 impl<'a, C: Cognito> Reconciliation<'a, C> {
@@ -350,11 +360,19 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         next.previous_secret_names.retain(|p| *p != secret_name);
         next.secret_name = Some(secret_name.clone());
 
-        let renew_before = match schedule::parse_go_duration(obj.spec.renew_before()) {
-            Ok(d) => d,
+        // Admission refuses these; an older CRD or a direct etcd write could still let
+        // them in.
+        let parsed = schedule::parse_go_duration(obj.spec.renew_before())
+            .map_err(|e| e.to_string())
+            .and_then(|rb| {
+                plan::role_session(&obj.spec, &ns, &obj.name_any())
+                    .map(|session| (rb, session))
+                    .map_err(|e| e.to_string())
+            });
+        let (renew_before, session) = match parsed {
+            Ok(p) => p,
             Err(e) => {
-                // Admission refuses this; an older CRD or a direct etcd write could still let it in.
-                status.not_ready(reason::INVALID_SPEC, e.to_string());
+                status.not_ready(reason::INVALID_SPEC, e);
                 ctx.write_status(&api, obj, status.old(), status.next())
                     .await?;
                 return Ok(Loaded::Done(Action::await_change()));
@@ -372,6 +390,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             api,
             now,
             renew_before,
+            session,
             existing,
             status,
             created: None,
@@ -404,6 +423,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             seed: &self.uid,
             started: self.ctx.started(),
             pending_identity: pending.as_ref().map(|(p, i)| (p.as_str(), i.as_str())),
+            session: self.session.as_ref(),
         });
         debug!(plan = ?decision, "decided");
         let action = match decision {
@@ -596,7 +616,11 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         identity: Option<String>,
         kept: Option<&Kept>,
     ) -> Result<Action, Error> {
-        let (identity_id, mut creds) = match self.fetch(identity).await? {
+        let Fetched {
+            identity_id,
+            credentials: mut creds,
+            assumed_role_arn,
+        } = match self.fetch(identity).await? {
             Ok(got) => got,
             Err(e) => return Ok(self.failed(e.reason(), &e.to_string(), kept).await),
         };
@@ -628,6 +652,8 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             identity_id,
             region: self.region().to_string(),
             custom_role_arn: self.obj.spec.custom_role_arn.clone(),
+            session: self.session.clone(),
+            assumed_role_arn,
             issued_at,
             force_token: self.force_token().map(str::to_string),
         };
@@ -718,20 +744,18 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         requeue_at(self.now, self.wake(due, kept))
     }
 
-    /// GetId when there is no identity to reuse (saved at once), then
-    /// GetCredentialsForIdentity; a forgotten identity is replaced once.
+    /// GetId when there is no identity to reuse (saved at once), then the flow's calls
+    /// (`issue`); a forgotten identity is replaced once.
     async fn fetch(
         &mut self,
         identity: Option<String>,
-    ) -> Result<Result<(String, Credentials), CognitoError>, Error> {
+    ) -> Result<Result<Fetched, CognitoError>, Error> {
         let pool = self.obj.spec.identity_pool_id.clone();
-        let role = self.obj.spec.custom_role_arn.clone();
         let region = self.region();
-        let cognito = &self.ctx.cognito;
         let reused = identity.is_some();
         let id = match identity {
             Some(id) => id,
-            None => match cognito.get_id(region, &pool).await {
+            None => match self.ctx.cognito.get_id(region, &pool).await {
                 Ok(id) => {
                     self.remember_identity(&id, false).await;
                     id
@@ -739,20 +763,46 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 Err(e) => return Ok(Err(e)),
             },
         };
-        match cognito.get_credentials(region, &id, role.as_deref()).await {
-            Ok(c) => Ok(Ok((id, c))),
+        match self.issue(id).await {
             Err(CognitoError::IdentityNotFound(_)) if reused => {
-                let id = match cognito.get_id(region, &pool).await {
+                let id = match self.ctx.cognito.get_id(region, &pool).await {
                     Ok(id) => id,
                     Err(e) => return Ok(Err(e)),
                 };
                 self.remember_identity(&id, true).await;
-                Ok(cognito
-                    .get_credentials(region, &id, role.as_deref())
-                    .await
-                    .map(|c| (id, c)))
+                Ok(self.issue(id).await)
             }
-            Err(e) => Ok(Err(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// Credentials for identity `id` by the spec's flow: GetCredentialsForIdentity
+    /// (Enhanced), or GetOpenIdToken then STS AssumeRoleWithWebIdentity (Basic). The
+    /// OpenID token lives only in this call.
+    async fn issue(&self, id: String) -> Result<Fetched, CognitoError> {
+        let cognito = &self.ctx.cognito;
+        let region = self.region();
+        match &self.session {
+            None => {
+                let role = self.obj.spec.custom_role_arn.as_deref();
+                let credentials = cognito.get_credentials(region, &id, role).await?;
+                Ok(Fetched {
+                    identity_id: id,
+                    credentials,
+                    assumed_role_arn: None,
+                })
+            }
+            Some(session) => {
+                let token = cognito.get_open_id_token(region, &id).await?;
+                let assumed = cognito
+                    .assume_role_with_web_identity(region, session, &token)
+                    .await?;
+                Ok(Fetched {
+                    identity_id: id,
+                    credentials: assumed.credentials,
+                    assumed_role_arn: Some(assumed.assumed_role_arn),
+                })
+            }
         }
     }
 
@@ -826,9 +876,12 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         }
     }
 
-    /// Without spec.verify: no `Verified` condition, no assumedRoleArn.
+    /// Without spec.verify: no `Verified` condition; assumedRoleArn only when
+    /// AssumeRoleWithWebIdentity said it (flow Basic: set from the Secret's provenance).
     fn verification_off(&mut self) {
-        self.status.next_mut().assumed_role_arn = None;
+        if self.session.is_none() {
+            self.status.next_mut().assumed_role_arn = None;
+        }
         self.status.remove(status::VERIFIED);
     }
 
