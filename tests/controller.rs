@@ -25,6 +25,10 @@ use common::*;
 #[path = "controller/faults.rs"]
 mod faults;
 
+/// Flow Basic (issue 15): its contract, and its faults as rows of the matrix.
+#[path = "controller/basic.rs"]
+mod basic;
+
 fn rand_number() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000_000_000
