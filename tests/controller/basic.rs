@@ -261,12 +261,34 @@ async fn basic_flow_issues_the_roles_credentials_and_rotates_for_four_operations
         first.status.as_ref().unwrap().identity_id
     );
 
+    // 3. Cognito forgets the identity: GetOpenIdToken answers ResourceNotFound, and a new
+    // identity is created once (one GetId), as in the enhanced flow.
+    let id0 = q.status.as_ref().unwrap().identity_id.clone().unwrap();
+    proxy.delete_identity(&id0).await;
+    let c = calls(&proxy, &pool).await;
+    force_rotate(&ns, "quarter", "forgotten").await;
+    let old = id0.clone();
+    wait_secret(&ns, "quarter", "credentials of a new identity", move |s| {
+        let id = annotation(s, "cognito.kubecred.io/identity-id");
+        !id.is_empty() && id != old
+    })
+    .await;
+    wait_reason(&ns, "quarter", "True", "CredentialsIssued").await;
+    // The refused token, then GetId, a token and STS for the new identity.
+    assert_eq!(calls(&proxy, &pool).await - c, calls_of(1, 2, 1, 0));
+    let ev = events(&ns, "quarter").await;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "IdentityRecreated"),
+        "{ev:?}"
+    );
+
     // Counted in the metrics by operation and outcome.
     for op in ["GetOpenIdToken", "AssumeRoleWithWebIdentity"] {
         let series = format!(
             "cognito_unauth_controller_cognito_requests_total{{operation=\"{op}\",outcome=\"ok\"}}"
         );
-        assert!(ctl.sample(&series) >= 4.0, "{series}");
+        assert!(ctl.sample(&series) >= 5.0, "{series}");
     }
     nothing_leaks(&proxy, &ns, "app").await;
     nothing_leaks(&proxy, &ns, "short").await;
