@@ -200,15 +200,7 @@ impl<C: Cognito> Context<C> {
         .await
         .map_err(Error::Kube)?;
         self.remember(obj, |m| {
-            let mut superseded = m.written.take().map(|w| w.superseded).unwrap_or_default();
-            superseded.push(old.clone());
-            if superseded.len() > SUPERSEDED_KEPT {
-                superseded.remove(0);
-            }
-            m.written = Some(Written {
-                status: new.clone(),
-                superseded,
-            });
+            m.written = Some(supersede(m.written.take(), old, new))
         });
         Ok(())
     }
@@ -242,6 +234,34 @@ fn freshest(
     match written {
         Some(w) if w.superseded.contains(&cached) => (w.status.clone(), true),
         _ => (cached, false),
+    }
+}
+
+/// What we remember after writing `new` over `old`: every status the cache may still show
+/// instead of `new` is superseded. That is `old`, and also the status we wrote before in
+/// this same reconcile (a new identity is saved on its own before the rotation's status:
+/// the cache may deliver that one after both writes, and it must not be taken for someone
+/// else's).
+fn supersede(
+    written: Option<Written>,
+    old: &CognitoUnauthCredentialStatus,
+    new: &CognitoUnauthCredentialStatus,
+) -> Written {
+    let (mut superseded, previous) = match written {
+        Some(w) => (w.superseded, Some(w.status)),
+        None => (Vec::new(), None),
+    };
+    for s in std::iter::once(old.clone()).chain(previous) {
+        if s != *new && !superseded.contains(&s) {
+            superseded.push(s);
+        }
+    }
+    while superseded.len() > SUPERSEDED_KEPT {
+        superseded.remove(0);
+    }
+    Written {
+        status: new.clone(),
+        superseded,
     }
 }
 
@@ -1083,5 +1103,31 @@ mod tests {
             );
         }
         assert_eq!(freshest(None, b.clone()), (b, false));
+    }
+
+    /// A first issue writes status twice from the same old one: the new identity alone,
+    /// then the rotation's. Whichever of the three the cache shows, we decide on the last
+    /// (before: the identity-only status, seen after both writes, was taken for someone
+    /// else's, and a second GetCallerIdentity followed with spec.verify).
+    #[test]
+    fn both_writes_of_one_reconcile_are_superseded_by_the_last() {
+        let (old, identity, rotated) = (st("old"), st("identity"), st("rotated"));
+        let w = supersede(None, &old, &identity);
+        let w = supersede(Some(w), &old, &rotated);
+        for cached in [old.clone(), identity.clone()] {
+            assert_eq!(freshest(Some(&w), cached), (rotated.clone(), true));
+        }
+        assert_eq!(
+            freshest(Some(&w), rotated.clone()),
+            (rotated.clone(), false)
+        );
+        assert_eq!(freshest(Some(&w), st("theirs")), (st("theirs"), false));
+        // Bounded, and what we now hold is never superseded.
+        let mut w = supersede(None, &st("s0"), &st("s1"));
+        for i in 1..20 {
+            w = supersede(Some(w), &st(&format!("s{i}")), &st(&format!("s{}", i + 1)));
+        }
+        assert!(w.superseded.len() <= SUPERSEDED_KEPT);
+        assert!(!w.superseded.contains(&w.status));
     }
 }
