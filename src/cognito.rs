@@ -1,9 +1,11 @@
-//! Amazon Cognito Identity, behind a trait so tests can inject faults.
+//! Amazon Cognito Identity and the STS calls of the basic flow, behind a trait so tests
+//! can inject faults.
 //!
-//! GetId and GetCredentialsForIdentity are public, unsigned APIs: the client is built
-//! with no credentials provider, and the SDK sends no Authorization header. The
-//! endpoint comes from the SDK's standard configuration (`AWS_ENDPOINT_URL_COGNITO_IDENTITY`
-//! or `AWS_ENDPOINT_URL`). The SDK's own retries are off: the controller owns the retry
+//! GetId, GetCredentialsForIdentity, GetOpenIdToken and STS AssumeRoleWithWebIdentity
+//! are public, unsigned APIs: the clients are built with no credentials provider, and
+//! the SDK sends no Authorization header. The endpoints come from the SDK's standard
+//! configuration (`AWS_ENDPOINT_URL_COGNITO_IDENTITY`, `AWS_ENDPOINT_URL_STS` or
+//! `AWS_ENDPOINT_URL`). The SDK's own retries are off: the controller owns the retry
 //! schedule, so every call it makes is one call on the wire.
 
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ use aws_sdk_cognitoidentity::Client;
 use aws_sdk_cognitoidentity::error::{ProvideErrorMetadata, SdkError};
 use jiff::Timestamp;
 
-use crate::secret::Credentials;
+use crate::secret::{Credentials, RoleSession};
 use crate::status::reason;
 
 /// Why Cognito did not hand out credentials. Messages are Cognito's own words or the
@@ -39,6 +41,25 @@ pub enum CognitoError {
     Throttled(String),
     #[error("Cognito unavailable: {0}")]
     Unavailable(String),
+    /// GetOpenIdToken refused: the pool does not allow the basic (classic) flow.
+    #[error("the identity pool does not allow the basic (classic) flow: {0}")]
+    ClassicFlowDisabled(String),
+    /// STS AccessDenied: the role does not exist, or its trust policy does not allow
+    /// this pool's unauthenticated identities.
+    #[error("STS AssumeRoleWithWebIdentity refused the role: {0}")]
+    RoleAccessDenied(String),
+    /// STS ValidationError about DurationSeconds: longer than the role allows.
+    #[error("STS AssumeRoleWithWebIdentity refused the session duration: {0}")]
+    InvalidSessionDuration(String),
+    /// STS ValidationError about another parameter (e.g. the session name).
+    #[error("STS AssumeRoleWithWebIdentity rejected a parameter: {0}")]
+    StsInvalidParameter(String),
+    #[error("throttled by STS AssumeRoleWithWebIdentity: {0}")]
+    StsThrottled(String),
+    /// No verdict from STS AssumeRoleWithWebIdentity (5xx, transport, a token it could
+    /// not check): asked again with a fresh token.
+    #[error("STS AssumeRoleWithWebIdentity unavailable: {0}")]
+    StsUnavailable(String),
     #[error("malformed response from Cognito: {0}")]
     Malformed(String),
     #[error("STS GetCallerIdentity refused the new credentials: {0}")]
@@ -58,9 +79,14 @@ impl CognitoError {
             Self::GuestAccessDisabled(_) => reason::GUEST_ACCESS_DISABLED,
             Self::NotAuthorized(_) => reason::NOT_AUTHORIZED,
             Self::InvalidPoolConfiguration(_) => reason::INVALID_POOL_CONFIGURATION,
-            Self::InvalidParameter(_) => reason::INVALID_PARAMETER,
-            Self::Throttled(_) => reason::THROTTLED,
-            Self::Unavailable(_) | Self::Malformed(_) => reason::COGNITO_UNAVAILABLE,
+            Self::InvalidParameter(_) | Self::StsInvalidParameter(_) => reason::INVALID_PARAMETER,
+            Self::Throttled(_) | Self::StsThrottled(_) => reason::THROTTLED,
+            Self::Unavailable(_) | Self::Malformed(_) | Self::StsUnavailable(_) => {
+                reason::COGNITO_UNAVAILABLE
+            }
+            Self::ClassicFlowDisabled(_) => reason::CLASSIC_FLOW_DISABLED,
+            Self::RoleAccessDenied(_) => reason::ROLE_ACCESS_DENIED,
+            Self::InvalidSessionDuration(_) => reason::INVALID_SESSION_DURATION,
             Self::VerificationFailed(_) => reason::VERIFICATION_FAILED,
             Self::VerificationUnavailable(_) => reason::VERIFICATION_UNAVAILABLE,
         }
@@ -71,8 +97,44 @@ impl CognitoError {
 /// NotAuthorizedException is about the identity, not the pool.
 const GUEST_ACCESS_OFF: &str = "Unauthenticated access is not supported";
 
-/// The AWS calls the controller makes: Cognito's two, and STS GetCallerIdentity to
-/// verify new credentials (spec.verify).
+/// Cognito's word in GetOpenIdToken's refusal when the pool does not allow the basic
+/// flow ("Basic (classic) flow is not enabled, please use enhanced flow.", an
+/// InvalidParameterException): any other InvalidParameterException is about a parameter.
+const CLASSIC_FLOW_OFF: &str = "classic";
+
+/// An OpenID token from GetOpenIdToken: a credential (STS trades it for the role's
+/// credentials for 10 minutes). Debug never prints it, and nothing else shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OpenIdToken(String);
+
+impl OpenIdToken {
+    pub fn new(token: String) -> Self {
+        Self(token)
+    }
+
+    /// The token itself, for the one call that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for OpenIdToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenIdToken(<redacted>)")
+    }
+}
+
+/// What AssumeRoleWithWebIdentity answered: the credentials and the assumed-role ARN
+/// (AssumedRoleUser.Arn) they act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assumed {
+    pub credentials: Credentials,
+    pub assumed_role_arn: String,
+}
+
+/// The AWS calls the controller makes: Cognito's (GetId, GetCredentialsForIdentity,
+/// GetOpenIdToken), STS AssumeRoleWithWebIdentity for the basic flow, and STS
+/// GetCallerIdentity to verify new credentials (spec.verify).
 pub trait Cognito: Send + Sync + 'static {
     /// GetId: a new identity in `pool`.
     fn get_id(
@@ -93,6 +155,19 @@ pub trait Cognito: Send + Sync + 'static {
         region: &str,
         creds: &Credentials,
     ) -> impl Future<Output = Result<String, CognitoError>> + Send;
+    /// GetOpenIdToken for a guest identity (the basic flow's second call).
+    fn get_open_id_token(
+        &self,
+        region: &str,
+        identity_id: &str,
+    ) -> impl Future<Output = Result<OpenIdToken, CognitoError>> + Send;
+    /// STS AssumeRoleWithWebIdentity (unsigned) with an OpenID token from the pool.
+    fn assume_role_with_web_identity(
+        &self,
+        region: &str,
+        session: &RoleSession,
+        token: &OpenIdToken,
+    ) -> impl Future<Output = Result<Assumed, CognitoError>> + Send;
 }
 
 /// Timeouts for Cognito calls.
@@ -137,11 +212,13 @@ pub async fn load_sdk_config(timeouts: Timeouts, endpoint: Option<&str>) -> SdkC
         .await
 }
 
-/// Cognito through aws-sdk-cognitoidentity, one client per region.
+/// Cognito through aws-sdk-cognitoidentity, and STS through aws-sdk-sts (unsigned, for
+/// AssumeRoleWithWebIdentity), one client per region.
 #[derive(Clone)]
 pub struct SdkCognito {
     base: SdkConfig,
     clients: Arc<Mutex<HashMap<String, Client>>>,
+    sts: Arc<Mutex<HashMap<String, aws_sdk_sts::Client>>>,
 }
 
 impl SdkCognito {
@@ -149,7 +226,23 @@ impl SdkCognito {
         Self {
             base,
             clients: Arc::default(),
+            sts: Arc::default(),
         }
+    }
+
+    /// STS for the region, with no credentials provider (as the base configuration):
+    /// AssumeRoleWithWebIdentity is sent unsigned.
+    fn sts(&self, region: &str) -> aws_sdk_sts::Client {
+        let mut clients = crate::lock(&self.sts);
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_sts::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                aws_sdk_sts::Client::from_conf(conf)
+            })
+            .clone()
     }
 
     fn client(&self, region: &str) -> Client {
@@ -180,12 +273,18 @@ where
             let status = se.raw().status().as_u16();
             let msg = e.message().unwrap_or("no message").to_string();
             match e.code() {
-                Some("ResourceNotFoundException") if op == Op::GetCredentials => {
+                Some("ResourceNotFoundException") if op != Op::Id => {
                     CognitoError::IdentityNotFound(msg)
                 }
                 Some("ResourceNotFoundException") => CognitoError::PoolNotFound(msg),
                 Some("NotAuthorizedException") if msg.contains(GUEST_ACCESS_OFF) => {
                     CognitoError::GuestAccessDisabled(msg)
+                }
+                Some("InvalidParameterException" | "NotAuthorizedException")
+                    if op == Op::OpenIdToken
+                        && msg.to_ascii_lowercase().contains(CLASSIC_FLOW_OFF) =>
+                {
+                    CognitoError::ClassicFlowDisabled(msg)
                 }
                 Some("NotAuthorizedException") => CognitoError::NotAuthorized(msg),
                 Some("InvalidIdentityPoolConfigurationException") => {
@@ -259,10 +358,88 @@ where
     }
 }
 
+/// The Cognito call an error answered: GetId, GetCredentialsForIdentity, GetOpenIdToken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    GetId,
-    GetCredentials,
+    Id,
+    Credentials,
+    OpenIdToken,
+}
+
+/// STS error codes of AssumeRoleWithWebIdentity that say the request is refused as it
+/// is; asking again does not help until the role, the pool or the spec changes.
+/// AccessDenied: no such role, or its trust policy does not allow this pool (`aud`) or
+/// unauthenticated identities (`amr`). ValidationError: a parameter (the duration above
+/// the role's MaxSessionDuration, most likely). Anything else (throttling, 5xx, a token
+/// STS could not check, a transport error) is no verdict: a fresh token next time.
+fn classify_assume<E>(err: SdkError<E, aws_sdk_sts::config::http::HttpResponse>) -> CognitoError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let unavailable = CognitoError::StsUnavailable;
+    match &err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let status = se.raw().status().as_u16();
+            let msg = e.message().unwrap_or("no message").to_string();
+            match e.code() {
+                Some("AccessDenied") => CognitoError::RoleAccessDenied(msg),
+                Some("ValidationError") if msg.contains("DurationSeconds") => {
+                    CognitoError::InvalidSessionDuration(msg)
+                }
+                Some("ValidationError") => CognitoError::StsInvalidParameter(msg),
+                Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
+                    CognitoError::StsThrottled(msg)
+                }
+                Some(code) => unavailable(format!("{code} (HTTP {status}): {msg}")),
+                None => unavailable(format!("HTTP {status}")),
+            }
+        }
+        SdkError::TimeoutError(_) => unavailable("timed out".to_string()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => unavailable("timed out".to_string()),
+        SdkError::DispatchFailure(_) => unavailable("connection failed or was reset".to_string()),
+        SdkError::ResponseError(r) => unavailable(format!(
+            "unreadable response (HTTP {})",
+            r.raw().status().as_u16()
+        )),
+        _ => unavailable("request could not be built".to_string()),
+    }
+}
+
+/// The SDK's time as a timestamp.
+fn timestamp(t: &aws_sdk_cognitoidentity::primitives::DateTime) -> Result<Timestamp, CognitoError> {
+    Timestamp::new(t.secs(), t.subsec_nanos() as i32)
+        .map_err(|_| CognitoError::Malformed("Expiration out of range".into()))
+}
+
+/// Turns AssumeRoleWithWebIdentity's answer into credentials and the assumed role,
+/// refusing anything incomplete (never echoing what it got).
+pub fn assumed_from(
+    out: &aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityOutput,
+) -> Result<Assumed, CognitoError> {
+    let malformed =
+        |what: &str| CognitoError::StsUnavailable(format!("malformed answer: no {what}"));
+    let c = out.credentials().ok_or_else(|| malformed("Credentials"))?;
+    let nonempty = |v: &str, what: &str| {
+        (!v.is_empty())
+            .then(|| v.to_string())
+            .ok_or_else(|| malformed(what))
+    };
+    let assumed_role_arn = out
+        .assumed_role_user()
+        .map(|u| u.arn())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| malformed("AssumedRoleUser.Arn"))?
+        .to_string();
+    Ok(Assumed {
+        credentials: Credentials {
+            access_key_id: nonempty(c.access_key_id(), "AccessKeyId")?,
+            secret_access_key: nonempty(c.secret_access_key(), "SecretAccessKey")?,
+            session_token: nonempty(c.session_token(), "SessionToken")?,
+            expiration: timestamp(c.expiration())?,
+        },
+        assumed_role_arn,
+    })
 }
 
 /// Turns GetCredentialsForIdentity's answer into credentials, refusing anything incomplete.
@@ -277,8 +454,7 @@ pub fn credentials_from(
     let exp = c
         .expiration
         .ok_or_else(|| CognitoError::Malformed("no Expiration".into()))?;
-    let expiration = Timestamp::new(exp.secs(), exp.subsec_nanos() as i32)
-        .map_err(|_| CognitoError::Malformed("Expiration out of range".into()))?;
+    let expiration = timestamp(&exp)?;
     Ok(Credentials {
         access_key_id: nonempty(c.access_key_id, "AccessKeyId")?,
         secret_access_key: nonempty(c.secret_key, "SecretKey")?,
@@ -295,7 +471,7 @@ impl Cognito for SdkCognito {
             .identity_pool_id(pool)
             .send()
             .await
-            .map_err(|e| classify(e, Op::GetId))?;
+            .map_err(|e| classify(e, Op::Id))?;
         out.identity_id
             .filter(|s| !s.is_empty())
             .ok_or_else(|| CognitoError::Malformed("no IdentityId".into()))
@@ -314,7 +490,7 @@ impl Cognito for SdkCognito {
             .set_custom_role_arn(custom_role_arn.map(str::to_string))
             .send()
             .await
-            .map_err(|e| classify(e, Op::GetCredentials))?;
+            .map_err(|e| classify(e, Op::Credentials))?;
         credentials_from(out.credentials)
     }
 
@@ -344,6 +520,44 @@ impl Cognito for SdkCognito {
         out.arn
             .filter(|s| !s.is_empty())
             .ok_or_else(|| CognitoError::VerificationFailed("no Arn in the answer".into()))
+    }
+
+    async fn get_open_id_token(
+        &self,
+        region: &str,
+        identity_id: &str,
+    ) -> Result<OpenIdToken, CognitoError> {
+        let out = self
+            .client(region)
+            .get_open_id_token()
+            .identity_id(identity_id)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::OpenIdToken))?;
+        out.token
+            .filter(|s| !s.is_empty())
+            .map(OpenIdToken::new)
+            .ok_or_else(|| CognitoError::Malformed("no Token".into()))
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        region: &str,
+        session: &RoleSession,
+        token: &OpenIdToken,
+    ) -> Result<Assumed, CognitoError> {
+        let duration = i32::try_from(session.duration_seconds).unwrap_or(i32::MAX);
+        let out = self
+            .sts(region)
+            .assume_role_with_web_identity()
+            .role_arn(&session.role_arn)
+            .role_session_name(&session.session_name)
+            .duration_seconds(duration)
+            .web_identity_token(token.expose())
+            .send()
+            .await
+            .map_err(classify_assume)?;
+        assumed_from(&out)
     }
 }
 
@@ -458,10 +672,202 @@ mod tests {
                 "VerificationUnavailable",
                 Class::Transient,
             ),
+            (
+                CognitoError::ClassicFlowDisabled(e()),
+                "ClassicFlowDisabled",
+                Class::Terminal,
+            ),
+            (
+                CognitoError::RoleAccessDenied(e()),
+                "RoleAccessDenied",
+                Class::Terminal,
+            ),
+            (
+                CognitoError::InvalidSessionDuration(e()),
+                "InvalidSessionDuration",
+                Class::Terminal,
+            ),
+            (
+                CognitoError::StsThrottled(e()),
+                "Throttled",
+                Class::Transient,
+            ),
+            (
+                CognitoError::StsUnavailable(e()),
+                "CognitoUnavailable",
+                Class::Transient,
+            ),
         ];
         for (err, want, want_class) in cases {
             assert_eq!(err.reason(), want, "{err:?}");
             assert_eq!(class(err.reason()), want_class, "{err:?}");
+        }
+    }
+
+    fn raw(status: u16) -> aws_sdk_sts::config::http::HttpResponse {
+        aws_sdk_sts::config::http::HttpResponse::new(
+            status.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::empty(),
+        )
+    }
+
+    fn meta(code: &str, message: &str) -> aws_sdk_sts::error::ErrorMetadata {
+        aws_sdk_sts::error::ErrorMetadata::builder()
+            .code(code)
+            .message(message)
+            .build()
+    }
+
+    /// GetOpenIdToken's errors, with Cognito's own words (the classic-flow refusal as
+    /// the aws CLI reports it, aws/aws-cli#7652).
+    #[test]
+    fn open_id_token_errors_say_what_the_pool_refused() {
+        use aws_sdk_cognitoidentity::operation::get_open_id_token::GetOpenIdTokenError;
+        let cases = [
+            (
+                "InvalidParameterException",
+                "Basic (classic) flow is not enabled, please use enhanced flow.",
+                "ClassicFlowDisabled",
+            ),
+            (
+                "InvalidParameterException",
+                "Invalid parameter.",
+                "InvalidParameter",
+            ),
+            (
+                "ResourceNotFoundException",
+                "Identity 'x' not found.",
+                "IdentityNotFound",
+            ),
+            (
+                "NotAuthorizedException",
+                "Unauthenticated access is not supported for this identity pool.",
+                "GuestAccessDisabled",
+            ),
+            ("TooManyRequestsException", "Rate exceeded", "Throttled"),
+            (
+                "InternalErrorException",
+                "An internal error occurred.",
+                "CognitoUnavailable",
+            ),
+        ];
+        for (code, message, want) in cases {
+            let err = SdkError::service_error(
+                GetOpenIdTokenError::generic(meta(code, message)),
+                raw(400),
+            );
+            assert_eq!(classify(err, Op::OpenIdToken).reason(), want, "{code}");
+        }
+    }
+
+    /// AssumeRoleWithWebIdentity's errors, in STS's words: the refusals are verdicts
+    /// (terminal), everything else is no answer (transient).
+    #[test]
+    fn assume_role_errors_are_verdicts_or_no_answer() {
+        use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityError as E;
+        let cases = [
+            (
+                "AccessDenied",
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity",
+                403,
+                "RoleAccessDenied",
+            ),
+            (
+                "ValidationError",
+                "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+                400,
+                "InvalidSessionDuration",
+            ),
+            (
+                "ValidationError",
+                "1 validation error detected: Value 'a b' at 'roleSessionName' failed to satisfy constraint",
+                400,
+                "InvalidParameter",
+            ),
+            ("Throttling", "Rate exceeded", 400, "Throttled"),
+            (
+                "InvalidIdentityToken",
+                "Couldn't retrieve verification key from your identity provider",
+                400,
+                "CognitoUnavailable",
+            ),
+            (
+                "ExpiredTokenException",
+                "Token expired",
+                400,
+                "CognitoUnavailable",
+            ),
+            (
+                "IDPCommunicationError",
+                "Couldn't reach the IdP",
+                400,
+                "CognitoUnavailable",
+            ),
+            (
+                "InternalFailure",
+                "An internal error occurred.",
+                500,
+                "CognitoUnavailable",
+            ),
+        ];
+        for (code, message, status, want) in cases {
+            let err = SdkError::service_error(E::generic(meta(code, message)), raw(status));
+            let got = classify_assume(err);
+            assert_eq!(got.reason(), want, "{code}: {got}");
+            assert!(got.to_string().contains("STS"), "{got}");
+        }
+    }
+
+    #[test]
+    fn an_open_id_token_is_never_shown() {
+        let t = OpenIdToken::new("eyJraWQiOiJzZWNyZXQ".into());
+        assert_eq!(format!("{t:?}"), "OpenIdToken(<redacted>)");
+        assert_eq!(t.expose(), "eyJraWQiOiJzZWNyZXQ");
+    }
+
+    #[test]
+    fn incomplete_assume_role_answers_are_refused() {
+        use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityOutput as Out;
+        use aws_sdk_sts::types::{AssumedRoleUser, Credentials as StsCredentials};
+        let creds = |sk: &str| {
+            StsCredentials::builder()
+                .access_key_id("AK")
+                .secret_access_key(sk)
+                .session_token("ST")
+                .expiration(DateTime::from_secs(1_800_000_000))
+                .build()
+                .unwrap()
+        };
+        let user = AssumedRoleUser::builder()
+            .assumed_role_id("AROA:s")
+            .arn("arn:aws:sts::123456789012:assumed-role/r/s")
+            .build()
+            .unwrap();
+        let good = Out::builder()
+            .credentials(creds("SK"))
+            .assumed_role_user(user.clone())
+            .build();
+        let a = assumed_from(&good).unwrap();
+        assert_eq!(
+            a.assumed_role_arn,
+            "arn:aws:sts::123456789012:assumed-role/r/s"
+        );
+        assert_eq!(
+            a.credentials.expiration,
+            Timestamp::from_second(1_800_000_000).unwrap()
+        );
+        let no_user = Out::builder().credentials(creds("SK")).build();
+        let empty_secret = Out::builder()
+            .credentials(creds(""))
+            .assumed_role_user(user)
+            .build();
+        for (out, want) in [
+            (no_user, "AssumedRoleUser.Arn"),
+            (empty_secret, "SecretAccessKey"),
+        ] {
+            let err = assumed_from(&out).unwrap_err();
+            assert!(err.to_string().ends_with(&format!("no {want}")), "{err}");
+            assert_eq!(err.reason(), "CognitoUnavailable");
         }
     }
 }

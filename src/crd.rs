@@ -16,6 +16,8 @@ pub const GROUP: &str = "cognito.kubecred.io";
 pub const FORCE_ROTATE_ANNOTATION: &str = "cognito.kubecred.io/force-rotate";
 /// Default for `spec.renewBefore`.
 pub const DEFAULT_RENEW_BEFORE: &str = "20m";
+/// Default for `spec.sessionDuration` (flow Basic).
+pub const DEFAULT_SESSION_DURATION: &str = "1h";
 
 /// Keeps short-lived AWS credentials for an Amazon Cognito identity pool's guest
 /// (unauthenticated) role in a Secret, and rotates them before they expire.
@@ -47,6 +49,24 @@ pub const DEFAULT_RENEW_BEFORE: &str = "20m";
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.renewBefore) || !self.renewBefore.matches('^([0-9]+(\\\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$') || (duration(self.renewBefore) >= duration('5m') && duration(self.renewBefore) <= duration('50m'))"
 ).message("renewBefore must be between 5m and 50m"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.flow != 'Basic' || has(self.roleArn)"
+).message("roleArn is required when flow is Basic: the role AssumeRoleWithWebIdentity assumes"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.roleArn) || self.flow == 'Basic'"
+).message("roleArn is only used with flow Basic; with flow Enhanced, customRoleArn chooses the role"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.customRoleArn) || self.flow != 'Basic'"
+).message("customRoleArn is only used with flow Enhanced; with flow Basic, set roleArn"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.sessionDuration) || self.flow == 'Basic'"
+).message("sessionDuration is only used with flow Basic (flow Enhanced credentials always last one hour)"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.roleSessionName) || self.flow == 'Basic'"
+).message("roleSessionName is only used with flow Basic"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.sessionDuration) || !self.sessionDuration.matches('^([0-9]+(\\\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$') || (duration(self.sessionDuration) >= duration('15m') && duration(self.sessionDuration) <= duration('12h'))"
+).message("sessionDuration must be between 15m and 12h"))]
 #[serde(rename_all = "camelCase")]
 pub struct CognitoUnauthCredentialSpec {
     /// The identity pool whose guest (unauthenticated) role the credentials belong to,
@@ -69,8 +89,49 @@ pub struct CognitoUnauthCredentialSpec {
     )]
     pub region: Option<String>,
 
-    /// IAM role ARN to request instead of the pool's default guest role
-    /// (CustomRoleArn of GetCredentialsForIdentity).
+    /// How the credentials are obtained. `Enhanced` (the default): GetId, then
+    /// GetCredentialsForIdentity; Cognito scopes every guest session down to a fixed list
+    /// of services, and the credentials last one hour. `Basic` (Cognito's classic flow):
+    /// GetId, GetOpenIdToken, then STS AssumeRoleWithWebIdentity for roleArn; the
+    /// credentials carry the role's full permissions (not scoped down) and last
+    /// sessionDuration. Basic needs the pool's AllowClassicFlow and a role whose trust
+    /// policy allows this pool's unauthenticated identities.
+    #[serde(default)]
+    pub flow: Flow,
+
+    /// Flow Basic only, and required with it: the IAM role AssumeRoleWithWebIdentity
+    /// assumes. Its trust policy must allow `sts:AssumeRoleWithWebIdentity` by the
+    /// federated principal `cognito-identity.amazonaws.com` with
+    /// `cognito-identity.amazonaws.com:aud` equal to identityPoolId and
+    /// `cognito-identity.amazonaws.com:amr` equal to `unauthenticated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 20, max = 2048),
+        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$")
+    )]
+    pub role_arn: Option<String>,
+
+    /// Flow Basic only: how long the credentials last (AssumeRoleWithWebIdentity's
+    /// DurationSeconds), as a Go duration between 15m and 12h (default 1h). The role's
+    /// MaxSessionDuration (1h unless raised) must allow it: STS refuses a longer one
+    /// (reason InvalidSessionDuration). Rotation follows the credentials' real
+    /// Expiration, renewBefore ahead of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 2, max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$")
+    )]
+    pub session_duration: Option<String>,
+
+    /// Flow Basic only: the RoleSessionName, seen in CloudTrail and in the assumed-role
+    /// ARN (status.assumedRoleArn): 2 to 64 letters, digits and `_+=,.@-`. Defaults to
+    /// `<namespace>-<name>` of this resource (cut to 64 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64), regex(pattern = r"^[\w+=,.@-]+$"))]
+    pub role_session_name: Option<String>,
+
+    /// Flow Enhanced only: IAM role ARN to request instead of the pool's default guest
+    /// role (CustomRoleArn of GetCredentialsForIdentity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 20, max = 2048),
@@ -130,6 +191,24 @@ pub struct CognitoUnauthCredentialSpec {
     /// the previous good ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<bool>,
+}
+
+/// How credentials are obtained from the pool: `Enhanced` (GetCredentialsForIdentity)
+/// or `Basic` (GetOpenIdToken and STS AssumeRoleWithWebIdentity).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum Flow {
+    #[default]
+    Enhanced,
+    Basic,
+}
+
+impl Flow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::Enhanced => "Enhanced",
+            Flow::Basic => "Basic",
+        }
+    }
 }
 
 /// A workload to roll when the credentials change.
@@ -223,7 +302,8 @@ pub struct CognitoUnauthCredentialStatus {
     /// The reason of the last failed attempt (kept while Ready says Expired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_reason: Option<String>,
-    /// The role the credentials act as, from STS GetCallerIdentity (only with spec.verify).
+    /// The role session the credentials act as: from AssumeRoleWithWebIdentity's answer
+    /// (flow Basic), or from STS GetCallerIdentity (spec.verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assumed_role_arn: Option<String>,
     /// The credentials the rollout-restart targets were last rolled for (or started
@@ -273,6 +353,13 @@ impl CognitoUnauthCredentialSpec {
     pub fn renew_before(&self) -> &str {
         self.renew_before.as_deref().unwrap_or(DEFAULT_RENEW_BEFORE)
     }
+
+    /// spec.sessionDuration or its default.
+    pub fn session_duration(&self) -> &str {
+        self.session_duration
+            .as_deref()
+            .unwrap_or(DEFAULT_SESSION_DURATION)
+    }
 }
 
 #[cfg(test)]
@@ -318,7 +405,12 @@ mod tests {
         assert_eq!(spec["properties"]["identityPoolId"]["maxLength"], 55);
         assert_eq!(
             spec["x-kubernetes-validations"].as_array().unwrap().len(),
-            2
+            8
+        );
+        assert_eq!(spec["properties"]["flow"]["default"], "Enhanced");
+        assert_eq!(
+            spec["properties"]["flow"]["enum"],
+            serde_json::json!(["Enhanced", "Basic"])
         );
         let conds =
             &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];

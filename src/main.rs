@@ -14,9 +14,9 @@ use tracing::{error, info};
 
 /// Keeps Amazon Cognito guest (unauthenticated) credentials fresh in Kubernetes Secrets.
 ///
-/// Every flag also reads the environment variable named in its help. The Cognito
-/// endpoint is the AWS SDK's standard one (AWS_ENDPOINT_URL_COGNITO_IDENTITY overrides it);
-/// no AWS credentials are used.
+/// Every flag also reads the environment variable named in its help. The Cognito and
+/// STS endpoints are the AWS SDK's standard ones (AWS_ENDPOINT_URL_COGNITO_IDENTITY and
+/// AWS_ENDPOINT_URL_STS override them); no AWS credentials are used.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -67,6 +67,13 @@ struct Args {
     /// GetCredentialsForIdentity calls per second allowed per region (AWS default: 200/s).
     #[arg(long, env = "COGNITO_GET_CREDENTIALS_RATE", default_value_t = 200.0)]
     cognito_get_credentials_rate: f64,
+    /// GetOpenIdToken calls (flow Basic) per second allowed per region (AWS default: 200/s).
+    #[arg(long, env = "COGNITO_GET_OPEN_ID_TOKEN_RATE", default_value_t = 200.0)]
+    cognito_get_open_id_token_rate: f64,
+    /// STS AssumeRoleWithWebIdentity calls (flow Basic) per second allowed per region. STS's
+    /// quota is per account and shared with every other STS caller in it: take a share.
+    #[arg(long, env = "STS_ASSUME_ROLE_RATE", default_value_t = 100.0)]
+    sts_assume_role_rate: f64,
     /// Reconciles running at once, per watched namespace.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
@@ -138,6 +145,8 @@ async fn main() -> anyhow::Result<()> {
         quotas: Quotas {
             get_id_per_second: args.cognito_get_id_rate,
             get_credentials_per_second: args.cognito_get_credentials_rate,
+            get_open_id_token_per_second: args.cognito_get_open_id_token_rate,
+            assume_role_per_second: args.sts_assume_role_rate,
         },
     };
     controller::run(

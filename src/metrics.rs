@@ -15,9 +15,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::cognito::{Cognito, CognitoError};
+use crate::cognito::{Assumed, Cognito, CognitoError, OpenIdToken};
 use crate::crd::CognitoUnauthCredentialStatus;
-use crate::secret::Credentials;
+use crate::secret::{Credentials, RoleSession};
 use crate::status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,12 +131,12 @@ impl Metrics {
         );
         registry.register(
             "cognito_requests",
-            "AWS calls (Cognito Identity; STS GetCallerIdentity with spec.verify) by operation and outcome",
+            "AWS calls (Cognito Identity; STS AssumeRoleWithWebIdentity with flow Basic, GetCallerIdentity with spec.verify) by operation and outcome",
             m.cognito_requests.clone(),
         );
         registry.register(
             "cognito_request_duration_seconds",
-            "Latency of Cognito Identity calls",
+            "Latency of the AWS calls, by operation",
             m.cognito_latency.clone(),
         );
         registry.register(
@@ -345,6 +345,33 @@ impl<C: Cognito> Cognito for Metered<C> {
         let r = self.inner.caller_identity(region, creds).await;
         self.metrics
             .request("GetCallerIdentity", started, outcome(&r));
+        r
+    }
+
+    async fn get_open_id_token(
+        &self,
+        region: &str,
+        identity_id: &str,
+    ) -> Result<OpenIdToken, CognitoError> {
+        let started = Instant::now();
+        let r = self.inner.get_open_id_token(region, identity_id).await;
+        self.metrics.request("GetOpenIdToken", started, outcome(&r));
+        r
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        region: &str,
+        session: &RoleSession,
+        token: &OpenIdToken,
+    ) -> Result<Assumed, CognitoError> {
+        let started = Instant::now();
+        let r = self
+            .inner
+            .assume_role_with_web_identity(region, session, token)
+            .await;
+        self.metrics
+            .request("AssumeRoleWithWebIdentity", started, outcome(&r));
         r
     }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::crd::{CognitoUnauthCredentialSpec, CognitoUnauthCredentialStatus};
+use crate::crd::{CognitoUnauthCredentialSpec, CognitoUnauthCredentialStatus, Flow};
 use crate::schedule;
-use crate::secret::{Credentials, Observed, Provenance};
+use crate::secret::{Credentials, Observed, Provenance, RoleSession};
 use crate::status;
 
 /// What the Secret of that name is.
@@ -37,6 +37,75 @@ pub struct Inputs<'a> {
     /// An identity (pool, id) this controller got from GetId but could not save in
     /// status yet.
     pub pending_identity: Option<(&'a str, &'a str)>,
+    /// Flow Basic: what AssumeRoleWithWebIdentity is to be asked for (`role_session`);
+    /// None for flow Enhanced.
+    pub session: Option<&'a RoleSession>,
+}
+
+/// A spec the API server should have refused (an older CRD, a direct etcd write).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("flow Basic needs spec.roleArn")]
+    NoRoleArn,
+    #[error("spec.sessionDuration: {0}")]
+    Duration(#[from] schedule::DurationError),
+    #[error("spec.sessionDuration {0} is outside 15m..12h")]
+    DurationRange(String),
+}
+
+/// STS's bounds on AssumeRoleWithWebIdentity's DurationSeconds (the CRD's 15m..12h).
+const SESSION_SECONDS: std::ops::RangeInclusive<u64> = 900..=43_200;
+
+/// The longest RoleSessionName STS takes.
+const SESSION_NAME_MAX: usize = 64;
+
+/// The default RoleSessionName: `<namespace>-<name>`, kept to STS's characters
+/// (`[\w+=,.@-]`; Kubernetes names have nothing else) and length (at most 64; a longer
+/// one keeps its start and ends in a hash of the whole, so two long names stay apart).
+pub fn default_session_name(namespace: &str, name: &str) -> String {
+    let full: String = format!("{namespace}-{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if full.len() <= SESSION_NAME_MAX {
+        return full;
+    }
+    let hash = schedule::unit_fraction(&full, 0);
+    let suffix = format!("-{:08x}", (hash * f64::from(u32::MAX)) as u32);
+    format!("{}{suffix}", &full[..SESSION_NAME_MAX - suffix.len()])
+}
+
+/// What AssumeRoleWithWebIdentity is asked for under `spec` (flow Basic), for the
+/// resource `namespace`/`name`; None for flow Enhanced.
+pub fn role_session(
+    spec: &CognitoUnauthCredentialSpec,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<RoleSession>, SpecError> {
+    if spec.flow != Flow::Basic {
+        return Ok(None);
+    }
+    let role_arn = spec.role_arn.clone().ok_or(SpecError::NoRoleArn)?;
+    let duration = schedule::parse_go_duration(spec.session_duration())?.as_secs();
+    if !SESSION_SECONDS.contains(&duration) {
+        return Err(SpecError::DurationRange(
+            spec.session_duration().to_string(),
+        ));
+    }
+    Ok(Some(RoleSession {
+        role_arn,
+        session_name: spec
+            .role_session_name
+            .clone()
+            .unwrap_or_else(|| default_session_name(namespace, name)),
+        duration_seconds: u32::try_from(duration).unwrap_or(u32::MAX),
+    }))
 }
 
 /// Overdue renewals found in the first minute after a start are spread over up to this
@@ -127,11 +196,17 @@ pub enum Plan {
     },
 }
 
-/// How a Secret's credentials match the spec.
-fn matches_spec(p: &Provenance, spec: &CognitoUnauthCredentialSpec) -> bool {
+/// How a Secret's credentials match the spec: same pool and region, same flow, and
+/// the same role (with Basic, the same session name and duration too).
+fn matches_spec(
+    p: &Provenance,
+    spec: &CognitoUnauthCredentialSpec,
+    session: Option<&RoleSession>,
+) -> bool {
     p.identity_pool_id == spec.identity_pool_id
         && p.region == spec.region()
         && p.custom_role_arn == spec.custom_role_arn
+        && p.session.as_ref() == session
 }
 
 /// The Secret's credentials when they are intact and from the current spec.
@@ -142,7 +217,7 @@ pub fn kept(i: &Inputs<'_>) -> Option<Kept> {
     let (Some(c), Some(p)) = (&o.credentials, &o.provenance) else {
         return None;
     };
-    if !o.intact || !matches_spec(p, i.spec) {
+    if !o.intact || !matches_spec(p, i.spec, i.session) {
         return None;
     }
     Some(Kept {
@@ -276,10 +351,41 @@ mod tests {
                 identity_id: ID.into(),
                 region: "us-east-1".into(),
                 custom_role_arn: None,
+                session: None,
+                assumed_role_arn: None,
                 issued_at: at(issued),
                 force_token: None,
             }),
         }
+    }
+
+    const ROLE: &str = "arn:aws:iam::123456789012:role/guest-full";
+
+    fn basic_spec() -> CognitoUnauthCredentialSpec {
+        CognitoUnauthCredentialSpec {
+            flow: Flow::Basic,
+            role_arn: Some(ROLE.into()),
+            ..spec()
+        }
+    }
+
+    /// What `basic_spec()` asks AssumeRoleWithWebIdentity for (resource ns/app).
+    fn session() -> RoleSession {
+        RoleSession {
+            role_arn: ROLE.into(),
+            session_name: "ns-app".into(),
+            duration_seconds: 3600,
+        }
+    }
+
+    /// Our Secret with credentials of the basic flow, as `basic_spec()` asks.
+    fn basic(issued: i64, lifetime: i64) -> SecretState {
+        let mut o = ours(issued, lifetime);
+        let p = o.provenance.as_mut().unwrap();
+        p.session = Some(session());
+        p.assumed_role_arn =
+            Some("arn:aws:sts::123456789012:assumed-role/guest-full/ns-app".into());
+        SecretState::Ours(Box::new(o))
     }
 
     fn synced() -> Status {
@@ -569,8 +675,159 @@ mod tests {
                     "rotate Renewal identity=reused kept=true",
                 )
             },
+            // Flow Basic: same contract, other parameters.
+            Case {
+                spec: basic_spec(),
+                status: Status::default(),
+                secret: SecretState::Absent,
+                ..case(
+                    "basic: first issue",
+                    "rotate Initial identity=new kept=false",
+                )
+            },
+            Case {
+                spec: basic_spec(),
+                secret: basic(0, 3600),
+                window: Some((2340, 2400)),
+                ..case("basic: fresh credentials wait", "wait repair=false")
+            },
+            // A 12 h session: renewBefore (20 m) ahead of the real Expiration at 43200,
+            // less up to 60 s of jitter.
+            Case {
+                spec: CognitoUnauthCredentialSpec {
+                    session_duration: Some("12h".into()),
+                    ..basic_spec()
+                },
+                secret: {
+                    let SecretState::Ours(mut o) = basic(0, 43_200) else {
+                        unreachable!()
+                    };
+                    o.provenance
+                        .as_mut()
+                        .unwrap()
+                        .session
+                        .as_mut()
+                        .unwrap()
+                        .duration_seconds = 43_200;
+                    SecretState::Ours(o)
+                },
+                window: Some((41_940, 42_000)),
+                ..case("basic: 12 h session renews 20 m ahead", "wait repair=false")
+            },
+            Case {
+                spec: CognitoUnauthCredentialSpec {
+                    session_duration: Some("60m".into()),
+                    ..basic_spec()
+                },
+                secret: basic(0, 3600),
+                window: Some((2340, 2400)),
+                ..case("basic: the same duration spelled 60m", "wait repair=false")
+            },
+            Case {
+                status: Status::default(),
+                spec: basic_spec(),
+                secret: basic(0, 3600),
+                window: Some((2340, 2400)),
+                ..case(
+                    "basic: status lost, identity from the Secret",
+                    "wait repair=false",
+                )
+            },
+            Case {
+                spec: basic_spec(),
+                ..case(
+                    "switch Enhanced to Basic: once, same identity",
+                    "rotate SpecChanged identity=reused kept=false",
+                )
+            },
+            Case {
+                secret: basic(0, 3600),
+                ..case(
+                    "switch Basic to Enhanced: once, same identity",
+                    "rotate SpecChanged identity=reused kept=false",
+                )
+            },
+            Case {
+                spec: CognitoUnauthCredentialSpec {
+                    role_arn: Some("arn:aws:iam::123456789012:role/other".into()),
+                    ..basic_spec()
+                },
+                secret: basic(0, 3600),
+                ..case(
+                    "basic: role changed",
+                    "rotate SpecChanged identity=reused kept=false",
+                )
+            },
+            Case {
+                spec: CognitoUnauthCredentialSpec {
+                    session_duration: Some("2h".into()),
+                    ..basic_spec()
+                },
+                secret: basic(0, 3600),
+                ..case(
+                    "basic: sessionDuration changed",
+                    "rotate SpecChanged identity=reused kept=false",
+                )
+            },
+            Case {
+                spec: CognitoUnauthCredentialSpec {
+                    role_session_name: Some("app@cluster-a".into()),
+                    ..basic_spec()
+                },
+                secret: basic(0, 3600),
+                ..case(
+                    "basic: roleSessionName changed",
+                    "rotate SpecChanged identity=reused kept=false",
+                )
+            },
+            Case {
+                now: 2400,
+                spec: basic_spec(),
+                secret: basic(0, 3600),
+                ..case(
+                    "basic: renewal time reached",
+                    "rotate Renewal identity=reused kept=true",
+                )
+            },
+            // The basic flow's refusals are terminal: 240..300 s after the failure.
+            Case {
+                now: 1,
+                spec: basic_spec(),
+                status: failing(1, 0, reason::CLASSIC_FLOW_DISABLED),
+                secret: SecretState::Absent,
+                window: Some((240, 300)),
+                ..case("ClassicFlowDisabled is terminal", "backoff kept=false")
+            },
+            Case {
+                now: 1,
+                spec: basic_spec(),
+                status: failing(1, 0, reason::ROLE_ACCESS_DENIED),
+                secret: basic(-100, 3600),
+                window: Some((240, 300)),
+                ..case("RoleAccessDenied is terminal", "backoff kept=true")
+            },
+            Case {
+                now: 1,
+                spec: basic_spec(),
+                status: failing(1, 0, reason::INVALID_SESSION_DURATION),
+                secret: SecretState::Absent,
+                window: Some((240, 300)),
+                ..case("InvalidSessionDuration is terminal", "backoff kept=false")
+            },
+            Case {
+                now: 101,
+                spec: basic_spec(),
+                status: failing(1, 100, reason::INVALID_SESSION_DURATION),
+                secret: SecretState::Absent,
+                generation: 2,
+                ..case(
+                    "InvalidSessionDuration, then the spec changes: at once",
+                    "rotate Initial identity=reused kept=false",
+                )
+            },
         ];
         for c in &cases {
+            let session = role_session(&c.spec, "ns", "app").unwrap();
             let i = Inputs {
                 now: at(c.now),
                 spec: &c.spec,
@@ -582,6 +839,7 @@ mod tests {
                 seed: "uid",
                 started: at(c.started),
                 pending_identity: c.pending.map(|id| (POOL, id)),
+                session: session.as_ref(),
             };
             let (got, when) = brief(&decide(&i));
             assert_eq!(got, c.want, "{}", c.name);
@@ -594,6 +852,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn role_sessions_follow_the_spec_and_sts_rules() {
+        assert_eq!(role_session(&spec(), "ns", "app"), Ok(None));
+        assert_eq!(
+            role_session(&basic_spec(), "ns", "app"),
+            Ok(Some(session()))
+        );
+        let named = CognitoUnauthCredentialSpec {
+            role_session_name: Some("given".into()),
+            session_duration: Some("15m".into()),
+            ..basic_spec()
+        };
+        let s = role_session(&named, "ns", "app").unwrap().unwrap();
+        assert_eq!(
+            (s.session_name.as_str(), s.duration_seconds),
+            ("given", 900)
+        );
+        // What admission refuses, refused again (an older CRD could let it in).
+        let no_role = CognitoUnauthCredentialSpec {
+            role_arn: None,
+            ..basic_spec()
+        };
+        assert_eq!(
+            role_session(&no_role, "ns", "app"),
+            Err(SpecError::NoRoleArn)
+        );
+        for bad in ["14m59s", "12h1s", "1 h"] {
+            let spec = CognitoUnauthCredentialSpec {
+                session_duration: Some(bad.into()),
+                ..basic_spec()
+            };
+            assert!(role_session(&spec, "ns", "app").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_session_names_keep_to_sts_rules() {
+        assert_eq!(default_session_name("team-a", "app.v2"), "team-a-app.v2");
+        // Longest Kubernetes names: a 63-character namespace, a 253-character name.
+        let (ns, name) = ("n".repeat(63), "a".repeat(253));
+        let long = default_session_name(&ns, &name);
+        let other = default_session_name(&ns, &format!("{}b", "a".repeat(252)));
+        for s in [&long, &other] {
+            assert_eq!(s.len(), 64, "{s}");
+            assert!(
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)),
+                "{s}"
+            );
+        }
+        assert_ne!(long, other, "two long names stay apart");
+        assert_eq!(long, default_session_name(&ns, &name), "stable");
+        assert_eq!(default_session_name("a", "b"), "a-b");
+        assert_eq!(default_session_name("ns", "ü"), "ns--");
     }
 
     #[test]

@@ -45,6 +45,8 @@ fn rendered(c: &Credentials) -> k8s_openapi::api::core::v1::Secret {
         identity_id: "us-east-1:11111111-0000-0000-0000-000000000000".into(),
         region: "us-east-1".into(),
         custom_role_arn: None,
+        session: None,
+        assumed_role_arn: None,
         issued_at: ts(1_700_000_000),
         force_token: None,
     };
@@ -105,6 +107,8 @@ proptest! {
             identity_id: format!("{region}:11111111-0000-0000-0000-000000000000"),
             region: region.clone(),
             custom_role_arn: None,
+            session: None,
+            assumed_role_arn: None,
             issued_at: ts(1_700_000_000),
             force_token: None,
         };

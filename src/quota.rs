@@ -1,10 +1,13 @@
-//! Client-side pacing under Cognito's quotas.
+//! Client-side pacing under Cognito's and STS's quotas.
 //!
 //! AWS's default Cognito Identity quotas are per account and region: GetId 25 requests/s
 //! and GetCredentialsForIdentity 200 requests/s. Going over them answers
 //! TooManyRequestsException to every client of the account, not just to us. So calls
 //! wait for a token from a per-region, per-operation bucket before they go out: a mass
 //! apply or a restart becomes a steady stream at the quota instead of a burst of errors.
+//! The basic flow's two calls have buckets of their own: GetOpenIdToken (a Cognito
+//! operation with its own quota) and STS AssumeRoleWithWebIdentity (STS's quota, shared
+//! with every other STS caller of the account, so our default takes a modest share).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,14 +15,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cognito::{Cognito, CognitoError};
-use crate::secret::Credentials;
+use crate::cognito::{Assumed, Cognito, CognitoError, OpenIdToken};
+use crate::secret::{Credentials, RoleSession};
 
 /// Requests per second allowed per region and operation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quotas {
     pub get_id_per_second: f64,
     pub get_credentials_per_second: f64,
+    pub get_open_id_token_per_second: f64,
+    pub assume_role_per_second: f64,
 }
 
 impl Default for Quotas {
@@ -27,6 +32,8 @@ impl Default for Quotas {
         Self {
             get_id_per_second: 25.0,
             get_credentials_per_second: 200.0,
+            get_open_id_token_per_second: 200.0,
+            assume_role_per_second: 100.0,
         }
     }
 }
@@ -96,6 +103,8 @@ impl<C> Paced<C> {
         let rate = HEADROOM
             * match operation {
                 "GetId" => self.quotas.get_id_per_second,
+                "GetOpenIdToken" => self.quotas.get_open_id_token_per_second,
+                "AssumeRoleWithWebIdentity" => self.quotas.assume_role_per_second,
                 _ => self.quotas.get_credentials_per_second,
             };
         let wait = {
@@ -137,6 +146,27 @@ impl<C: Cognito> Cognito for Paced<C> {
         creds: &Credentials,
     ) -> Result<String, CognitoError> {
         self.inner.caller_identity(region, creds).await
+    }
+
+    async fn get_open_id_token(
+        &self,
+        region: &str,
+        identity_id: &str,
+    ) -> Result<OpenIdToken, CognitoError> {
+        self.turn(region, "GetOpenIdToken").await;
+        self.inner.get_open_id_token(region, identity_id).await
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        region: &str,
+        session: &RoleSession,
+        token: &OpenIdToken,
+    ) -> Result<Assumed, CognitoError> {
+        self.turn(region, "AssumeRoleWithWebIdentity").await;
+        self.inner
+            .assume_role_with_web_identity(region, session, token)
+            .await
     }
 }
 

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
 use crate::restart::{self, Duty};
 use crate::schedule;
-use crate::secret::{self, Credentials, Owner, Provenance};
+use crate::secret::{self, Credentials, Owner, Provenance, RoleSession};
 use crate::status::{self, Builder, reason, show, time};
 
 /// Field manager for every write, and the events' reporting controller.
@@ -200,27 +200,7 @@ impl<C: Cognito> Context<C> {
         .await
         .map_err(Error::Kube)?;
         self.remember(obj, |m| {
-            // Replaced now: the status this write started from, and our previous write
-            // (e.g. the identity saved mid-rotation), whichever the cache may still show.
-            let mut superseded = match m.written.take() {
-                Some(w) => {
-                    let mut s = w.superseded;
-                    s.push(w.status);
-                    s
-                }
-                None => Vec::new(),
-            };
-            if !superseded.contains(old) {
-                superseded.push(old.clone());
-            }
-            superseded.dedup();
-            while superseded.len() > SUPERSEDED_KEPT {
-                superseded.remove(0);
-            }
-            m.written = Some(Written {
-                status: new.clone(),
-                superseded,
-            });
+            m.written = Some(supersede(m.written.take(), old, new))
         });
         Ok(())
     }
@@ -254,6 +234,34 @@ fn freshest(
     match written {
         Some(w) if w.superseded.contains(&cached) => (w.status.clone(), true),
         _ => (cached, false),
+    }
+}
+
+/// What we remember after writing `new` over `old`: every status the cache may still show
+/// instead of `new` is superseded. That is `old`, and also the status we wrote before in
+/// this same reconcile (a new identity is saved on its own before the rotation's status:
+/// the cache may deliver that one after both writes, and it must not be taken for someone
+/// else's).
+fn supersede(
+    written: Option<Written>,
+    old: &CognitoUnauthCredentialStatus,
+    new: &CognitoUnauthCredentialStatus,
+) -> Written {
+    let (mut superseded, previous) = match written {
+        Some(w) => (w.superseded, Some(w.status)),
+        None => (Vec::new(), None),
+    };
+    for s in std::iter::once(old.clone()).chain(previous) {
+        if s != *new && !superseded.contains(&s) {
+            superseded.push(s);
+        }
+    }
+    while superseded.len() > SUPERSEDED_KEPT {
+        superseded.remove(0);
+    }
+    Written {
+        status: new.clone(),
+        superseded,
     }
 }
 
@@ -330,10 +338,20 @@ struct Reconciliation<'a, C> {
     api: Api<CognitoUnauthCredential>,
     now: Timestamp,
     renew_before: Duration,
+    /// Flow Basic: what AssumeRoleWithWebIdentity is asked for; None for Enhanced.
+    session: Option<RoleSession>,
     existing: Option<Secret>,
     status: Builder,
     /// An identity GetId created in this reconcile (said in the rotation's event).
     created: Option<String>,
+}
+
+/// New credentials, and what they came from.
+struct Fetched {
+    identity_id: String,
+    credentials: Credentials,
+    /// Flow Basic: AssumeRoleWithWebIdentity's AssumedRoleUser.Arn.
+    assumed_role_arn: Option<String>,
 }
 
 impl<'a, C: Cognito> Reconciliation<'a, C> {
@@ -362,11 +380,19 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         next.previous_secret_names.retain(|p| *p != secret_name);
         next.secret_name = Some(secret_name.clone());
 
-        let renew_before = match schedule::parse_go_duration(obj.spec.renew_before()) {
-            Ok(d) => d,
+        // Admission refuses these; an older CRD or a direct etcd write could still let
+        // them in.
+        let parsed = schedule::parse_go_duration(obj.spec.renew_before())
+            .map_err(|e| e.to_string())
+            .and_then(|rb| {
+                plan::role_session(&obj.spec, &ns, &obj.name_any())
+                    .map(|session| (rb, session))
+                    .map_err(|e| e.to_string())
+            });
+        let (renew_before, session) = match parsed {
+            Ok(p) => p,
             Err(e) => {
-                // Admission refuses this; an older CRD or a direct etcd write could still let it in.
-                status.not_ready(reason::INVALID_SPEC, e.to_string());
+                status.not_ready(reason::INVALID_SPEC, e);
                 ctx.write_status(&api, obj, status.old(), status.next())
                     .await?;
                 return Ok(Loaded::Done(Action::await_change()));
@@ -384,6 +410,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             api,
             now,
             renew_before,
+            session,
             existing,
             status,
             created: None,
@@ -416,6 +443,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             seed: &self.uid,
             started: self.ctx.started(),
             pending_identity: pending.as_ref().map(|(p, i)| (p.as_str(), i.as_str())),
+            session: self.session.as_ref(),
         });
         debug!(plan = ?decision, "decided");
         let action = match decision {
@@ -608,7 +636,11 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         identity: Option<String>,
         kept: Option<&Kept>,
     ) -> Result<Action, Error> {
-        let (identity_id, mut creds) = match self.fetch(identity).await? {
+        let Fetched {
+            identity_id,
+            credentials: mut creds,
+            assumed_role_arn,
+        } = match self.fetch(identity).await? {
             Ok(got) => got,
             Err(e) => return Ok(self.failed(e.reason(), &e.to_string(), kept).await),
         };
@@ -640,6 +672,8 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             identity_id,
             region: self.region().to_string(),
             custom_role_arn: self.obj.spec.custom_role_arn.clone(),
+            session: self.session.clone(),
+            assumed_role_arn,
             issued_at,
             force_token: self.force_token().map(str::to_string),
         };
@@ -730,20 +764,18 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         requeue_at(self.now, self.wake(due, kept))
     }
 
-    /// GetId when there is no identity to reuse (saved at once), then
-    /// GetCredentialsForIdentity; a forgotten identity is replaced once.
+    /// GetId when there is no identity to reuse (saved at once), then the flow's calls
+    /// (`issue`); a forgotten identity is replaced once.
     async fn fetch(
         &mut self,
         identity: Option<String>,
-    ) -> Result<Result<(String, Credentials), CognitoError>, Error> {
+    ) -> Result<Result<Fetched, CognitoError>, Error> {
         let pool = self.obj.spec.identity_pool_id.clone();
-        let role = self.obj.spec.custom_role_arn.clone();
         let region = self.region();
-        let cognito = &self.ctx.cognito;
         let reused = identity.is_some();
         let id = match identity {
             Some(id) => id,
-            None => match cognito.get_id(region, &pool).await {
+            None => match self.ctx.cognito.get_id(region, &pool).await {
                 Ok(id) => {
                     self.remember_identity(&id, false).await;
                     id
@@ -751,20 +783,46 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 Err(e) => return Ok(Err(e)),
             },
         };
-        match cognito.get_credentials(region, &id, role.as_deref()).await {
-            Ok(c) => Ok(Ok((id, c))),
+        match self.issue(id).await {
             Err(CognitoError::IdentityNotFound(_)) if reused => {
-                let id = match cognito.get_id(region, &pool).await {
+                let id = match self.ctx.cognito.get_id(region, &pool).await {
                     Ok(id) => id,
                     Err(e) => return Ok(Err(e)),
                 };
                 self.remember_identity(&id, true).await;
-                Ok(cognito
-                    .get_credentials(region, &id, role.as_deref())
-                    .await
-                    .map(|c| (id, c)))
+                Ok(self.issue(id).await)
             }
-            Err(e) => Ok(Err(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// Credentials for identity `id` by the spec's flow: GetCredentialsForIdentity
+    /// (Enhanced), or GetOpenIdToken then STS AssumeRoleWithWebIdentity (Basic). The
+    /// OpenID token lives only in this call.
+    async fn issue(&self, id: String) -> Result<Fetched, CognitoError> {
+        let cognito = &self.ctx.cognito;
+        let region = self.region();
+        match &self.session {
+            None => {
+                let role = self.obj.spec.custom_role_arn.as_deref();
+                let credentials = cognito.get_credentials(region, &id, role).await?;
+                Ok(Fetched {
+                    identity_id: id,
+                    credentials,
+                    assumed_role_arn: None,
+                })
+            }
+            Some(session) => {
+                let token = cognito.get_open_id_token(region, &id).await?;
+                let assumed = cognito
+                    .assume_role_with_web_identity(region, session, &token)
+                    .await?;
+                Ok(Fetched {
+                    identity_id: id,
+                    credentials: assumed.credentials,
+                    assumed_role_arn: Some(assumed.assumed_role_arn),
+                })
+            }
         }
     }
 
@@ -838,9 +896,12 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         }
     }
 
-    /// Without spec.verify: no `Verified` condition, no assumedRoleArn.
+    /// Without spec.verify: no `Verified` condition; assumedRoleArn only when
+    /// AssumeRoleWithWebIdentity said it (flow Basic: set from the Secret's provenance).
     fn verification_off(&mut self) {
-        self.status.next_mut().assumed_role_arn = None;
+        if self.session.is_none() {
+            self.status.next_mut().assumed_role_arn = None;
+        }
         self.status.remove(status::VERIFIED);
     }
 
@@ -1042,5 +1103,31 @@ mod tests {
             );
         }
         assert_eq!(freshest(None, b.clone()), (b, false));
+    }
+
+    /// A first issue writes status twice from the same old one: the new identity alone,
+    /// then the rotation's. Whichever of the three the cache shows, we decide on the last
+    /// (before: the identity-only status, seen after both writes, was taken for someone
+    /// else's, and a second GetCallerIdentity followed with spec.verify).
+    #[test]
+    fn both_writes_of_one_reconcile_are_superseded_by_the_last() {
+        let (old, identity, rotated) = (st("old"), st("identity"), st("rotated"));
+        let w = supersede(None, &old, &identity);
+        let w = supersede(Some(w), &old, &rotated);
+        for cached in [old.clone(), identity.clone()] {
+            assert_eq!(freshest(Some(&w), cached), (rotated.clone(), true));
+        }
+        assert_eq!(
+            freshest(Some(&w), rotated.clone()),
+            (rotated.clone(), false)
+        );
+        assert_eq!(freshest(Some(&w), st("theirs")), (st("theirs"), false));
+        // Bounded, and what we now hold is never superseded.
+        let mut w = supersede(None, &st("s0"), &st("s1"));
+        for i in 1..20 {
+            w = supersede(Some(w), &st(&format!("s{i}")), &st(&format!("s{}", i + 1)));
+        }
+        assert!(w.superseded.len() <= SUPERSEDED_KEPT);
+        assert!(!w.superseded.contains(&w.status));
     }
 }

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
-use crate::crd::SecretTemplate;
+use crate::crd::{Flow, SecretTemplate};
 pub use crate::schedule::{rfc3339, rfc3339_precise};
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -29,6 +29,14 @@ pub const ANN_POOL: &str = "cognito.kubecred.io/identity-pool-id";
 pub const ANN_IDENTITY: &str = "cognito.kubecred.io/identity-id";
 pub const ANN_REGION: &str = "cognito.kubecred.io/region";
 pub const ANN_ROLE: &str = "cognito.kubecred.io/custom-role-arn";
+/// `Enhanced` or `Basic`; absent on Secrets written before flows existed (Enhanced).
+pub const ANN_FLOW: &str = "cognito.kubecred.io/flow";
+/// Flow Basic: the role, session name and duration AssumeRoleWithWebIdentity was asked
+/// for, and the assumed-role ARN it answered.
+pub const ANN_ROLE_ARN: &str = "cognito.kubecred.io/role-arn";
+pub const ANN_SESSION_NAME: &str = "cognito.kubecred.io/role-session-name";
+pub const ANN_SESSION_DURATION: &str = "cognito.kubecred.io/session-duration";
+pub const ANN_ASSUMED_ROLE: &str = "cognito.kubecred.io/assumed-role-arn";
 pub const ANN_FORCE: &str = "cognito.kubecred.io/force-rotate";
 pub const ANN_CHECKSUM: &str = "cognito.kubecred.io/checksum";
 
@@ -74,13 +82,28 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// What STS AssumeRoleWithWebIdentity is asked for (flow Basic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSession {
+    pub role_arn: String,
+    /// RoleSessionName.
+    pub session_name: String,
+    /// DurationSeconds.
+    pub duration_seconds: u32,
+}
+
 /// Where a set of credentials came from; recorded in the Secret's annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provenance {
     pub identity_pool_id: String,
     pub identity_id: String,
     pub region: String,
+    /// Flow Enhanced: the CustomRoleArn asked for.
     pub custom_role_arn: Option<String>,
+    /// Flow Basic: the AssumeRoleWithWebIdentity parameters (None: flow Enhanced).
+    pub session: Option<RoleSession>,
+    /// Flow Basic: the assumed-role ARN STS answered.
+    pub assumed_role_arn: Option<String>,
     pub issued_at: Timestamp,
     /// The force-rotate annotation value these credentials answer, if any.
     pub force_token: Option<String>,
@@ -193,6 +216,23 @@ pub fn render(
     if let Some(role) = &prov.custom_role_arn {
         annotations.insert(ANN_ROLE.into(), role.clone());
     }
+    let flow = if prov.session.is_some() {
+        Flow::Basic
+    } else {
+        Flow::Enhanced
+    };
+    annotations.insert(ANN_FLOW.into(), flow.as_str().to_string());
+    if let Some(s) = &prov.session {
+        annotations.insert(ANN_ROLE_ARN.into(), s.role_arn.clone());
+        annotations.insert(ANN_SESSION_NAME.into(), s.session_name.clone());
+        annotations.insert(
+            ANN_SESSION_DURATION.into(),
+            format!("{}s", s.duration_seconds),
+        );
+    }
+    if let Some(arn) = &prov.assumed_role_arn {
+        annotations.insert(ANN_ASSUMED_ROLE.into(), arn.clone());
+    }
     if let Some(token) = &prov.force_token {
         annotations.insert(ANN_FORCE.into(), token.clone());
     }
@@ -247,6 +287,11 @@ fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
 
 fn parse_time(s: &str) -> Option<Timestamp> {
     s.parse().ok()
+}
+
+/// `3600s`, as written for the session duration.
+fn parse_seconds(s: &str) -> Option<u32> {
+    s.strip_suffix('s')?.parse().ok()
 }
 
 /// Whether the Secret has a controller owner reference to `owner_uid`.
@@ -304,11 +349,26 @@ pub fn inspect(
         .collect();
 
     let provenance = (|| {
+        // No flow annotation: written before flows existed, so Enhanced. A Basic one
+        // without its parameters is incomplete (not intact).
+        let session = match ann.get(ANN_FLOW).map(String::as_str) {
+            None | Some("Enhanced") => None,
+            Some("Basic") => Some(RoleSession {
+                role_arn: ann.get(ANN_ROLE_ARN)?.clone(),
+                session_name: ann.get(ANN_SESSION_NAME)?.clone(),
+                duration_seconds: parse_seconds(ann.get(ANN_SESSION_DURATION)?)?,
+            }),
+            Some(_) => return None,
+        };
         Some(Provenance {
             identity_pool_id: ann.get(ANN_POOL)?.clone(),
             identity_id: ann.get(ANN_IDENTITY)?.clone(),
             region: ann.get(ANN_REGION)?.clone(),
             custom_role_arn: ann.get(ANN_ROLE).cloned(),
+            assumed_role_arn: session
+                .as_ref()
+                .and_then(|_| ann.get(ANN_ASSUMED_ROLE).cloned()),
+            session,
             issued_at: parse_time(ann.get(ANN_ISSUED_AT)?)?,
             force_token: ann.get(ANN_FORCE).cloned(),
         })
@@ -368,9 +428,61 @@ mod tests {
             identity_id: "us-east-1:11111111-0000-0000-0000-000000000001".into(),
             region: "us-east-1".into(),
             custom_role_arn: None,
+            session: None,
+            assumed_role_arn: None,
             issued_at: "2026-11-27T07:00:00Z".parse().unwrap(),
             force_token: Some("1".into()),
         }
+    }
+
+    fn basic() -> Provenance {
+        Provenance {
+            session: Some(RoleSession {
+                role_arn: "arn:aws:iam::123456789012:role/guest-full".into(),
+                session_name: "ns-app".into(),
+                duration_seconds: 7200,
+            }),
+            assumed_role_arn: Some(
+                "arn:aws:sts::123456789012:assumed-role/guest-full/ns-app".into(),
+            ),
+            ..prov()
+        }
+    }
+
+    #[test]
+    fn the_flow_and_its_parameters_round_trip() {
+        let s = render("n", "ns", &owner(), None, &creds(), &basic(), MOUNT);
+        let ann = s.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[ANN_FLOW], "Basic");
+        assert_eq!(ann[ANN_SESSION_DURATION], "7200s");
+        let o = inspect(&s, "uid-1", MOUNT, None);
+        assert!(o.intact);
+        assert_eq!(o.provenance, Some(basic()));
+        let s = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        assert_eq!(
+            s.metadata.annotations.as_ref().unwrap()[ANN_FLOW],
+            "Enhanced"
+        );
+        assert_eq!(inspect(&s, "uid-1", MOUNT, None).provenance, Some(prov()));
+        // Written before flows existed: Enhanced.
+        let mut old = s.clone();
+        old.metadata.annotations.as_mut().unwrap().remove(ANN_FLOW);
+        assert_eq!(inspect(&old, "uid-1", MOUNT, None).provenance, Some(prov()));
+        // Basic without its parameters, or an unknown flow: not intact.
+        for flow in ["Basic", "Other"] {
+            let mut bad = s.clone();
+            let a = bad.metadata.annotations.as_mut().unwrap();
+            a.insert(ANN_FLOW.into(), flow.into());
+            let o = inspect(&bad, "uid-1", MOUNT, None);
+            assert!(!o.intact && o.provenance.is_none(), "{flow}");
+        }
+        let mut bad = render("n", "ns", &owner(), None, &creds(), &basic(), MOUNT);
+        bad.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_SESSION_DURATION.into(), "1h".into());
+        assert!(!inspect(&bad, "uid-1", MOUNT, None).intact);
     }
 
     const MOUNT: &str = "/var/run/secrets/cognito";

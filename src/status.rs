@@ -30,6 +30,15 @@ pub mod reason {
     pub const INVALID_PARAMETER: &str = "InvalidParameter";
     pub const THROTTLED: &str = "Throttled";
     pub const COGNITO_UNAVAILABLE: &str = "CognitoUnavailable";
+    /// Flow Basic: GetOpenIdToken refused, the pool does not allow the basic (classic)
+    /// flow (AllowClassicFlow off).
+    pub const CLASSIC_FLOW_DISABLED: &str = "ClassicFlowDisabled";
+    /// Flow Basic: STS AccessDenied, the role does not exist or does not trust this
+    /// pool's unauthenticated identities (trust policy `aud`, `amr`).
+    pub const ROLE_ACCESS_DENIED: &str = "RoleAccessDenied";
+    /// Flow Basic: STS refused DurationSeconds, longer than the role's
+    /// MaxSessionDuration.
+    pub const INVALID_SESSION_DURATION: &str = "InvalidSessionDuration";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     /// The Secret could not be written: it is immutable, or the API server refused the
     /// write (an admission webhook or policy, missing RBAC).
@@ -73,7 +82,7 @@ pub mod reason {
     }
 
     /// The one table of `Ready` reasons.
-    pub const READY_REASONS: [(&str, Class); 16] = [
+    pub const READY_REASONS: [(&str, Class); 19] = [
         (CREDENTIALS_ISSUED, Class::Settled),
         (SUSPENDED, Class::Settled),
         (PENDING, Class::Settled),
@@ -83,6 +92,9 @@ pub mod reason {
         (INVALID_POOL_CONFIGURATION, Class::Terminal),
         (INVALID_PARAMETER, Class::Terminal),
         (INVALID_SPEC, Class::Terminal),
+        (CLASSIC_FLOW_DISABLED, Class::Terminal),
+        (ROLE_ACCESS_DENIED, Class::Terminal),
+        (INVALID_SESSION_DURATION, Class::Terminal),
         (IDENTITY_NOT_FOUND, Class::Transient),
         (THROTTLED, Class::Transient),
         (COGNITO_UNAVAILABLE, Class::Transient),
@@ -273,6 +285,10 @@ impl Builder {
         {
             n.identity_id = Some(prov.identity_id.clone());
             n.identity_pool_id = Some(prov.identity_pool_id.clone());
+        }
+        if let Some(arn) = &prov.assumed_role_arn {
+            // Flow Basic: AssumeRoleWithWebIdentity said which session these are.
+            n.assumed_role_arn = Some(arn.clone());
         }
         n.last_rotation_time = Some(time(prov.issued_at));
         n.expiration = Some(time(creds.expiration));

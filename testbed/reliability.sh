@@ -22,8 +22,8 @@ import json, os, sys, platform, datetime
 rows = [json.load(open(os.path.join(sys.argv[1], f))) for f in sorted(os.listdir(sys.argv[1]))]
 print("# Reliability: the fault matrix\n")
 print("Each row is a test against the real API server and the Cognito emulator behind the")
-print("proxy (tests/controller/faults.rs, tests/controller.rs, tests/loops.rs, tests/workloads.rs,")
-print("tests/runtime.rs, tests/apiserver_restart.rs); a row is written only when its")
+print("proxy (tests/controller/faults.rs, tests/controller/basic.rs, tests/controller.rs, tests/loops.rs,")
+print("tests/workloads.rs, tests/runtime.rs, tests/apiserver_restart.rs); a row is written only when its")
 print("test passes. Rerun and regenerate this page with `make reliability`.\n")
 print("In every Cognito fault the test also watches every version of the Secret while the")
 print("fault lasts and asserts that each one is present and intact (never empty, partial or")

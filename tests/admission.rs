@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use testbed_support::{TestNs, install_crd};
 
 const POOL: &str = "us-east-1:0a1b2c3d-1111-2222-3333-444455556666";
+const ROLE: &str = "arn:aws:iam::123456789012:role/guest-full";
 
 fn with(spec: Value) -> Value {
     json!({
@@ -198,6 +199,117 @@ async fn malformed_resources_are_refused_with_clear_messages() {
             with(json!({"identityPoolId": POOL, "secretTemplate": {"labels": {"a": 1}}})),
             ".spec.secretTemplate.labels.a: expected string",
         ),
+        // Flow Basic's fields (issue 15).
+        (
+            "flow unknown",
+            with(json!({"identityPoolId": POOL, "flow": "Classic"})),
+            "spec.flow: Unsupported value: \"Classic\"",
+        ),
+        (
+            "flow in lower case",
+            with(json!({"identityPoolId": POOL, "flow": "basic", "roleArn": ROLE})),
+            "spec.flow: Unsupported value",
+        ),
+        (
+            "flow Basic without roleArn",
+            with(json!({"identityPoolId": POOL, "flow": "Basic"})),
+            "roleArn is required when flow is Basic",
+        ),
+        (
+            "roleArn with flow Enhanced",
+            with(json!({"identityPoolId": POOL, "roleArn": ROLE})),
+            "roleArn is only used with flow Basic",
+        ),
+        (
+            "roleArn with flow Enhanced, said explicitly",
+            with(json!({"identityPoolId": POOL, "flow": "Enhanced", "roleArn": ROLE})),
+            "roleArn is only used with flow Basic",
+        ),
+        (
+            "customRoleArn with flow Basic",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "customRoleArn": ROLE}),
+            ),
+            "customRoleArn is only used with flow Enhanced",
+        ),
+        (
+            "roleArn malformed",
+            with(json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": "guest-full"})),
+            "spec.roleArn",
+        ),
+        (
+            "roleArn of a user, not a role",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": "arn:aws:iam::123456789012:user/guest"}),
+            ),
+            "spec.roleArn: Invalid value",
+        ),
+        (
+            "sessionDuration with flow Enhanced",
+            with(json!({"identityPoolId": POOL, "sessionDuration": "2h"})),
+            "sessionDuration is only used with flow Basic",
+        ),
+        (
+            "sessionDuration too short",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": "14m59s"}),
+            ),
+            "sessionDuration must be between 15m and 12h",
+        ),
+        (
+            "sessionDuration too long",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": "12h0m1s"}),
+            ),
+            "sessionDuration must be between 15m and 12h",
+        ),
+        (
+            "sessionDuration unparseable",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": "one hour"}),
+            ),
+            "spec.sessionDuration: Invalid value",
+        ),
+        (
+            "sessionDuration a number of seconds",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": 3600}),
+            ),
+            ".spec.sessionDuration: expected string",
+        ),
+        (
+            "roleSessionName with flow Enhanced",
+            with(json!({"identityPoolId": POOL, "roleSessionName": "app"})),
+            "roleSessionName is only used with flow Basic",
+        ),
+        (
+            "roleSessionName with a space",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "roleSessionName": "my app"}),
+            ),
+            "spec.roleSessionName: Invalid value",
+        ),
+        (
+            "roleSessionName with a slash",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "roleSessionName": "ns/app"}),
+            ),
+            "spec.roleSessionName: Invalid value",
+        ),
+        (
+            "roleSessionName of one character",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "roleSessionName": "a"}),
+            ),
+            "spec.roleSessionName",
+        ),
+        (
+            "roleSessionName too long",
+            with(
+                json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "roleSessionName": "a".repeat(65)}),
+            ),
+            "Too long",
+        ),
     ];
     assert!(cases.len() >= 20);
     let mut failures = vec![];
@@ -220,6 +332,11 @@ async fn malformed_resources_are_refused_with_clear_messages() {
         json!({"identityPoolId": "ap-northeast-1:fc81b5de-4fa4-4087-adb5-4598fd25982a", "renewBefore": "45m0s", "suspend": true}),
         json!({"identityPoolId": "us-gov-west-1:fc81b5de-4fa4-4087-adb5-4598fd25982a", "customRoleArn": "arn:aws-us-gov:iam::123456789012:role/guest/app"}),
         json!({"identityPoolId": POOL, "mountPath": "/var/run/secrets/aws", "verify": true, "rolloutRestartTargets": [{"kind": "Deployment", "name": "web"}, {"kind": "StatefulSet", "name": "web"}, {"kind": "DaemonSet", "name": "agent.v2"}]}),
+        json!({"identityPoolId": POOL, "flow": "Enhanced", "customRoleArn": ROLE}),
+        json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE}),
+        json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": "15m", "renewBefore": "5m"}),
+        json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": "arn:aws-cn:iam::123456789012:role/path/guest", "sessionDuration": "12h", "roleSessionName": "app@cluster.a_1=+,-", "verify": true}),
+        json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": "1h30m", "roleSessionName": "a".repeat(64)}),
     ];
     for spec in good {
         assert_eq!(dry_run(&api, &with(spec.clone())).await, Ok(()), "{spec}");

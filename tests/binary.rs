@@ -174,3 +174,85 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     }
     ns.cleanup().await;
 }
+
+/// Flow Basic through the real binary at debug level: Ready, a refusal, a rotation; the
+/// OpenID tokens (credentials too: STS trades them for the role's) and the credentials
+/// the proxy issued appear nowhere the controller writes.
+#[tokio::test]
+async fn binary_never_shows_the_basic_flows_token_or_credentials() {
+    let proxy = Proxy::new();
+    let (pool, role) = proxy.basic_pool(3600).await;
+    let ns = TestNs::new("binary-basic").await;
+    let dir = test_dir(&ns.name);
+    install_crd();
+    let ctl = controller(&ns.name, &dir.join("controller.log"));
+    kubectl_apply(&format!(
+        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata: {{name: app, namespace: {}}}\nspec: {{identityPoolId: \"{pool}\", flow: Basic, roleArn: \"{role}\"}}\n",
+        ns.name
+    ));
+    wait_ready(&ns.name, "app", 60);
+    // A refusal (the role stops trusting the pool), then a rotation once it trusts again.
+    proxy.put_role(&role, &[], 3600).await;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "cuc/app",
+        "cognito.kubecred.io/force-rotate=1",
+    ]);
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=jsonpath={.status.lastFailureReason}=RoleAccessDenied",
+        "cuc/app",
+        "--timeout=30s",
+    ]);
+    proxy.put_role(&role, &[&pool], 3600).await;
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "patch",
+        "cuc/app",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"renewBefore":"25m"}}"#,
+    ]);
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=jsonpath={.metadata.annotations.cognito\\.kubecred\\.io/force-rotate}=1",
+        "secret/app",
+        "--timeout=30s",
+    ]);
+    wait_ready(&ns.name, "app", 30);
+    assert!(ctl.terminate().success());
+
+    let logs = std::fs::read_to_string(dir.join("controller.log")).unwrap();
+    assert!(
+        logs.contains("credentials rotated") && logs.contains("RoleAccessDenied"),
+        "debug log incomplete?"
+    );
+    let events = kubectl(&["-n", &ns.name, "get", "events", "-o", "json"]);
+    let resource = kubectl(&["-n", &ns.name, "get", "cuc", "app", "-o", "json"]);
+    assert!(resource.contains("assumed-role/"), "{resource}");
+    let tokens = proxy.open_id_tokens().await;
+    assert!(!tokens.is_empty());
+    let mut secrets: Vec<(&str, String)> = tokens.into_iter().map(|t| ("token", t)).collect();
+    for c in proxy.issued().await {
+        for k in ["AccessKeyId", "SecretKey", "SessionToken"] {
+            secrets.push((k, c[k].as_str().unwrap().to_string()));
+        }
+    }
+    for (k, v) in &secrets {
+        for (what, text) in [
+            ("logs", &logs),
+            ("events", &events),
+            ("the resource", &resource),
+        ] {
+            assert!(!text.contains(v.as_str()), "{k} leaked into {what}");
+        }
+    }
+    ns.cleanup().await;
+}

@@ -42,6 +42,8 @@ fn valid() -> Secret {
         identity_id: "us-east-1:11111111-0000-0000-0000-000000000000".into(),
         region: "us-east-1".into(),
         custom_role_arn: None,
+        session: None,
+        assumed_role_arn: None,
         issued_at: "2029-12-31T23:00:00Z".parse().expect("time"),
         force_token: None,
     };

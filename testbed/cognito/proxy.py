@@ -17,7 +17,13 @@ what it is told to forward, and lets tests change what Cognito "says":
 * AWS STS ``GetCallerIdentity`` on the same port, for the credentials it handed
   out: it checks the key, the session token, the expiry and the SigV4
   signature, answers like STS, and records each call with how the key stood
-  (current, previous, expired, unknown, bad token, bad signature).
+  (current, previous, expired, unknown, bad token, bad signature);
+* Cognito's basic (classic) flow: GetOpenIdToken hands out JWT-shaped tokens it
+  remembers (refused, with ``semantics``, on pools without AllowClassicFlow),
+  and STS ``AssumeRoleWithWebIdentity`` checks the token, the role's trust
+  (registered roles: trusted pools, ``amr``) and DurationSeconds against the
+  role's MaxSessionDuration, answering with fresh credentials of the requested
+  lifetime that GetCallerIdentity then accepts.
 
 With no rules, it only forwards and counts.
 
@@ -70,11 +76,19 @@ ERRORS: dict[str, tuple[int, str]] = {
 # STS (awsQuery protocol: form-encoded request, XML answer).
 STS_VERSION = "2011-06-15"
 STS_XMLNS = f"https://sts.amazonaws.com/doc/{STS_VERSION}/"
-STS_OPERATIONS = {"GetCallerIdentity"}
+STS_OPERATIONS = {"GetCallerIdentity", "AssumeRoleWithWebIdentity"}
 # moto's account; identity pools' default unauthenticated roles live in it.
 ACCOUNT_ID = os.environ.get("MOTO_ACCOUNT_ID", "123456789012")
 # The role session name Cognito gives the credentials it hands out.
 COGNITO_SESSION = "CognitoIdentityCredentials"
+# The basic flow: Cognito's words when the pool does not allow it (GetOpenIdToken
+# answers InvalidParameterException, as aws/aws-cli#7652 shows), how long its OpenID
+# tokens last, STS's bounds on DurationSeconds, and IAM's default MaxSessionDuration.
+CLASSIC_FLOW_OFF = "Basic (classic) flow is not enabled, please use enhanced flow."
+OPEN_ID_TOKEN_SECONDS = 600
+STS_DURATION_RANGE = (900, 43200)
+DEFAULT_MAX_SESSION_SECONDS = 3600
+ROLE_SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
 
 # STS's own words for its errors: HTTP status, fault type, message.
 STS_ERRORS: dict[str, tuple[int, str, str]] = {
@@ -89,6 +103,15 @@ STS_ERRORS: dict[str, tuple[int, str, str]] = {
     "IncompleteSignature": (400, "Sender", "The request signature does not conform to AWS standards."),
     "MissingAuthenticationToken": (403, "Sender", "Request is missing Authentication Token"),
     "AccessDenied": (403, "Sender", "Access denied"),
+    "ValidationError": (400, "Sender", "1 validation error detected"),
+    "InvalidIdentityToken": (
+        400,
+        "Sender",
+        "Couldn't retrieve verification key from your identity provider, "
+        "please reference AssumeRoleWithWebIdentity documentation for requirements",
+    ),
+    "ExpiredTokenException": (400, "Sender", "Token expired"),
+    "IDPCommunicationError": (400, "Sender", "The identity provider could not be reached"),
     "Throttling": (400, "Sender", "Rate exceeded"),
     "InvalidAction": (400, "Sender", "Could not find operation for version 2011-06-15"),
     "InternalFailure": (500, "Receiver", "An internal error occurred."),
@@ -184,6 +207,14 @@ class State:
         # Pool configuration moto does not keep (it has no SetIdentityPoolRoles): the
         # unauthenticated role of each pool. Survives reset(), as the pools on moto do.
         self.pool_roles: dict[str, str] = {}
+        # AllowClassicFlow of the pools the proxy created (moto ignores it); a pool it
+        # did not create allows the basic flow, as AWS does for pools created without
+        # the setting (aws/aws-cli#7652). Survives reset().
+        self.pool_classic: dict[str, bool] = {}
+        # IAM roles for AssumeRoleWithWebIdentity, by ARN: the pools their trust policy
+        # names (aud), the amr it requires (None: any) and MaxSessionDuration. What
+        # moto's STS does not check. Survives reset(), as IAM does.
+        self.roles: dict[str, dict[str, Any]] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -204,6 +235,8 @@ class State:
         self.sts_calls: list[dict[str, Any]] = []
         # Identities whose pool was looked up on moto and not found (asked once).
         self.unmapped_identities: set[str] = set()
+        # OpenID tokens GetOpenIdToken handed out: identity, pool, expires_at.
+        self.open_id_tokens: dict[str, dict[str, Any]] = {}
 
     def count(self, operation: str, pool: Optional[str], identity: Optional[str]) -> None:
         self.calls[operation] = self.calls.get(operation, 0) + 1
@@ -219,7 +252,12 @@ class State:
         o[what] = o.get(what, 0) + 1
 
     def remember(
-        self, creds: dict[str, Any], identity: Optional[str], pool: Optional[str], role: Optional[str]
+        self,
+        creds: dict[str, Any],
+        identity: Optional[str],
+        pool: Optional[str],
+        role: Optional[str],
+        session: str = COGNITO_SESSION,
     ) -> None:
         """Keeps a credential set handed out, for STS to check callers against."""
         akid = creds.get("AccessKeyId")
@@ -231,6 +269,7 @@ class State:
             "secret": creds.get("SecretKey"),
             "token": creds.get("SessionToken"),
             "role": role,
+            "session": session,
             "issued_at": time.time(),
             "expires_at": float(creds["Expiration"]) if creds.get("Expiration") is not None else None,
         }
@@ -362,16 +401,17 @@ def pool_of_identity(identity: str) -> Optional[str]:
     return None
 
 
-def assumed_role(role_arn: str) -> tuple[str, str, str]:
-    """(Arn, UserId, Account) that STS reports for Cognito's session of ``role_arn``."""
+def assumed_role(role_arn: str, session: str = COGNITO_SESSION) -> tuple[str, str, str]:
+    """(Arn, UserId, Account) that STS reports for a session of ``role_arn`` (Cognito's
+    own, or the RoleSessionName of an AssumeRoleWithWebIdentity)."""
     parts = role_arn.split(":", 5)
     account = parts[4] if len(parts) == 6 and parts[4] else ACCOUNT_ID
     name = parts[5].rsplit("/", 1)[-1] if len(parts) == 6 else role_arn
     # A role's unique id is AROA + 17 characters, stable for the role.
     role_id = "AROA" + base64.b32encode(hashlib.sha256(role_arn.encode()).digest()).decode()[:17]
     return (
-        f"arn:aws:sts::{account}:assumed-role/{name}/{COGNITO_SESSION}",
-        f"{role_id}:{COGNITO_SESSION}",
+        f"arn:aws:sts::{account}:assumed-role/{name}/{session}",
+        f"{role_id}:{session}",
         account,
     )
 
@@ -458,13 +498,167 @@ def sts_error_body(code: str, message: Optional[str] = None) -> tuple[int, bytes
     return status, body.encode()
 
 
-def caller_identity_body(role_arn: str) -> bytes:
-    arn, user_id, account = assumed_role(role_arn)
+def caller_identity_body(role_arn: str, session: str = COGNITO_SESSION) -> bytes:
+    arn, user_id, account = assumed_role(role_arn, session)
     return (
         f'<GetCallerIdentityResponse xmlns="{STS_XMLNS}"><GetCallerIdentityResult>'
         f"<Arn>{escape(arn)}</Arn><UserId>{escape(user_id)}</UserId><Account>{escape(account)}</Account>"
         f"</GetCallerIdentityResult><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId>"
         f"</ResponseMetadata></GetCallerIdentityResponse>"
+    ).encode()
+
+
+# ----- the basic flow ----------------------------------------------------------
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def issue_open_id_token(identity: Optional[str], pool: Optional[str]) -> str:
+    """A token shaped like Cognito's (a signed JWT: sub = identity, aud = pool,
+    amr = unauthenticated, 10 minutes), remembered for AssumeRoleWithWebIdentity."""
+    now = int(time.time())
+    header = {"kid": "testbed-1", "typ": "JWS", "alg": "RS512"}
+    claims = {
+        "sub": identity,
+        "aud": pool,
+        "amr": ["unauthenticated"],
+        "iss": "https://cognito-identity.amazonaws.com",
+        "exp": now + OPEN_ID_TOKEN_SECONDS,
+        "iat": now,
+    }
+    token = ".".join(
+        [
+            _b64url(json.dumps(header).encode()),
+            _b64url(json.dumps(claims).encode()),
+            _b64url(secrets.token_bytes(256)),
+        ]
+    )
+    with STATE.lock:
+        if len(STATE.open_id_tokens) < 200_000:
+            STATE.open_id_tokens[token] = {
+                "identity": identity,
+                "pool": pool,
+                "amr": "unauthenticated",
+                "expires_at": now + OPEN_ID_TOKEN_SECONDS,
+            }
+    return token
+
+
+def classic_allowed(pool: str) -> bool:
+    """The pool's AllowClassicFlow (a pool the proxy did not create: allowed)."""
+    with STATE.lock:
+        return STATE.pool_classic.get(pool, True)
+
+
+def register_role(data: dict[str, Any]) -> dict[str, Any]:
+    """Adds or replaces an IAM role AssumeRoleWithWebIdentity may assume."""
+    arn = data.get("arn")
+    if not isinstance(arn, str) or not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$", arn):
+        raise ValueError("arn must be an IAM role ARN")
+    unknown = set(data) - {"arn", "trusted_pools", "amr", "max_session_seconds"}
+    if unknown:
+        raise ValueError(f"unknown role keys: {sorted(unknown)}")
+    pools = data.get("trusted_pools") or []
+    if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+        raise ValueError("trusted_pools must be a list of identity pool ids")
+    amr = data.get("amr", "unauthenticated")
+    if amr not in (None, "unauthenticated", "authenticated"):
+        raise ValueError("amr must be 'unauthenticated', 'authenticated' or null (any)")
+    max_seconds = int(data.get("max_session_seconds") or DEFAULT_MAX_SESSION_SECONDS)
+    if not 3600 <= max_seconds <= 43200:
+        raise ValueError("max_session_seconds must be between 3600 and 43200, as IAM's MaxSessionDuration")
+    role = {"arn": arn, "trusted_pools": list(pools), "amr": amr, "max_session_seconds": max_seconds}
+    with STATE.lock:
+        STATE.roles[arn] = role
+    return role
+
+
+def trust_pool(role_arn: str, pool: str) -> None:
+    """What the Cognito console does for a new pool: its unauthenticated role trusts it."""
+    with STATE.lock:
+        role = STATE.roles.setdefault(
+            role_arn,
+            {
+                "arn": role_arn,
+                "trusted_pools": [],
+                "amr": "unauthenticated",
+                "max_session_seconds": DEFAULT_MAX_SESSION_SECONDS,
+            },
+        )
+        if pool not in role["trusted_pools"]:
+            role["trusted_pools"].append(pool)
+
+
+def web_identity_refusal(
+    token: Optional[dict[str, Any]], params: dict[str, str]
+) -> Optional[tuple[str, str]]:
+    """What STS would refuse in an AssumeRoleWithWebIdentity (code, message), in the
+    order it checks: the parameters, the token, the role's trust, the duration."""
+    for key in ("RoleArn", "RoleSessionName", "WebIdentityToken"):
+        if not params.get(key):
+            field = key[0].lower() + key[1:]
+            return (
+                "ValidationError",
+                f"1 validation error detected: Value null at '{field}' failed to satisfy constraint: "
+                "Member must not be null",
+            )
+    session = params["RoleSessionName"]
+    if not ROLE_SESSION_NAME.match(session):
+        return (
+            "ValidationError",
+            f"1 validation error detected: Value '{session}' at 'roleSessionName' failed to satisfy "
+            "constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*",
+        )
+    raw = params.get("DurationSeconds") or "3600"
+    lo, hi = STS_DURATION_RANGE
+    try:
+        duration = int(raw)
+    except ValueError:
+        duration = -1
+    if not lo <= duration <= hi:
+        bound = f"greater than or equal to {lo}" if duration < lo else f"less than or equal to {hi}"
+        return (
+            "ValidationError",
+            f"1 validation error detected: Value '{raw}' at 'durationSeconds' failed to satisfy "
+            f"constraint: Member must have value {bound}",
+        )
+    if token is None:
+        return ("InvalidIdentityToken", STS_ERRORS["InvalidIdentityToken"][2])
+    if time.time() >= token["expires_at"]:
+        expired = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(token["expires_at"]))
+        now = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
+        return ("ExpiredTokenException", f"Token expired: current date/time {now} must be before the expiration date/time{expired}")
+    with STATE.lock:
+        role = STATE.roles.get(params["RoleArn"])
+        role = dict(role) if role else None
+    if (
+        role is None
+        or token["pool"] not in role["trusted_pools"]
+        or (role["amr"] is not None and role["amr"] != token["amr"])
+    ):
+        return ("AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity")
+    if duration > role["max_session_seconds"]:
+        return ("ValidationError", "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.")
+    return None
+
+
+def assume_role_body(
+    role_arn: str, session: str, creds: dict[str, Any], identity: Optional[str], pool: Optional[str]
+) -> bytes:
+    arn, user_id, _ = assumed_role(role_arn, session)
+    expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(creds["Expiration"]))
+    return (
+        f'<AssumeRoleWithWebIdentityResponse xmlns="{STS_XMLNS}"><AssumeRoleWithWebIdentityResult>'
+        f"<Audience>{escape(pool or '')}</Audience>"
+        f"<AssumedRoleUser><Arn>{escape(arn)}</Arn><AssumedRoleId>{escape(user_id)}</AssumedRoleId></AssumedRoleUser>"
+        f"<Provider>cognito-identity.amazonaws.com</Provider>"
+        f"<Credentials><AccessKeyId>{escape(creds['AccessKeyId'])}</AccessKeyId>"
+        f"<SecretAccessKey>{escape(creds['SecretKey'])}</SecretAccessKey>"
+        f"<SessionToken>{escape(creds['SessionToken'])}</SessionToken>"
+        f"<Expiration>{expiration}</Expiration></Credentials>"
+        f"<SubjectFromWebIdentityToken>{escape(identity or '')}</SubjectFromWebIdentityToken>"
+        f"</AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId>"
+        f"</ResponseMetadata></AssumeRoleWithWebIdentityResponse>"
     ).encode()
 
 
@@ -611,9 +805,9 @@ class Handler(BaseHTTPRequestHandler):
         self, operation: str, pool: Optional[str], identity: Optional[str], deleted: bool
     ) -> Optional[tuple[str, str]]:
         """What real Cognito would refuse that moto lets through."""
-        if operation == "GetCredentialsForIdentity" and deleted:
+        if operation in ("GetCredentialsForIdentity", "GetOpenIdToken") and deleted:
             return ("ResourceNotFoundException", f"Identity '{identity}' not found.")
-        if operation not in ("GetId", "GetCredentialsForIdentity") or not pool:
+        if operation not in ("GetId", "GetCredentialsForIdentity", "GetOpenIdToken") or not pool:
             return None
         status, desc = moto_call("DescribeIdentityPool", {"IdentityPoolId": pool}, region_of(pool))
         if status != 200:
@@ -622,6 +816,8 @@ class Handler(BaseHTTPRequestHandler):
             return ("ResourceNotFoundException", f"Identity '{identity}' not found.")
         if not desc.get("AllowUnauthenticatedIdentities"):
             return ("NotAuthorizedException", ERRORS["NotAuthorizedException"][1])
+        if operation == "GetOpenIdToken" and not classic_allowed(pool):
+            return ("InvalidParameterException", CLASSIC_FLOW_OFF)
         return None
 
     def _forward(
@@ -660,6 +856,12 @@ class Handler(BaseHTTPRequestHandler):
                 if operation == "GetId" and obj.get("IdentityId") and pool:
                     with STATE.lock:
                         STATE.identity_pool[obj["IdentityId"]] = pool
+                if operation == "GetOpenIdToken" and obj.get("Token"):
+                    # moto's token is a random id that nothing checks: hand out one STS can.
+                    identity = obj.get("IdentityId")
+                    owner = pool or (self._learn_pool(identity) if identity else None)
+                    obj["Token"] = issue_open_id_token(identity, owner)
+                    body = json.dumps(obj).encode()
                 creds = obj.get("Credentials")
                 if isinstance(creds, dict):
                     if unique:
@@ -709,6 +911,8 @@ class Handler(BaseHTTPRequestHandler):
         method = self.command
         params = {**self._form(raw), **self._query()}
         action = params.get("Action") or "Unknown"
+        if action == "AssumeRoleWithWebIdentity":
+            return self._assume_role_with_web_identity(params)
         auth = SigV4.parse(self.headers.get("Authorization"))
         cls, rec = self._classify(auth, self.headers.get("X-Amz-Security-Token"), raw, method)
         identity = rec["identity"] if rec else None
@@ -762,7 +966,66 @@ class Handler(BaseHTTPRequestHandler):
         role = rec["role"] or unauth_role(pool) or default_unauth_role("")
         self._send(
             200,
-            caller_identity_body(role),
+            caller_identity_body(role, rec.get("session") or COGNITO_SESSION),
+            {"Content-Type": "text/xml", "x-amzn-RequestId": str(uuid.uuid4())},
+        )
+
+    def _assume_role_with_web_identity(self, params: dict[str, str]) -> None:
+        """STS AssumeRoleWithWebIdentity (unsigned): the token must be one GetOpenIdToken
+        handed out and still valid, the role must trust its pool and amr, and the
+        duration must fit the role; the answer is fresh credentials lasting
+        DurationSeconds (or a matching rule's lifetime_seconds)."""
+        action = "AssumeRoleWithWebIdentity"
+        with STATE.lock:
+            token = STATE.open_id_tokens.get(params.get("WebIdentityToken") or "")
+            token = dict(token) if token else None
+        identity = token["identity"] if token else None
+        pool = token["pool"] if token else None
+        refusal = web_identity_refusal(token, params)
+        with STATE.lock:
+            STATE.count(action, pool, identity)
+            m = STATE.match(action, pool)
+            if m.throttled:
+                answered = "Throttling"
+            elif m.fault is not None:
+                spec = m.fault.spec
+                answered = spec.get("error") or spec.get("connection") or f"http{spec.get('http_status')}"
+            else:
+                answered = refusal[0] if refusal else "ok"
+            if len(STATE.sts_calls) < 200_000:
+                STATE.sts_calls.append(
+                    {
+                        "time": time.time(),
+                        "action": action,
+                        "access_key_id": None,
+                        "identity_id": identity,
+                        "pool": pool,
+                        "class": "token" if token else "unknown_token",
+                        "role_arn": params.get("RoleArn"),
+                        "role_session_name": params.get("RoleSessionName"),
+                        "duration_seconds": params.get("DurationSeconds"),
+                        "user_agent": self.headers.get("User-Agent"),
+                        "outcome": answered,
+                    }
+                )
+        if self._faults(action, m, self._sts_error, "Throttling"):
+            return
+        if refusal is not None:
+            with STATE.lock:
+                STATE.outcome(action, refusal[0])
+            return self._sts_error(*refusal)
+        creds: dict[str, Any] = fresh_credentials()
+        lifetime = m.lifetime if m.lifetime is not None else int(params.get("DurationSeconds") or 3600)
+        creds["Expiration"] = int(time.time()) + int(lifetime)
+        role_arn, session = params["RoleArn"], params["RoleSessionName"]
+        with STATE.lock:
+            if len(STATE.issued) < 200_000:
+                STATE.issued.append({k: creds[k] for k in ("AccessKeyId", "SecretKey", "SessionToken")})
+            STATE.remember(creds, identity, pool, role_arn, session)
+            STATE.outcome(action, "ok")
+        self._send(
+            200,
+            assume_role_body(role_arn, session, creds, identity, pool),
             {"Content-Type": "text/xml", "x-amzn-RequestId": str(uuid.uuid4())},
         )
 
@@ -816,7 +1079,9 @@ class Handler(BaseHTTPRequestHandler):
                 )
         if method == "GET" and head == "issued":
             with STATE.lock:
-                return self._json(200, {"credentials": STATE.issued})
+                return self._json(
+                    200, {"credentials": STATE.issued, "open_id_tokens": list(STATE.open_id_tokens)}
+                )
         if head == "sts-calls" and method in ("GET", "DELETE"):
             q = self._query()
             keep = {k: q[k] for k in ("pool", "identity_id", "access_key_id") if k in q}
@@ -838,6 +1103,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._rules(method, parts[1:], data)
         if head == "pools":
             return self._pools(method, parts[1:], data)
+        if head == "roles":
+            return self._roles(method, data)
         if head == "identities" and method == "DELETE" and len(parts) == 2:
             with STATE.lock:
                 STATE.deleted_identities.add(parts[1])
@@ -864,6 +1131,21 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(200, {"rules": len(STATE.rules)})
         self._json(405, {"error": "method not allowed"})
 
+    def _roles(self, method: str, data: dict[str, Any]) -> None:
+        """IAM roles for AssumeRoleWithWebIdentity: POST adds or replaces one, GET lists
+        them, DELETE ?arn= removes one."""
+        if method == "POST":
+            return self._json(200, register_role(data))
+        if method == "GET":
+            with STATE.lock:
+                return self._json(200, {"roles": [dict(r) for r in STATE.roles.values()]})
+        if method == "DELETE":
+            arn = self._query().get("arn", "")
+            with STATE.lock:
+                gone = STATE.roles.pop(arn, None)
+            return self._json(200 if gone else 404, {"deleted": arn})
+        self._json(405, {"error": "method not allowed"})
+
     def _pools(self, method: str, rest: list[str], data: dict[str, Any]) -> None:
         if method == "POST" and not rest:
             region = data.get("region") or os.environ.get("AWS_REGION", "us-east-1")
@@ -880,7 +1162,11 @@ class Handler(BaseHTTPRequestHandler):
                 # moto has no SetIdentityPoolRoles: the proxy keeps the pool's roles.
                 with STATE.lock:
                     STATE.pool_roles[body["IdentityPoolId"]] = role
+                    STATE.pool_classic[body["IdentityPoolId"]] = bool(data.get("classic", False))
                 body["Roles"] = {"unauthenticated": role}
+                body["AllowClassicFlow"] = bool(data.get("classic", False))
+                # As the console does: the pool's guest role trusts it (amr unauthenticated).
+                trust_pool(role, body["IdentityPoolId"])
             return self._json(status, body)
         if len(rest) == 1:
             pool = rest[0]
@@ -889,6 +1175,7 @@ class Handler(BaseHTTPRequestHandler):
                 if status == 200:
                     role = unauth_role(pool)
                     body["Roles"] = {"unauthenticated": role} if role else {}
+                    body["AllowClassicFlow"] = classic_allowed(pool)
                 return self._json(status, body)
             if method == "DELETE":
                 status, body = moto_call("DeleteIdentityPool", {"IdentityPoolId": pool}, region_of(pool))
@@ -899,6 +1186,11 @@ class Handler(BaseHTTPRequestHandler):
                     return self._json(status, desc)
                 desc["AllowUnauthenticatedIdentities"] = bool(data.get("guest", desc["AllowUnauthenticatedIdentities"]))
                 status, body = moto_call("UpdateIdentityPool", desc, region_of(pool))
+                if status == 200 and "classic" in data:
+                    with STATE.lock:
+                        STATE.pool_classic[pool] = bool(data["classic"])
+                if status == 200:
+                    body["AllowClassicFlow"] = classic_allowed(pool)
                 return self._json(status, body)
         self._json(404, {"error": "no such pools route"})
 

@@ -21,13 +21,13 @@ struct Seen {
 }
 
 /// Every version of one Secret while a fault lasts (None: it was deleted).
-struct SecretLog {
+pub(crate) struct SecretLog {
     seen: Arc<Mutex<Vec<Option<Seen>>>>,
     task: JoinHandle<()>,
 }
 
 impl SecretLog {
-    fn start(ns: &TestNs, name: &str) -> Self {
+    pub(crate) fn start(ns: &TestNs, name: &str) -> Self {
         let seen: Arc<Mutex<Vec<Option<Seen>>>> = Arc::default();
         let sink = seen.clone();
         let stream = watcher(
@@ -63,7 +63,7 @@ impl SecretLog {
 
     /// Stops watching; asserts that every version was present and intact; returns the
     /// number of distinct credentials seen.
-    fn finish(self, what: &str) -> usize {
+    pub(crate) fn finish(self, what: &str) -> usize {
         self.task.abort();
         let seen = self.seen.lock().expect("log").clone();
         assert!(!seen.is_empty(), "{what}: the watch saw nothing");
@@ -95,7 +95,7 @@ pub(crate) fn record(id: &str, fault: &str, asserted: &str, measured: &str) {
 const EARLIEST_ATTEMPT_S: [f64; 10] = [0.0, 2.5, 7.5, 17.5, 37.5, 77.5, 157.5, 307.5, 457.5, 607.5];
 
 /// The most attempts the backoff allows within `window` after a first failed attempt.
-fn max_attempts(window: Duration) -> u64 {
+pub(crate) fn max_attempts(window: Duration) -> u64 {
     EARLIEST_ATTEMPT_S
         .iter()
         .filter(|t| **t <= window.as_secs_f64())
@@ -104,7 +104,7 @@ fn max_attempts(window: Duration) -> u64 {
 
 /// The longest wait before the next attempt after `failures` failed ones (the full step,
 /// by hand: 5, 10, 20, 40, 80, 160, then 300 s).
-fn step_after(failures: u64) -> Duration {
+pub(crate) fn step_after(failures: u64) -> Duration {
     const STEPS_S: [u64; 7] = [5, 10, 20, 40, 80, 160, 300];
     let i = usize::try_from(failures.max(1) - 1)
         .unwrap_or(usize::MAX)

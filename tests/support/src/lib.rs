@@ -269,6 +269,69 @@ impl Proxy {
         pool
     }
 
+    /// A guest-enabled pool that allows the basic flow (AllowClassicFlow), with Cognito's
+    /// semantics on, and a role of its own that trusts the pool's unauthenticated
+    /// identities with a MaxSessionDuration of `max_session_seconds`. Returns the pool
+    /// and the role's ARN.
+    pub async fn basic_pool(&self, max_session_seconds: u64) -> (String, String) {
+        let region = &testbed().region;
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/pools",
+                Some(json!({"name": format!("b_{}", rand_suffix()), "region": region, "guest": true, "classic": true})),
+            )
+            .await;
+        let pool = v["IdentityPoolId"].as_str().expect("pool id").to_string();
+        self.add_rule(json!({"pool": pool, "semantics": true}))
+            .await;
+        let role = format!(
+            "arn:aws:iam::123456789012:role/guest-full-{}",
+            rand_suffix()
+        );
+        self.put_role(&role, &[&pool], max_session_seconds).await;
+        (pool, role)
+    }
+
+    /// Adds or replaces the IAM role `arn` for AssumeRoleWithWebIdentity: trusted by the
+    /// unauthenticated identities of `trusted_pools`, at most `max_session_seconds`.
+    pub async fn put_role(&self, arn: &str, trusted_pools: &[&str], max_session_seconds: u64) {
+        self.call(
+            reqwest::Method::POST,
+            "/roles",
+            Some(json!({
+                "arn": arn,
+                "trusted_pools": trusted_pools,
+                "amr": "unauthenticated",
+                "max_session_seconds": max_session_seconds,
+            })),
+        )
+        .await;
+    }
+
+    /// Turns the basic flow (AllowClassicFlow) of `pool` on or off.
+    pub async fn set_classic(&self, pool: &str, classic: bool) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/pools/{pool}"),
+            Some(json!({"classic": classic})),
+        )
+        .await;
+    }
+
+    /// Every OpenID token GetOpenIdToken handed out (for the no-leak checks).
+    pub async fn open_id_tokens(&self) -> Vec<String> {
+        let v = self.call(reqwest::Method::GET, "/issued", None).await;
+        v["open_id_tokens"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub async fn set_guest(&self, pool: &str, guest: bool) {
         self.call(
             reqwest::Method::PUT,
