@@ -82,7 +82,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)?;
+    // At debug level the SDK's endpoint resolution logs the identity that signs a request:
+    // with spec.verify, the access key id of the credentials being verified. Capped at
+    // info whatever the filter asks (a more specific directive wins), so no credential
+    // material reaches the logs at any level.
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},aws_smithy_runtime::client::orchestrator::endpoints=info",
+        args.log_level
+    ))?;
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
     if args.log_format == "json" {
         fmt.json().init();

@@ -131,6 +131,27 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
         "--timeout=30s",
     ]);
 
+    // spec.verify: STS is called signed with the credentials; the SDK's debug logging of
+    // the signing identity must not show them either.
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "patch",
+        "cuc/app",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"verify":true}}"#,
+    ]);
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=condition=Verified",
+        "cuc/app",
+        "--timeout=30s",
+    ]);
+
     // SIGTERM: exits 0. A restart with valid credentials makes no Cognito call.
     assert!(first.terminate().success());
     let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
