@@ -673,26 +673,47 @@ pub struct ControllerProcess {
     pub port: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// The port of the controller's "serving /livez, /readyz and /metrics" log line (text
+/// or JSON format).
+fn bound_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("serving /livez"))?;
+    let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 impl ControllerProcess {
-    /// Starts `bin` with the test bed's environment plus `env`, logging to `log`.
+    /// Starts `bin` with the test bed's environment plus `env`, logging to `log`. The
+    /// HTTP server binds port 0 and the port is read from the log: a port picked free
+    /// beforehand can be taken by another process before the controller binds it.
     pub fn start(bin: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
         let out = std::fs::File::create(log).expect("log file");
-        let child = std::process::Command::new(bin)
+        let mut child = std::process::Command::new(bin)
             .envs(testbed().env())
-            .env("METRICS_ADDRESS", format!("127.0.0.1:{port}"))
+            .env("METRICS_ADDRESS", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .spawn()
             .expect("start controller");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(p) = bound_port(&text) {
+                break p;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the controller exited ({status}) before serving HTTP:\n{text}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the controller did not log its HTTP address:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         Self { child, port }
     }
 
