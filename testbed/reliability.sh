@@ -3,7 +3,7 @@
 # from the rows the passing tests recorded.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
-rows="$ROOT/target/tmp/fault-matrix"
+rows="${CARGO_TARGET_DIR:-$ROOT/target}/tmp/fault-matrix"
 rm -rf "$rows"
 started_here=0
 testbed/up.sh --check-only 2>/dev/null || started_here=1

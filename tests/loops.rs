@@ -94,6 +94,16 @@ async fn a_secret_conflict_is_said_once_and_settles() {
         1,
         "{ev:?}"
     );
+    record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "conflict-settles",
+        "An unowned Secret holds the name, and the resource is reconciled again and again",
+        "said once (one event, one status write); later reconciles write nothing, count no failure, call nothing",
+        &format!(
+            "{} controller writes over 6 s with 2 reconciles in it; failedAttempts unset; 0 Cognito calls",
+            writes - 2
+        ),
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }
@@ -154,6 +164,16 @@ async fn a_data_key_someone_else_adds_is_left_alone_and_costs_nothing() {
         1
     );
     wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "foreign-key",
+        "Someone adds a data key to the Secret (kubectl patch secret --type merge -p '{\"data\":{\"EXTRA_KEY\":\"eA==\"}}')",
+        "their key stays; no rotation, no Secret write, no Cognito call; Ready stays True",
+        &format!(
+            "{} controller writes over 6 s with 2 reconciles; 1 GetCredentialsForIdentity in all",
+            writes - 1
+        ),
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }
@@ -439,6 +459,13 @@ async fn refused_status_writes_lose_no_identity_and_memory_goes_with_the_resourc
         || async { (ctl.sample("cognito_unauth_controller_tracked_objects") == 0.0).then_some(()) },
     )
     .await;
+    record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "status-refused",
+        "Status writes refused (RBAC) from the first issue on, then a rotation whose status write fails",
+        "one identity (GetId once); the Secret written; when status can be written it says what the Secret holds (identity, lastRotationTime); the resource's memory goes with it",
+        "1 GetId over 3+ failed reconciles; lastRotationTime = the Secret's issue time after each; tracked objects 0 after the delete",
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }
@@ -561,6 +588,13 @@ async fn an_sts_outage_does_not_throw_credentials_away() {
         "refused credentials are not written"
     );
     proxy.delete_rule(refuse).await;
+    record_fault(
+        env!("CARGO_TARGET_TMPDIR"),
+        "sts-outage",
+        "spec.verify with STS answering 503 (no verdict), then InvalidClientTokenId (a verdict)",
+        "no answer: the fresh credentials are written, Ready True, Verified Unknown/VerificationUnavailable; a refusal: not written, Ready False/VerificationFailed",
+        "1 GetCredentialsForIdentity, Secret written under the outage; refused credentials kept out",
+    );
     ctl.stop().await;
     ns.cleanup().await;
 }
