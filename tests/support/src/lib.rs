@@ -38,6 +38,8 @@ pub struct TestBed {
     pub bin: PathBuf,
     /// The project venv (aws CLI, boto3, moto).
     pub venv: PathBuf,
+    /// The proxy as pods on the node reach it (`IN_CLUSTER_AWS_ENDPOINT_URL`).
+    pub in_cluster_endpoint: Option<String>,
 }
 
 impl TestBed {
@@ -94,6 +96,7 @@ fn from_map(m: &BTreeMap<String, String>) -> Option<TestBed> {
         demo_pool: m.get("DEMO_IDENTITY_POOL_ID")?.clone(),
         bin: PathBuf::from(m.get("TESTBED_BIN")?),
         venv: PathBuf::from(m.get("TESTBED_VENV")?),
+        in_cluster_endpoint: m.get("IN_CLUSTER_AWS_ENDPOINT_URL").cloned(),
     })
 }
 
