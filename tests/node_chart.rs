@@ -15,7 +15,6 @@
 //! 4. `helm uninstall`: the CRD, the resources and their Secrets stay (README, "Upgrading
 //!    and uninstalling"); the controller, its RBAC and its pods go.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -23,7 +22,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use testbed_support::{
-    Proxy, TestNs, eventually, helm, kubectl, kubectl_apply, rand_suffix, test_dir, testbed,
+    Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, test_dir, testbed,
     wait_ready,
 };
 
@@ -33,30 +32,6 @@ const CHART: &str = concat!(
 );
 /// The chart's default `leaderElection.leaseDurationSeconds`.
 const LEASE_SECONDS: u64 = 15;
-
-fn helm_ok(args: &[&str]) -> String {
-    let out = Command::new(helm())
-        .args(args)
-        .envs(testbed().env())
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("cuc-helm/cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("cuc-helm/config"),
-        )
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("cuc-helm/data"))
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The release's controller pods that are not being deleted, by name.
 async fn controller_pods(api: &Api<Pod>, release: &str) -> Vec<Pod> {

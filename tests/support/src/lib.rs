@@ -133,6 +133,27 @@ pub fn helm() -> &'static PathBuf {
     })
 }
 
+/// Runs the test bed's helm against it (its own cache and config dirs); panics with its
+/// output when it fails, else returns its stdout.
+pub fn helm_ok(args: &[&str]) -> String {
+    let tmp = std::env::temp_dir().join("cuc-helm");
+    let out = std::process::Command::new(helm())
+        .args(args)
+        .envs(testbed().env())
+        .env("HELM_CACHE_HOME", tmp.join("cache"))
+        .env("HELM_CONFIG_HOME", tmp.join("config"))
+        .env("HELM_DATA_HOME", tmp.join("data"))
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A kubeconfig file that acts as `user` (impersonation by the admin), for RBAC tests.
 pub fn impersonating_kubeconfig(user: &str, groups: &[&str], path: &Path) {
     let admin = std::fs::read_to_string(&testbed().kubeconfig).expect("admin kubeconfig");
