@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down node-check unit lint crds check-crds bench fuzz image reliability testbed-binaries
+.PHONY: help run test up down node-check propagation unit lint crds check-crds bench fuzz image reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ down: ## Stop everything `make up` started, and remove all the node added to the
 
 node-check: ## Check the running node: network rules, images, pods reach the emulator and the API server
 	testbed/node-check.sh
+
+propagation: ## Measure the kubelet's Secret propagation delay on the running node (docs/usage.md)
+	testbed/propagation.sh
 
 lint: ## cargo fmt --check and clippy with -D warnings
 	cargo fmt --all -- --check

@@ -269,6 +269,21 @@ node_cgroups_up() {
 }
 
 # ---------------------------------------------------------------- processes
+# Each also used alone by testbed/restart-node.sh (the fault matrix).
+node_start_containerd() {
+  local cbin
+  cbin=$(containerd_bin_dir)
+  # containerd finds its shim next to itself on PATH.
+  start containerd env PATH="$cbin:$PATH" nsenter --net="/run/netns/$NODE_NETNS" -- \
+    "$cbin/containerd" --config "$NODE_DIR/containerd.toml" --log-level warn
+  wait_until 60 containerd ctr_node version || { tail -30 "$RUN/containerd.log" >&2; die "containerd did not start"; }
+}
+node_start_kubelet() {
+  start kubelet nsenter --net="/run/netns/$NODE_NETNS" -- "$(k8s_bin_dir)/kubelet" \
+    --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubelet.kubeconfig" \
+    --root-dir "$NODE_STATE/kubelet" --cert-dir "$NODE_STATE/kubelet/pki" \
+    --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
+}
 node_up() { # PKI API_URL IMAGE_ARCHIVE...
   local pki=$1 api_url=$2; shift 2
   local cbin kbin
@@ -277,19 +292,13 @@ node_up() { # PKI API_URL IMAGE_ARCHIVE...
   echo "$cbin" > "$RUN/containerd-bin"
   node_write_config "$pki" "$api_url"
   node_cgroups_up
-  # containerd finds its shim next to itself on PATH.
-  start containerd env PATH="$cbin:$PATH" nsenter --net="/run/netns/$NODE_NETNS" -- \
-    "$cbin/containerd" --config "$NODE_DIR/containerd.toml" --log-level warn
-  wait_until 60 containerd ctr_node version || { tail -30 "$RUN/containerd.log" >&2; die "containerd did not start"; }
+  node_start_containerd
   local archive
   for archive in "$@"; do
     ctr_node images import --local "$archive" >/dev/null 2>"$RUN/ctr-import.log" \
       || { cat "$RUN/ctr-import.log" >&2; die "ctr images import $archive failed"; }
   done
-  start kubelet nsenter --net="/run/netns/$NODE_NETNS" -- "$kbin/kubelet" \
-    --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubelet.kubeconfig" \
-    --root-dir "$NODE_STATE/kubelet" --cert-dir "$NODE_STATE/kubelet/pki" \
-    --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
+  node_start_kubelet
   start kube-proxy nsenter --net="/run/netns/$NODE_NETNS" -- "$kbin/kube-proxy" \
     --config "$NODE_DIR/kube-proxy.yaml" --v=1
 }

@@ -3,6 +3,7 @@
 # from the rows the passing tests recorded.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
+# Where the tests write their rows: CARGO_TARGET_TMPDIR, under cargo's target dir.
 rows="${CARGO_TARGET_DIR:-$ROOT/target}/tmp/fault-matrix"
 rm -rf "$rows"
 started_here=0
@@ -17,13 +18,16 @@ cargo test --locked --test workloads -- --test-threads 4 verify restart_targets
 cargo test --locked --test loops -- --test-threads 8
 cargo test --locked --test runtime -- --test-threads 8 one_leader leader_failover a_leader_that_cannot_renew
 cargo test --locked --test apiserver_restart
+# Restarts the node under every pod: ignored by make test, run here alone.
+cargo test --locked --test node_faults -- --ignored
 python3 - "$rows" > docs/reliability.md <<'PY'
 import json, os, sys, platform, datetime
 rows = [json.load(open(os.path.join(sys.argv[1], f))) for f in sorted(os.listdir(sys.argv[1]))]
 print("# Reliability: the fault matrix\n")
 print("Each row is a test against the real API server and the Cognito emulator behind the")
 print("proxy (tests/controller/faults.rs, tests/controller/basic.rs, tests/controller.rs, tests/loops.rs,")
-print("tests/workloads.rs, tests/runtime.rs, tests/apiserver_restart.rs); a row is written only when its")
+print("tests/workloads.rs, tests/runtime.rs, tests/apiserver_restart.rs, tests/node_faults.rs); a row is")
+print("written only when its")
 print("test passes. Rerun and regenerate this page with `make reliability`.\n")
 print("In every Cognito fault the test also watches every version of the Secret while the")
 print("fault lasts and asserts that each one is present and intact (never empty, partial or")

@@ -38,6 +38,8 @@ pub struct TestBed {
     pub bin: PathBuf,
     /// The project venv (aws CLI, boto3, moto).
     pub venv: PathBuf,
+    /// The proxy as pods on the node reach it (`IN_CLUSTER_AWS_ENDPOINT_URL`).
+    pub in_cluster_endpoint: Option<String>,
 }
 
 impl TestBed {
@@ -94,6 +96,7 @@ fn from_map(m: &BTreeMap<String, String>) -> Option<TestBed> {
         demo_pool: m.get("DEMO_IDENTITY_POOL_ID")?.clone(),
         bin: PathBuf::from(m.get("TESTBED_BIN")?),
         venv: PathBuf::from(m.get("TESTBED_VENV")?),
+        in_cluster_endpoint: m.get("IN_CLUSTER_AWS_ENDPOINT_URL").cloned(),
     })
 }
 
@@ -128,6 +131,27 @@ pub fn helm() -> &'static PathBuf {
         );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("helm")
     })
+}
+
+/// Runs the test bed's helm against it (its own cache and config dirs); panics with its
+/// output when it fails, else returns its stdout.
+pub fn helm_ok(args: &[&str]) -> String {
+    let tmp = std::env::temp_dir().join("cuc-helm");
+    let out = std::process::Command::new(helm())
+        .args(args)
+        .envs(testbed().env())
+        .env("HELM_CACHE_HOME", tmp.join("cache"))
+        .env("HELM_CONFIG_HOME", tmp.join("config"))
+        .env("HELM_DATA_HOME", tmp.join("data"))
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A kubeconfig file that acts as `user` (impersonation by the admin), for RBAC tests.
