@@ -259,6 +259,21 @@ impl SdkCognito {
     }
 }
 
+/// What a call that got no answer from the service comes to, in fixed words (the
+/// transport's, never the request's): one wording for Cognito and STS alike.
+fn no_answer<E>(err: &SdkError<E, aws_sdk_cognitoidentity::config::http::HttpResponse>) -> String {
+    match err {
+        SdkError::TimeoutError(_) => "timed out".to_string(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => "timed out".to_string(),
+        SdkError::DispatchFailure(d) if d.is_io() => "connection failed or was reset".to_string(),
+        SdkError::DispatchFailure(_) => "request could not be sent".to_string(),
+        SdkError::ResponseError(r) => {
+            format!("unreadable response (HTTP {})", r.raw().status().as_u16())
+        }
+        _ => "request could not be built".to_string(),
+    }
+}
+
 /// Maps an SDK error to what the controller does about it.
 fn classify<E>(
     err: SdkError<E, aws_sdk_cognitoidentity::config::http::HttpResponse>,
@@ -298,19 +313,7 @@ where
                 None => CognitoError::Unavailable(format!("HTTP {status}")),
             }
         }
-        SdkError::TimeoutError(_) => CognitoError::Unavailable("timed out".into()),
-        SdkError::DispatchFailure(d) => CognitoError::Unavailable(if d.is_timeout() {
-            "timed out".to_string()
-        } else if d.is_io() {
-            "connection failed or was reset".to_string()
-        } else {
-            "request could not be sent".to_string()
-        }),
-        SdkError::ResponseError(r) => CognitoError::Unavailable(format!(
-            "unreadable response (HTTP {})",
-            r.raw().status().as_u16()
-        )),
-        _ => CognitoError::Unavailable("request could not be built".into()),
+        _ => CognitoError::Unavailable(no_answer(&err)),
     }
 }
 
@@ -347,14 +350,7 @@ where
                 unavailable(detail)
             }
         }
-        SdkError::TimeoutError(_) => unavailable("timed out".to_string()),
-        SdkError::DispatchFailure(d) if d.is_timeout() => unavailable("timed out".to_string()),
-        SdkError::DispatchFailure(_) => unavailable("connection failed or was reset".to_string()),
-        SdkError::ResponseError(r) => unavailable(format!(
-            "unreadable response (HTTP {})",
-            r.raw().status().as_u16()
-        )),
-        _ => unavailable("request could not be built".to_string()),
+        _ => unavailable(no_answer(&err)),
     }
 }
 
@@ -395,14 +391,7 @@ where
                 None => unavailable(format!("HTTP {status}")),
             }
         }
-        SdkError::TimeoutError(_) => unavailable("timed out".to_string()),
-        SdkError::DispatchFailure(d) if d.is_timeout() => unavailable("timed out".to_string()),
-        SdkError::DispatchFailure(_) => unavailable("connection failed or was reset".to_string()),
-        SdkError::ResponseError(r) => unavailable(format!(
-            "unreadable response (HTTP {})",
-            r.raw().status().as_u16()
-        )),
-        _ => unavailable("request could not be built".to_string()),
+        _ => unavailable(no_answer(&err)),
     }
 }
 
