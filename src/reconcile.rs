@@ -312,8 +312,7 @@ pub async fn reconcile<C: Cognito>(
     result
 }
 
-/// How soon something that blocks an attempt before any call (a Secret we do not own,
-/// an immutable Secret) is looked at again, besides when it changes.
+/// How soon a Secret we do not own (not in our watch) is looked at again.
 const BLOCKED_RECHECK: Duration = Duration::from_secs(60);
 /// How soon a rollout restart that could not be done (forbidden, failed) is retried.
 const RESTART_RETRY: Duration = Duration::from_secs(60);
@@ -589,8 +588,13 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 .await;
         }
         self.status.not_ready(ready_reason, msg);
-        let recheck = self.now + BLOCKED_RECHECK;
-        requeue_at(self.now, self.wake(recheck, kept))
+        // Our Secret is watched: its deletion wakes us. Until then the only thing that
+        // can change is the kept credentials expiring (to say Expired), so no recheck,
+        // not even a GET a minute.
+        match kept {
+            Some(k) if !k.expired(self.now) => requeue_at(self.now, k.credentials.expiration),
+            _ => Action::await_change(),
+        }
     }
 
     /// The Secret holds good credentials: repair its layout if needed, verify once if

@@ -75,7 +75,7 @@ pub mod reason {
         Terminal,
         /// Something in the cluster blocks the attempt before any call is made (a Secret
         /// we do not own, an immutable Secret): not an attempt, so not counted as a
-        /// failure; rechecked every minute and at once when the Secret changes.
+        /// failure; a Secret not ours is rechecked every minute, ours (watched) when it changes.
         Blocked,
         /// Derived from the kept credentials (Expired), not the cause of a failure.
         Derived,
