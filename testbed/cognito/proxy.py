@@ -929,30 +929,17 @@ class Handler(BaseHTTPRequestHandler):
             outcome = {"expired": "ExpiredToken", "bad_signature": "SignatureDoesNotMatch"}.get(
                 cls, "InvalidClientTokenId"
             )
-        with STATE.lock:
-            STATE.count(action, pool, identity)
-            m = STATE.match(action, pool)
-            if m.throttled:
-                answered = "Throttling"
-            elif m.fault is not None:
-                spec = m.fault.spec
-                answered = spec.get("error") or spec.get("connection") or f"http{spec.get('http_status')}"
-            else:
-                answered = outcome
-            if len(STATE.sts_calls) < 200_000:
-                STATE.sts_calls.append(
-                    {
-                        "time": time.time(),
-                        "action": action,
-                        "access_key_id": auth.access_key_id if auth else None,
-                        "identity_id": identity,
-                        "pool": pool,
-                        "class": cls,
-                        "expires_at": rec["expires_at"] if rec else None,
-                        "user_agent": self.headers.get("User-Agent"),
-                        "outcome": answered,
-                    }
-                )
+        m = self._record_sts_call(
+            action,
+            pool,
+            identity,
+            outcome,
+            {
+                "access_key_id": auth.access_key_id if auth else None,
+                "class": cls,
+                "expires_at": rec["expires_at"] if rec else None,
+            },
+        )
         if self._faults(action, m, self._sts_error, "Throttling"):
             return
         with STATE.lock:
@@ -970,6 +957,35 @@ class Handler(BaseHTTPRequestHandler):
             {"Content-Type": "text/xml", "x-amzn-RequestId": str(uuid.uuid4())},
         )
 
+    def _record_sts_call(
+        self, action: str, pool: Optional[str], identity: Optional[str], outcome: str, fields: dict[str, Any]
+    ) -> Any:
+        """Counts an STS call, finds the rule that applies, and records the call with what it
+        will be answered (a rule's fault wins over `outcome`). Returns the rule match."""
+        with STATE.lock:
+            STATE.count(action, pool, identity)
+            m = STATE.match(action, pool)
+            if m.throttled:
+                answered = "Throttling"
+            elif m.fault is not None:
+                spec = m.fault.spec
+                answered = spec.get("error") or spec.get("connection") or f"http{spec.get('http_status')}"
+            else:
+                answered = outcome
+            if len(STATE.sts_calls) < 200_000:
+                STATE.sts_calls.append(
+                    {
+                        "time": time.time(),
+                        "action": action,
+                        "identity_id": identity,
+                        "pool": pool,
+                        "user_agent": self.headers.get("User-Agent"),
+                        "outcome": answered,
+                        **fields,
+                    }
+                )
+        return m
+
     def _assume_role_with_web_identity(self, params: dict[str, str]) -> None:
         """STS AssumeRoleWithWebIdentity (unsigned): the token must be one GetOpenIdToken
         handed out and still valid, the role must trust its pool and amr, and the
@@ -982,32 +998,19 @@ class Handler(BaseHTTPRequestHandler):
         identity = token["identity"] if token else None
         pool = token["pool"] if token else None
         refusal = web_identity_refusal(token, params)
-        with STATE.lock:
-            STATE.count(action, pool, identity)
-            m = STATE.match(action, pool)
-            if m.throttled:
-                answered = "Throttling"
-            elif m.fault is not None:
-                spec = m.fault.spec
-                answered = spec.get("error") or spec.get("connection") or f"http{spec.get('http_status')}"
-            else:
-                answered = refusal[0] if refusal else "ok"
-            if len(STATE.sts_calls) < 200_000:
-                STATE.sts_calls.append(
-                    {
-                        "time": time.time(),
-                        "action": action,
-                        "access_key_id": None,
-                        "identity_id": identity,
-                        "pool": pool,
-                        "class": "token" if token else "unknown_token",
-                        "role_arn": params.get("RoleArn"),
-                        "role_session_name": params.get("RoleSessionName"),
-                        "duration_seconds": params.get("DurationSeconds"),
-                        "user_agent": self.headers.get("User-Agent"),
-                        "outcome": answered,
-                    }
-                )
+        m = self._record_sts_call(
+            action,
+            pool,
+            identity,
+            refusal[0] if refusal else "ok",
+            {
+                "access_key_id": None,
+                "class": "token" if token else "unknown_token",
+                "role_arn": params.get("RoleArn"),
+                "role_session_name": params.get("RoleSessionName"),
+                "duration_seconds": params.get("DurationSeconds"),
+            },
+        )
         if self._faults(action, m, self._sts_error, "Throttling"):
             return
         if refusal is not None:
