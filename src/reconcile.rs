@@ -127,8 +127,8 @@ impl<C: Cognito> Context<C> {
             .unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    /// Runs `f` on the memory of `obj` (a resource of another uid under the same name
-    /// starts afresh), dropping the entry when nothing is left in it.
+    /// Runs `f` on the memory of `obj`, creating it (a resource of another uid under the
+    /// same name starts afresh), dropping the entry when nothing is left in it.
     fn remember<R>(&self, obj: &CognitoUnauthCredential, f: impl FnOnce(&mut Memory) -> R) -> R {
         let uid = obj.uid().unwrap_or_default();
         let mut all = lock(&self.memory);
@@ -141,11 +141,32 @@ impl<C: Cognito> Context<C> {
             };
         }
         let r = f(m);
-        if m.is_empty() {
-            all.remove(&k);
+        self.settle(&mut all, &k);
+        r
+    }
+
+    /// Runs `f` on the memory of `obj` only if there is some: the common case, a settled
+    /// resource, costs one lookup and allocates nothing in the map.
+    fn amend<R>(
+        &self,
+        obj: &CognitoUnauthCredential,
+        f: impl FnOnce(&mut Memory) -> R,
+    ) -> Option<R> {
+        let uid = obj.uid().unwrap_or_default();
+        let mut all = lock(&self.memory);
+        let k = key(obj);
+        let m = all.get_mut(&k).filter(|m| m.uid == uid)?;
+        let r = f(m);
+        self.settle(&mut all, &k);
+        Some(r)
+    }
+
+    /// Drops the entry `k` when nothing is left in it; publishes the count.
+    fn settle(&self, all: &mut HashMap<String, Memory>, k: &str) {
+        if all.get(k).is_some_and(Memory::is_empty) {
+            all.remove(k);
         }
         self.metrics.tracked_objects(all.len());
-        r
     }
 
     /// Forgets a resource that is gone: its memory and its metric series.
@@ -156,24 +177,20 @@ impl<C: Cognito> Context<C> {
         self.metrics.forget(namespace, name);
     }
 
-    /// How many resources have memory (0 when every one is settled).
-    pub fn tracked(&self) -> usize {
-        lock(&self.memory).len()
-    }
-
     /// The newest status we know: the cached object's, unless it is one our own write
     /// replaced and the watch has not delivered that write yet. Deciding on a stale
     /// status would repeat a Cognito call or a write that already happened. Statuses
     /// are compared by content: resourceVersions are opaque and have no order.
     fn freshest_status(&self, obj: &CognitoUnauthCredential) -> CognitoUnauthCredentialStatus {
         let cached = obj.status.clone().unwrap_or_default();
-        self.remember(obj, |m| {
-            let (fresh, lagging) = freshest(m.written.as_ref(), cached);
+        self.amend(obj, |m| {
+            let (fresh, lagging) = freshest(m.written.as_ref(), cached.clone());
             if !lagging {
                 m.written = None;
             }
             fresh
         })
+        .unwrap_or(cached)
     }
 
     /// Writes status with server-side apply, only when it changed.
@@ -307,7 +324,7 @@ pub async fn reconcile<C: Cognito>(
         Err(e) => Err(e),
     };
     if result.is_ok() {
-        ctx.remember(&obj, |m| m.api_failures = 0);
+        ctx.amend(&obj, |m| m.api_failures = 0);
     }
     result
 }
@@ -429,7 +446,10 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 spec.secret_template.as_ref(),
             ))),
         };
-        let pending = self.ctx.remember(self.obj, |m| m.pending_identity.clone());
+        let pending = self
+            .ctx
+            .amend(self.obj, |m| m.pending_identity.clone())
+            .flatten();
         let old = self.status.old().clone();
         let decision = plan::decide(&Inputs {
             now: self.now,
@@ -700,7 +720,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             };
         }
         // The Secret carries the identity now.
-        self.ctx.remember(self.obj, |m| m.pending_identity = None);
+        self.ctx.amend(self.obj, |m| m.pending_identity = None);
         let renewal =
             schedule::renewal_time(issued_at, creds.expiration, self.renew_before, &self.uid);
         self.status.issued(&prov, &creds, renewal);
