@@ -112,12 +112,7 @@ async fn a_secret_conflict_is_said_once_and_settles() {
 /// reconcile saw drift and rotated: tens of Cognito calls and Secret writes a second.
 #[tokio::test]
 async fn a_data_key_someone_else_adds_is_left_alone_and_costs_nothing() {
-    let proxy = Proxy::new();
-    let pool = proxy.realistic_pool(3600).await;
-    let ns = TestNs::new("foreign-key").await;
-    let ctl = Running::start(&ns).await;
-    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
-    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let (proxy, pool, ns, ctl) = app_ready("foreign-key", 3600, json!({})).await;
     let secrets = ns.api::<Secret>();
     let before = secrets.get("app").await.unwrap();
     let reconciles = ctl.reconciles();
@@ -182,17 +177,7 @@ async fn a_data_key_someone_else_adds_is_left_alone_and_costs_nothing() {
 /// past the credentials' expiry, and each retry fetched credentials and threw them away.
 #[tokio::test]
 async fn an_immutable_secret_is_reported_expires_honestly_and_costs_no_calls() {
-    let proxy = Proxy::new();
-    let pool = proxy.realistic_pool(20).await;
-    let ns = TestNs::new("immutable").await;
-    let ctl = Running::start(&ns).await;
-    create_cuc(
-        &ns,
-        "app",
-        json!({"identityPoolId": pool, "renewBefore": "5m"}),
-    )
-    .await;
-    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let (proxy, pool, ns, ctl) = app_ready("immutable", 20, json!({"renewBefore": "5m"})).await;
     kubectl(&[
         "-n",
         &ns.name,
@@ -293,12 +278,7 @@ fn allow_again(policy: &str) {
 /// Reported as SecretWriteFailed with an event; attempts back off (each costs one call).
 #[tokio::test]
 async fn a_refused_secret_write_is_reported_and_backs_off() {
-    let proxy = Proxy::new();
-    let pool = proxy.realistic_pool(3600).await;
-    let ns = TestNs::new("refused").await;
-    let ctl = Running::start(&ns).await;
-    create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
-    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let (proxy, pool, ns, ctl) = app_ready("refused", 3600, json!({})).await;
     let secrets = ns.api::<Secret>();
     let good = secrets.get("app").await.unwrap().data;
     let policy = deny_secret(&ns.name, "app", "UPDATE");
@@ -474,17 +454,7 @@ async fn refused_status_writes_lose_no_identity_and_memory_goes_with_the_resourc
 /// holds credentials; a failed delete is retried (its name stays in status).
 #[tokio::test]
 async fn the_secret_under_a_former_name_is_deleted_even_after_a_failed_delete() {
-    let proxy = Proxy::new();
-    let pool = proxy.realistic_pool(3600).await;
-    let ns = TestNs::new("rename").await;
-    let ctl = Running::start(&ns).await;
-    create_cuc(
-        &ns,
-        "app",
-        json!({"identityPoolId": pool, "secretName": "one"}),
-    )
-    .await;
-    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    let (proxy, pool, ns, ctl) = app_ready("rename", 3600, json!({"secretName": "one"})).await;
     let policy = deny_secret(&ns.name, "one", "DELETE");
     let secrets = ns.api::<Secret>();
     eventually(

@@ -275,3 +275,21 @@ pub async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Durati
     // The first sighting of each object is its current version, not a write.
     seen.len().saturating_sub(2)
 }
+
+/// A fresh pool with `lifetime` s credentials, a namespace named after `prefix`, a
+/// controller for it, and the resource `app` (`spec` plus the pool) Ready.
+#[allow(dead_code)] // not every test crate starts this way
+pub async fn app_ready(
+    prefix: &str,
+    lifetime: u64,
+    mut spec: Value,
+) -> (testbed_support::Proxy, String, TestNs, Running) {
+    let proxy = testbed_support::Proxy::new();
+    let pool = proxy.realistic_pool(lifetime).await;
+    let ns = TestNs::new(prefix).await;
+    let ctl = Running::start(&ns).await;
+    spec["identityPoolId"] = json!(pool);
+    create_cuc(&ns, "app", spec).await;
+    wait_reason(&ns, "app", "True", "CredentialsIssued").await;
+    (proxy, pool, ns, ctl)
+}
