@@ -40,6 +40,8 @@ if ! testbed/up.sh --check-only 2>/dev/null; then
   # the node's Debian packages adds.
   testbed/down.sh --quiet
   bash -c 'source testbed/lib.sh && source testbed/node.sh && node_prereqs'
+  # A fresh clone has no .local yet: the snapshot lives there.
+  mkdir -p "$LOCAL"
   testbed/leftovers.sh snapshot "$before"
 fi
 step "test bed up"
