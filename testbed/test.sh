@@ -53,8 +53,17 @@ testbed/node-check.sh
 step "tests against the real control plane and the Cognito emulator"
 # The tests mostly wait on the API server and the emulator: run more than the 2 cores.
 cargo test --locked --test '*' -- --test-threads 8
+step "make run, checked: the controller on defaults, the demo resource, and a pod on the node that picks up a rotation (in the background, beside the image build)"
+RUN_UNTIL_ROTATIONS=1 testbed/run.sh > "$LOCAL/make-run-check.log" 2>&1 &
+run_check=$!
 step "container image: the Dockerfile's final stage with buildah, and its binary runs"
 testbed/image.sh
+if wait "$run_check"; then
+  grep -E '^\[pod\]|make run:' "$LOCAL/make-run-check.log"
+else
+  cat "$LOCAL/make-run-check.log" >&2
+  die "make run did not show a pod picking up a rotation (whole log above)"
+fi
 step "benchmark, small N (make bench runs N=1000): it prints which targets it judged at this scale (writes per resource, steady state, rotation cost, CPU against the CLI loop); the full-scale ones are judged by make bench"
 BENCH_N=20 testbed/bench.sh --steady-seconds 10 --baseline-n 3 --rotation-n 5 --scale-to 40 --unrelated-secrets 20 --unrelated-kib 10 --check
 log "make test passed in $(( $(date +%s) - t_start ))s"
