@@ -8,11 +8,13 @@
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
 //! HTTP server ([`http`]); and the runtime wiring ([`controller`]), events with compact series ([`events`]), and rollout restarts of the workloads that read the credentials ([`restart`]).
 
+pub mod certs;
 pub mod cognito;
 pub mod controller;
 pub mod crd;
 pub mod events;
 pub mod http;
+pub mod inject;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
@@ -23,12 +25,30 @@ pub mod reconcile;
 pub mod restart;
 pub mod schedule;
 pub mod secret;
+pub mod sidecar;
 pub mod status;
+pub mod webhook;
 
 /// Locks a mutex. A panic elsewhere while holding it leaves plain data (maps, counters)
 /// that is still usable, so a poisoned lock is taken as it is.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Reads an RwLock; a poisoned one is read as it is (see [`lock`]).
+pub(crate) fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match l.read() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Writes an RwLock; a poisoned one is written as it is (see [`lock`]).
+pub(crate) fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    match l.write() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     }

@@ -5,11 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use cognito_unauth_controller::certs::Lifetimes;
 use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
 use cognito_unauth_controller::controller::{self, LeaderElection, Settings};
 use cognito_unauth_controller::http::{self as admin, Health};
+use cognito_unauth_controller::inject::SidecarImage;
 use cognito_unauth_controller::metrics::Metrics;
 use cognito_unauth_controller::quota::Quotas;
+use cognito_unauth_controller::sidecar;
+use cognito_unauth_controller::webhook::{self, CertSlot, Configurator};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// Keeps Amazon Cognito guest (unauthenticated) credentials fresh in Kubernetes Secrets.
@@ -77,11 +82,80 @@ struct Args {
     /// Reconciles running at once, per watched namespace.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// The injection webhook: a mutating admission webhook that adds a resource's Secret,
+    /// mounts and AWS variables to pods annotated `cognito.kubecred.io/inject: NAME` (or
+    /// running as a ServiceAccount annotated `cognito.kubecred.io/credential: NAME`).
+    /// It serves HTTPS with a certificate it makes and renews itself (or cert-manager's),
+    /// and /livez, /readyz, /metrics on --metrics-address.
+    Webhook(WebhookArgs),
+    /// The sidecar the webhook adds in `container-credentials` mode: serves a mounted
+    /// credential_process file to the AWS SDKs' container credentials provider.
+    ServeCredentials(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Address of the HTTPS server the API server calls.
+    #[arg(long, env = "WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
+    address: SocketAddr,
+    /// The namespace the webhook runs in.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// The Service in front of the webhook (the certificate names it).
+    #[arg(long, env = "WEBHOOK_SERVICE")]
+    service: String,
+    /// The Secret that holds the serving certificate.
+    #[arg(long, env = "WEBHOOK_TLS_SECRET")]
+    tls_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle and match condition it keeps.
+    #[arg(long, env = "WEBHOOK_CONFIGURATION")]
+    configuration: String,
+    /// The webhook's name in that configuration.
+    #[arg(long, env = "WEBHOOK_NAME", default_value = "pods.cognito.kubecred.io")]
+    webhook_name: String,
+    /// The certificate is made by someone else (cert-manager): only load it from the Secret.
+    #[arg(long, env = "WEBHOOK_EXTERNAL_CERTIFICATE", default_value_t = false)]
+    external_certificate: bool,
+    /// Lifetime of the webhook's own CA, in seconds; renewed at two thirds.
+    #[arg(long, env = "WEBHOOK_CA_LIFETIME_SECONDS", default_value_t = 365 * 24 * 3600)]
+    ca_lifetime_seconds: i64,
+    /// Lifetime of the serving certificate, in seconds; renewed at two thirds.
+    #[arg(long, env = "WEBHOOK_CERT_LIFETIME_SECONDS", default_value_t = 30 * 24 * 3600)]
+    cert_lifetime_seconds: i64,
+    /// Image of the `container-credentials` sidecar (the controller's own image).
+    #[arg(long, env = "WEBHOOK_SIDECAR_IMAGE")]
+    sidecar_image: String,
+    /// Pull policy of that sidecar.
+    #[arg(
+        long,
+        env = "WEBHOOK_SIDECAR_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    sidecar_image_pull_policy: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The mounted credential_process file.
+    #[arg(long, required_unless_present = "probe")]
+    file: Option<std::path::PathBuf>,
+    /// Where to serve (the pod's loopback).
+    #[arg(long, default_value = "127.0.0.1:9911")]
+    address: SocketAddr,
+    /// Exit 0 if a server answers at --address, 1 if not (the sidecar's startup probe).
+    #[arg(long)]
+    probe: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     // At debug level the SDK's endpoint resolution logs the identity that signs a request:
     // with spec.verify, the access key id of the credentials being verified. Capped at
     // info whatever the filter asks (a more specific directive wins), so no credential
@@ -97,16 +171,12 @@ async fn main() -> anyhow::Result<()> {
         fmt.init();
     }
 
-    let mut config = kube::Config::infer().await?;
-    // Identifies our requests in the API server's audit log and metrics.
-    config.headers.push((
-        axum::http::header::USER_AGENT,
-        axum::http::HeaderValue::from_static(concat!(
-            "cognito-unauth-controller/",
-            env!("CARGO_PKG_VERSION")
-        )),
-    ));
-    let client = kube::Client::try_from(config)?;
+    match args.command.take() {
+        Some(Command::ServeCredentials(s)) => return serve_credentials(s).await,
+        Some(Command::Webhook(w)) => return run_webhook(args.metrics_address, w).await,
+        None => {}
+    }
+    let client = kube_client().await?;
     let sdk = load_sdk_config(
         Timeouts {
             connect: Duration::from_secs(args.cognito_connect_timeout_seconds),
@@ -165,6 +235,87 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
+    info!("exiting");
+    Ok(())
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    // Identifies our requests in the API server's audit log and metrics.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!(
+            "cognito-unauth-controller/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn serve_credentials(s: ServeArgs) -> anyhow::Result<()> {
+    if s.probe {
+        if sidecar::probe(s.address).await {
+            return Ok(());
+        }
+        std::process::exit(1);
+    }
+    let file = s
+        .file
+        .ok_or_else(|| anyhow::anyhow!("--file is required"))?;
+    tokio::select! {
+        r = sidecar::serve(file, s.address) => r?,
+        () = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let (bound, server) = admin::bind(metrics_address, metrics.clone(), health.clone()).await?;
+    info!(address = %bound, "serving /livez, /readyz and /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+    let settings = webhook::Settings {
+        address: w.address,
+        namespace: w.namespace,
+        service: w.service,
+        tls_secret: w.tls_secret,
+        configuration: w.configuration,
+        webhook: w.webhook_name,
+        manage_certificate: !w.external_certificate,
+        lifetimes: Lifetimes {
+            ca_seconds: w.ca_lifetime_seconds,
+            leaf_seconds: w.cert_lifetime_seconds,
+        },
+        sidecar: SidecarImage {
+            image: w.sidecar_image,
+            pull_policy: w.sidecar_image_pull_policy,
+        },
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let slot = Arc::new(CertSlot::default());
+    let annotated = webhook::Annotated::default();
+    let configurator = Configurator::new(
+        client.clone(),
+        settings.clone(),
+        slot.clone(),
+        annotated.clone(),
+        metrics.clone(),
+    );
+    tokio::spawn(webhook::configure(configurator, health, shutdown.clone()));
+    webhook::serve(client, &settings, slot, annotated, metrics, shutdown).await?;
     info!("exiting");
     Ok(())
 }
