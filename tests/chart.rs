@@ -48,6 +48,10 @@ fn template(release: &str, ns: &str, sets: &[&str]) -> Result<String, String> {
         ns,
         "--set",
         "image.pullPolicy=Never",
+        // The controller's objects; the webhook's are rendered and installed by
+        // tests/node_webhook.rs (a test's own value wins).
+        "--set",
+        "webhook.enabled=false",
     ];
     for s in sets {
         args.extend(["--set", s]);

@@ -156,6 +156,8 @@ async fn the_chart_runs_on_the_node_through_install_upgrade_failover_and_uninsta
             "image: {{repository: localhost/cognito-unauth-controller, tag: dev, pullPolicy: Never}}\n\
              watchNamespaces: [{watch}]\n\
              rolloutRestart: {{enabled: true}}\n\
+             # The webhook has its own test (node_webhook.rs); here only the controller.\n\
+             webhook: {{enabled: false}}\n\
              extraEnv:\n\
              - {{name: AWS_ENDPOINT_URL_COGNITO_IDENTITY, value: \"{endpoint}\"}}\n\
              - {{name: AWS_ENDPOINT_URL_STS, value: \"{endpoint}\"}}\n",

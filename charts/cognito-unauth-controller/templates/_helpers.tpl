@@ -53,3 +53,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["patch"]
 {{- end }}
 {{- end -}}
+
+{{/* The injection webhook: its own name label, so that no selector of the controller's
+    (Deployment, Service, PodDisruptionBudget) takes in the webhook's pods. */}}
+{{- define "cuc.webhookName" -}}
+{{- printf "%s-webhook" (include "cuc.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "cuc.webhookSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-webhook" (include "cuc.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end -}}
+
+{{- define "cuc.webhookLabels" -}}
+{{ include "cuc.webhookSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
