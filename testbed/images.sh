@@ -8,10 +8,14 @@
 #                                     with a venv holding the aws CLI and boto3 at the
 #                                     pins of testbed/cognito/requirements.txt: sh, cat,
 #                                     aws, python3 -c 'import boto3'
+#   localhost/go-sts:dev              FROM scratch: no shell, no cat, only /go-sts, a static
+#                                     Go binary (testbed/go-sts: aws-sdk-go-v2's default
+#                                     config, GetCallerIdentity in a loop), user 65532; it
+#                                     cannot run credential_process (the SDK runs it by sh -c)
 #   localhost/cognito-unauth-controller:dev   testbed/image.sh (the Dockerfile's final stage)
-# The first two depend on nothing in the work tree but their recipe and pins: they are
-# cached per machine in $CACHE/images, keyed by a hash of their inputs (recipe included),
-# and rebuilt only when that changes. Sourced by up.sh after lib.sh.
+# All but the last depend on nothing in the work tree but their recipe and pins (and
+# testbed/go-sts): they are cached per machine in $CACHE/images, keyed by a hash of their
+# inputs (recipe included), and rebuilt only when that changes. Sourced by up.sh after lib.sh.
 
 IMAGE_CACHE="$CACHE/images"
 
@@ -104,6 +108,20 @@ PY
   rm -rf --one-file-system "$work"
 }
 
+build_go_sts() { # OUT
+  local out=$1 work cid image=localhost/go-sts:dev
+  work=$(mktemp -d "$LOCAL/go-sts.XXXXXX")
+  (cd "$ROOT/testbed/go-sts" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+    go build -buildvcs=false -trimpath -ldflags='-s -w' -o "$work/go-sts" .)
+  cid=$(buildah_local from scratch)
+  buildah_local copy --chmod 0755 "$cid" "$work/go-sts" /go-sts >/dev/null
+  buildah_local config --entrypoint '["/go-sts"]' --user 65532:65532 "$cid"
+  buildah_local commit --quiet --rm "$cid" "$image" >/dev/null
+  buildah_local push --quiet "$image" "docker-archive:$out:$image" >/dev/null
+  buildah_local rmi "$image" >/dev/null
+  rm -rf "$work"
+}
+
 # ensure_image NAME BUILDER INPUT...: $IMAGE_CACHE/NAME-<key>.tar, built once per key.
 ensure_image() {
   local name=$1 fn=$2; shift 2
@@ -126,13 +144,15 @@ ensure_image() {
   echo "$out"
 }
 
-# The archives of the three images, one a line, building what is missing.
+# The archives of the four images, one a line, building what is missing.
 ensure_node_images() {
   ensure_debs buildah debootstrap gcc libc6-dev
   ensure_image pause build_pause "$(sha256sum "$(k8s_module_dir)/build/pause/linux/pause.c")" \
     "$PAUSE_IMAGE" "$(gcc --version | head -1)"
   ensure_image aws-client build_aws_client "$(grep -E '^(awscli|boto3)==' "$ROOT/testbed/cognito/requirements.txt")" \
     "$(python3 -c 'import sys; print(sys.version_info[:2])')"
+  ensure_image go-sts build_go_sts "$(cd "$ROOT/testbed/go-sts" && sha256sum main.go go.mod go.sum)" \
+    "$(go version)"
   "$ROOT/testbed/image.sh" >&2
   echo "$LOCAL/images/cognito-unauth-controller.tar"
 }
