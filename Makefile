@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down node-check propagation unit lint crds check-crds bench fuzz image reliability testbed-binaries
+.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds bench fuzz image reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ node-check: ## Check the running node: network rules, images, pods reach the emu
 
 propagation: ## Measure the kubelet's Secret propagation delay on the running node (docs/usage.md)
 	testbed/propagation.sh
+
+admission-latency: ## The injection webhook on the node (tests/node_webhook.rs); writes its admission latency into docs/benchmarks.md
+	testbed/up.sh
+	source .local/env && CUC_WRITE_DOCS=1 cargo test --locked --test node_webhook -- --nocapture
 
 lint: ## cargo fmt --check and clippy with -D warnings
 	cargo fmt --all -- --check

@@ -228,8 +228,11 @@ pub fn apply(
         (Step::NewLeaf, Some(old)) => {
             let mut b = old.clone();
             new_leaf(now, life, &mut b, dns_names)?;
-            // Nothing signed by an older CA is served any more.
-            b.cas.truncate(1);
+            // The CA before the current one goes once the leaf being replaced is the
+            // current CA's: by then no replica still serves a leaf the older one signed.
+            if old.cert_issuer == old.ca_not_before {
+                b.cas.truncate(1);
+            }
             Ok(Some(b))
         }
         (Step::Keep { .. } | Step::Publish, _) => Ok(None),
@@ -385,9 +388,15 @@ mod tests {
         let b4 = apply(Step::NewLeaf, ca_due, Some(&b3), &LIFE, &names())
             .unwrap()
             .unwrap();
-        assert_eq!(b4.cas, vec![b3.cas[0].clone()]);
         assert_eq!(b4.cert_issuer, b3.ca_not_before);
         assert!(b4.cert_not_after <= b4.ca_not_after);
+        // The old CA stays in the bundle while a replica may still serve its leaf; the
+        // next leaf (replacing one the new CA signed) drops it.
+        assert_eq!(b4.cas, b3.cas);
+        let b5 = apply(Step::NewLeaf, ca_due + 1, Some(&b4), &LIFE, &names())
+            .unwrap()
+            .unwrap();
+        assert_eq!(b5.cas, vec![b3.cas[0].clone()]);
     }
 
     #[test]

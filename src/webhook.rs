@@ -21,12 +21,13 @@ use axum::extract::State;
 use axum::routing::post;
 use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde_json::{Value, json};
@@ -205,19 +206,26 @@ impl Configurator {
         Api::all(self.client.clone())
     }
 
-    /// The caBundle the API server uses now for our webhook.
-    async fn published_bundle(&self) -> Result<Option<String>, WebhookError> {
-        let mwc = self
+    /// The caBundle the API server uses now for our webhook, and the configuration's
+    /// resourceVersion: what we apply next is conditional on it, so that a replica that read
+    /// an older Secret can never put an older caBundle back over a newer one.
+    async fn published_bundle(&self) -> Result<(Option<String>, Option<String>), WebhookError> {
+        let Some(mwc) = self
             .configurations()
             .get_opt(&self.settings.configuration)
-            .await?;
-        Ok(mwc
-            .and_then(|m| m.webhooks)
+            .await?
+        else {
+            return Ok((None, None));
+        };
+        let version = mwc.metadata.resource_version.clone();
+        let bundle = mwc
+            .webhooks
             .into_iter()
             .flatten()
             .find(|w| w.name == self.settings.webhook)
             .and_then(|w| w.client_config.ca_bundle)
-            .and_then(|b| String::from_utf8(b.0).ok()))
+            .and_then(|b| String::from_utf8(b.0).ok());
+        Ok((bundle, version))
     }
 
     /// One pass: returns when to come back at the latest.
@@ -238,10 +246,10 @@ impl Configurator {
                 if let Some(s) = &secret {
                     self.load_external(s)?;
                 }
-                self.publish(None).await?;
+                self.publish(None, None).await?;
                 return Ok(next);
             }
-            let published = self.published_bundle().await?;
+            let (published, version) = self.published_bundle().await?;
             let is_published = |b: &Bundle| {
                 published
                     .as_deref()
@@ -258,7 +266,7 @@ impl Configurator {
                 Step::Keep { at } => {
                     let Some(b) = stored else { break };
                     self.install(&b)?;
-                    self.publish(Some(b.ca_bundle())).await?;
+                    self.publish(Some(b.ca_bundle()), version.clone()).await?;
                     let wait = u64::try_from((at - now).max(1)).unwrap_or(1);
                     next = next.min(Duration::from_secs(wait));
                     break;
@@ -266,7 +274,7 @@ impl Configurator {
                 Step::Publish => {
                     if let Some(b) = &stored {
                         self.install(b)?;
-                        self.publish(Some(b.ca_bundle())).await?;
+                        self.publish(Some(b.ca_bundle()), version.clone()).await?;
                     }
                 }
                 Step::Fresh | Step::NewCa | Step::NewLeaf => {
@@ -283,7 +291,7 @@ impl Configurator {
                     if step != Step::NewCa {
                         self.install(&b)?;
                     }
-                    self.publish(Some(b.ca_bundle())).await?;
+                    self.publish(Some(b.ca_bundle()), version.clone()).await?;
                 }
             }
         }
@@ -301,6 +309,7 @@ impl Configurator {
                     metadata: ObjectMeta {
                         name: Some(self.settings.tls_secret.clone()),
                         annotations: Some(annotations),
+                        owner_references: self.owner().await?,
                         ..Default::default()
                     },
                     type_: Some("kubernetes.io/tls".to_string()),
@@ -331,6 +340,21 @@ impl Configurator {
         }
     }
 
+    /// The webhook's Service (the chart's) owns the Secret the webhook makes, so that
+    /// uninstalling the chart removes it too (garbage collection).
+    async fn owner(&self) -> Result<Option<Vec<OwnerReference>>, WebhookError> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        Ok(services
+            .get_opt(&self.settings.service)
+            .await?
+            .and_then(|s| s.controller_owner_ref(&()))
+            .map(|mut r| {
+                r.controller = Some(false);
+                r.block_owner_deletion = None;
+                vec![r]
+            }))
+    }
+
     fn install(&self, b: &Bundle) -> Result<(), WebhookError> {
         if self.slot.load(&b.cert, &b.key)? {
             info!(not_after = b.cert_not_after, "serving certificate loaded");
@@ -357,7 +381,11 @@ impl Configurator {
 
     /// Applies the caBundle (when we manage it) and the match condition, if either differs
     /// from what this replica last applied.
-    async fn publish(&mut self, ca_bundle: Option<String>) -> Result<(), WebhookError> {
+    async fn publish(
+        &mut self,
+        ca_bundle: Option<String>,
+        version: Option<String>,
+    ) -> Result<(), WebhookError> {
         let accounts: BTreeSet<String> = crate::read(&self.annotated).keys().cloned().collect();
         let expression = match_expression(&accounts);
         let want = (ca_bundle, expression);
@@ -373,12 +401,15 @@ impl Configurator {
             hook["clientConfig"] =
                 json!({"caBundle": k8s_openapi::ByteString(b.clone().into_bytes())});
         }
-        let patch = json!({
+        let mut patch = json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
             "metadata": {"name": self.settings.configuration},
             "webhooks": [hook],
         });
+        if let Some(v) = version {
+            patch["metadata"]["resourceVersion"] = json!(v);
+        }
         match self
             .configurations()
             .patch(

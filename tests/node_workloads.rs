@@ -28,8 +28,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, install_crd, kubectl, kubectl_stdin, root, test_dir, testbed,
-    wait_ready,
+    ControllerProcess, Proxy, TestNs, failed, install_crd, keys_used, kubectl, kubectl_stdin, root,
+    test_dir, testbed, ua_is_boto3, ua_is_cli, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
@@ -144,30 +144,6 @@ while True:
     print("file=%s subpath=%s call=%s" % (key("/var/run/aws/credentials"), key("/sub/credentials"), ok), flush=True)
     time.sleep(3)
 "#;
-
-fn ua_is_cli(c: &Value) -> bool {
-    c["user_agent"]
-        .as_str()
-        .is_some_and(|u| u.starts_with("aws-cli/"))
-}
-
-fn ua_is_boto3(c: &Value) -> bool {
-    c["user_agent"]
-        .as_str()
-        .is_some_and(|u| u.contains("Boto3/"))
-}
-
-fn keys_used(calls: &[Value], f: impl Fn(&Value) -> bool) -> BTreeSet<String> {
-    calls
-        .iter()
-        .filter(|c| f(c))
-        .filter_map(|c| c["access_key_id"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn failed(calls: &[Value]) -> Vec<&Value> {
-    calls.iter().filter(|c| c["outcome"] != "ok").collect()
-}
 
 #[tokio::test]
 async fn recipes_run_as_pods_through_three_rotations() {

@@ -859,3 +859,41 @@ subjects: [{{kind: User, name: {user}, apiGroup: rbac.authorization.k8s.io}}]
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The proxy's STS record (`Proxy::sts_calls`): a call from the aws CLI.
+pub fn ua_is_cli(c: &Value) -> bool {
+    c["user_agent"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("aws-cli/"))
+}
+
+/// A call from boto3.
+pub fn ua_is_boto3(c: &Value) -> bool {
+    c["user_agent"]
+        .as_str()
+        .is_some_and(|u| u.contains("Boto3/"))
+}
+
+/// A call from aws-sdk-go-v2.
+pub fn ua_is_go(c: &Value) -> bool {
+    c["user_agent"]
+        .as_str()
+        .is_some_and(|u| u.contains("aws-sdk-go-v2/"))
+}
+
+/// The access key ids the calls that `f` selects signed with.
+pub fn keys_used(
+    calls: &[Value],
+    f: impl Fn(&Value) -> bool,
+) -> std::collections::BTreeSet<String> {
+    calls
+        .iter()
+        .filter(|c| f(c))
+        .filter_map(|c| c["access_key_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The calls that did not succeed.
+pub fn failed(calls: &[Value]) -> Vec<&Value> {
+    calls.iter().filter(|c| c["outcome"] != "ok").collect()
+}

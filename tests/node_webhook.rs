@@ -1,0 +1,801 @@
+//! The injection webhook on the test bed's node, installed by the chart (two replicas, its
+//! own certificate), with real pods:
+//!
+//! - a Deployment annotated `cognito.kubecred.io/inject` (the aws CLI), a Deployment whose
+//!   ServiceAccount is annotated (boto3, one client for the pod's life), and a pod from an
+//!   image with no shell (aws-sdk-go-v2, `inject-mode: container-credentials`) carry no
+//!   volume, mount or credential variable in their manifests, and sign with every
+//!   credential set the controller writes through 3 rotations, with no failed call;
+//! - meanwhile pods are admitted (server dry-run) every 300 ms while the serving
+//!   certificate (60 s) and its CA (150 s) are renewed: not one admission fails;
+//! - a pod without the annotations is never sent to the webhook (its admission counter
+//!   does not move) and is stored as submitted;
+//! - malformed annotations are refused, each with its message, and no such pod exists;
+//! - admission latency over 200 creations (p50/p99, beside the same pod without the
+//!   annotation) is printed, and written to docs/benchmarks.md by `make admission-latency`;
+//! - with no webhook replica running, annotated pods are refused and the others created;
+//!   back up, the refused Deployment's pod is created with its credentials: both measured;
+//! - `helm uninstall` removes the configuration and the webhook's Secret.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use testbed_support::{
+    Proxy, TestNs, eventually, failed, helm_ok, install_crd, keys_used, kubectl, kubectl_apply,
+    rand_suffix, root, test_dir, testbed, ua_is_boto3, ua_is_cli, ua_is_go, wait_ready,
+};
+
+const CHART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/charts/cognito-unauth-controller"
+);
+const LIFETIME: u64 = 420;
+const ROTATIONS: usize = 3;
+const CERT_LIFETIME: i64 = 60;
+const CA_LIFETIME: i64 = 150;
+
+const BOTO3_LOOP: &str = r#"
+import time, boto3
+c = boto3.client("sts")
+while True:
+    try:
+        c.get_caller_identity()
+    except Exception as e:
+        print("FAILED", e, flush=True)
+    time.sleep(3)
+"#;
+
+fn restricted(ns: &str) {
+    kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+}
+
+/// A restricted pod spec running `command` in `image`, with only the test bed's STS
+/// endpoint in its environment (nothing about credentials).
+fn pod_spec(image: &str, command: Value, sa: Option<&str>) -> Value {
+    let endpoint = testbed()
+        .in_cluster_endpoint
+        .clone()
+        .expect("IN_CLUSTER_AWS_ENDPOINT_URL: the test bed has no node");
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 1,
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+            "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "app", "image": image, "imagePullPolicy": "Never",
+            "env": [
+                {"name": "AWS_ENDPOINT_URL_STS", "value": endpoint},
+                {"name": "HOME", "value": "/tmp"},
+                {"name": "INTERVAL", "value": "3"},
+            ],
+            "resources": {"requests": {"cpu": "1m"}},
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+        }],
+    });
+    if !command.is_null() {
+        spec["containers"][0]["command"] = command;
+    }
+    if let Some(sa) = sa {
+        spec["serviceAccountName"] = json!(sa);
+    }
+    spec
+}
+
+fn deployment(name: &str, annotations: Value, spec: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}, "annotations": annotations}, "spec": spec},
+        },
+    })
+}
+
+fn pod(name: &str, annotations: Value, spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": spec,
+    }))
+    .expect("a Pod")
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Admissions answered by the webhook's pods, from their `/metrics`.
+async fn admissions(pods: &Api<Pod>) -> f64 {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http");
+    let mut total = 0.0;
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+        .await
+        .expect("webhook pods");
+    for p in list.items {
+        let ip = p.status.and_then(|s| s.pod_ip).expect("pod IP");
+        let body = http
+            .get(format!("http://{ip}:8081/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        total += body
+            .lines()
+            .filter(|l| l.starts_with("cognito_unauth_controller_webhook_admissions_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+async fn match_expression(mwcs: &Api<MutatingWebhookConfiguration>, name: &str) -> String {
+    mwcs.get(name)
+        .await
+        .expect("the configuration")
+        .webhooks
+        .expect("webhooks")[0]
+        .match_conditions
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(|c| c.expression.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
+    let proxy = Proxy::new();
+    let pool = proxy.realistic_pool(LIFETIME).await;
+    let rel = TestNs::new("node-wh").await;
+    let app = TestNs::new("node-wh-app").await;
+    restricted(&rel.name);
+    restricted(&app.name);
+    install_crd();
+    let release = format!("w{}", rand_suffix());
+    let full = format!("{release}-cognito-unauth-controller");
+    let hook = format!("{full}-webhook");
+    let mwc_name = format!("{hook}-{}", rel.name);
+    let endpoint = testbed().in_cluster_endpoint.clone().expect("endpoint");
+    let dir = test_dir(&rel.name);
+    let values = dir.join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "image: {{repository: localhost/cognito-unauth-controller, tag: dev, pullPolicy: Never}}\n\
+             crds: {{install: false}}\n\
+             watchNamespaces: [{app}]\n\
+             extraEnv:\n\
+             - {{name: AWS_ENDPOINT_URL_COGNITO_IDENTITY, value: \"{endpoint}\"}}\n\
+             webhook:\n  certificate: {{caLifetimeSeconds: {CA_LIFETIME}, certLifetimeSeconds: {CERT_LIFETIME}}}\n",
+            app = app.name
+        ),
+    )
+    .expect("values");
+    let t = Instant::now();
+    helm_ok(&[
+        "install",
+        &release,
+        CHART,
+        "--namespace",
+        &rel.name,
+        "--values",
+        &values.display().to_string(),
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    println!("helm install --wait: {:.1} s", t.elapsed().as_secs_f64());
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(rel.client.clone());
+    eventually(Duration::from_secs(30), "the caBundle", || async {
+        let m = mwcs.get(&mwc_name).await.ok()?;
+        m.webhooks?[0].client_config.ca_bundle.as_ref()?;
+        Some(())
+    })
+    .await;
+    let hook_pods: Api<Pod> = rel.api();
+    let pods: Api<Pod> = app.api();
+    let secrets: Api<Secret> = app.api();
+
+    // The resource, and a ServiceAccount that names it.
+    kubectl_apply(&format!(
+        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\n\
+         metadata: {{name: app, namespace: {ns}}}\n\
+         spec: {{identityPoolId: \"{pool}\", renewBefore: 5m}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\n\
+         metadata: {{name: reader, namespace: {ns}, annotations: {{cognito.kubecred.io/credential: app}}}}\n",
+        ns = app.name
+    ));
+    let t = Instant::now();
+    let listed = format!("'{}/reader'", app.name);
+    eventually(
+        Duration::from_secs(30),
+        "the ServiceAccount in the match condition",
+        || async {
+            match_expression(&mwcs, &mwc_name)
+                .await
+                .contains(&listed)
+                .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "annotated ServiceAccount in the match condition after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    wait_ready(&app.name, "app", 60);
+
+    // Admissions all along, while the certificate and its CA are renewed.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let admitting = tokio::spawn({
+        let pods = pods.clone();
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut errors) = (0u32, Vec::new());
+            let p = pod(
+                "dry",
+                json!({"cognito.kubecred.io/inject": "app"}),
+                pod_spec("localhost/aws-client:dev", json!(["true"]), None),
+            );
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            while !stop.is_cancelled() {
+                match pods.create(&dry, &p).await {
+                    Ok(created) => {
+                        assert!(
+                            created
+                                .spec
+                                .and_then(|s| s.volumes)
+                                .is_some_and(|v| v.iter().any(|v| v.name == "cognito-credentials")),
+                            "a dry-run pod not injected"
+                        );
+                        ok += 1;
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            (ok, errors)
+        }
+    });
+    let renewals = tokio::spawn({
+        let rel_secrets: Api<Secret> = rel.api();
+        let name = format!("{hook}-tls");
+        let stop = stop.clone();
+        async move {
+            let (mut leaves, mut cas) = (BTreeSet::new(), BTreeSet::new());
+            while !stop.is_cancelled() {
+                if let Ok(s) = rel_secrets.get(&name).await {
+                    let a = s.metadata.annotations.unwrap_or_default();
+                    leaves.extend(a.get("cognito.kubecred.io/cert-not-before").cloned());
+                    cas.extend(a.get("cognito.kubecred.io/ca-not-before").cloned());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            (leaves.len(), cas.len())
+        }
+    });
+
+    // The three workloads: nothing about credentials in their manifests.
+    let cli = deployment(
+        "cli",
+        json!({"cognito.kubecred.io/inject": "app"}),
+        pod_spec(
+            "localhost/aws-client:dev",
+            json!([
+                "sh",
+                "-c",
+                "while true; do aws sts get-caller-identity --output text || echo FAILED; sleep 3; done"
+            ]),
+            None,
+        ),
+    );
+    let boto = deployment(
+        "boto",
+        json!({}),
+        pod_spec(
+            "localhost/aws-client:dev",
+            json!(["python3", "-u", "-c", BOTO3_LOOP]),
+            Some("reader"),
+        ),
+    );
+    let noshell = deployment(
+        "noshell",
+        json!({"cognito.kubecred.io/inject": "app", "cognito.kubecred.io/inject-mode": "container-credentials"}),
+        pod_spec("localhost/go-sts:dev", Value::Null, None),
+    );
+    for d in [&cli, &boto, &noshell] {
+        kubectl_apply(
+            &serde_yaml::to_string(&{
+                let mut d = d.clone();
+                d["metadata"]["namespace"] = json!(app.name);
+                d
+            })
+            .expect("yaml"),
+        );
+    }
+    kubectl(&[
+        "-n",
+        &app.name,
+        "wait",
+        "--for=condition=Available",
+        "deployment/cli",
+        "deployment/boto",
+        "deployment/noshell",
+        "--timeout=180s",
+    ]);
+    let running = pods.list(&ListParams::default()).await.expect("pods").items;
+    let spec_of = |app_label: &str| -> Value {
+        let p = running
+            .iter()
+            .find(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app"))
+                    .map(String::as_str)
+                    == Some(app_label)
+            })
+            .unwrap_or_else(|| panic!("a pod of {app_label}"));
+        serde_json::to_value(p.spec.as_ref().expect("spec")).expect("json")
+    };
+    for a in ["cli", "boto"] {
+        let s = spec_of(a);
+        let c = &s["containers"][0];
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["mountPath"] == "/var/run/secrets/cognito"
+                    && m["name"] == "cognito-credentials"),
+            "{a}: {s}"
+        );
+        assert!(
+            c["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == "AWS_CONFIG_FILE"
+                    && e["value"] == "/var/run/secrets/cognito/config")
+        );
+    }
+    let s = spec_of("noshell");
+    assert_eq!(s["initContainers"][0]["name"], "cognito-credentials", "{s}");
+    assert_eq!(s["initContainers"][0]["restartPolicy"], "Always");
+    assert!(
+        s["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    );
+    // The image really has no shell.
+    let out = std::process::Command::new("kubectl")
+        .envs(testbed().env())
+        .args([
+            "-n",
+            &app.name,
+            "exec",
+            "deploy/noshell",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ])
+        .output()
+        .expect("kubectl exec");
+    assert!(!out.status.success(), "the no-shell image ran sh");
+
+    // Rotations: each workload signs with every credential set written.
+    let mut written: Vec<String> = Vec::new();
+    let start = Instant::now();
+    let deadline = Duration::from_secs(ROTATIONS as u64 * 125 + 180);
+    type Agent = (&'static str, fn(&Value) -> bool);
+    let agents: [Agent; 3] = [
+        ("aws CLI", ua_is_cli),
+        ("boto3", ua_is_boto3),
+        ("aws-sdk-go-v2", ua_is_go),
+    ];
+    loop {
+        let s = secrets.get("app").await.expect("Secret");
+        let k =
+            String::from_utf8(s.data.expect("data")["AWS_ACCESS_KEY_ID"].0.clone()).expect("key");
+        if written.last() != Some(&k) {
+            written.push(k);
+        }
+        if written.len() > ROTATIONS {
+            let calls = proxy.sts_calls(&pool).await;
+            if agents.iter().all(|(_, f)| {
+                written[ROTATIONS..]
+                    .iter()
+                    .any(|k| keys_used(&calls, f).contains(k))
+            }) {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "after {:?}: keys written {written:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!(
+        "{ROTATIONS} rotations followed by every workload in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    stop.cancel();
+    let calls = proxy.sts_calls(&pool).await;
+    assert!(failed(&calls).is_empty(), "{:#?}", failed(&calls));
+    let all: BTreeSet<String> = written[..=ROTATIONS].iter().cloned().collect();
+    for (what, f) in agents {
+        let used = keys_used(&calls, f);
+        assert!(
+            all.is_subset(&used),
+            "{what}: signed with {used:?}, written {written:?}"
+        );
+    }
+    let (ok, errors) = admitting.await.expect("admission loop");
+    let (leaves, cas) = renewals.await.expect("renewals");
+    println!(
+        "{ok} admissions during {leaves} serving certificates and {cas} CAs; {} failed",
+        errors.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "admissions failed during renewals: {errors:#?}"
+    );
+    assert!(
+        leaves >= 4 && cas >= 2,
+        "renewals seen: {leaves} certificates, {cas} CAs"
+    );
+
+    // A pod without the annotations: the webhook is not called, the pod is as submitted.
+    let before = admissions(&hook_pods).await;
+    let plain_spec = pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None);
+    let plain = pods
+        .create(
+            &PostParams::default(),
+            &pod("plain", json!({}), plain_spec.clone()),
+        )
+        .await
+        .expect("create");
+    let stored = serde_json::to_value(plain.spec.expect("spec")).expect("json");
+    assert!(
+        stored["volumes"]
+            .as_array()
+            .is_none_or(|v| v.iter().all(|v| v["name"] != "cognito-credentials"))
+    );
+    assert_eq!(
+        stored["containers"][0]["env"],
+        plain_spec["containers"][0]["env"]
+    );
+    assert!(stored["initContainers"].is_null());
+    assert_eq!(
+        admissions(&hook_pods).await,
+        before,
+        "the webhook was called for a plain pod"
+    );
+
+    // Malformed annotations: refused with what to fix.
+    let two = {
+        let mut s = pod_spec("localhost/aws-client:dev", json!(["true"]), None);
+        s["containers"][0]["volumeMounts"] =
+            json!([{"name": "x", "mountPath": "/var/run/secrets/cognito"}]);
+        s["volumes"] = json!([{"name": "x", "emptyDir": {}}]);
+        s
+    };
+    let cases: Vec<(Value, Value, &str)> = vec![
+        (
+            json!({"cognito.kubecred.io/inject": ""}),
+            Value::Null,
+            "is empty",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "App"}),
+            Value::Null,
+            "lowercase",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "my_app"}),
+            Value::Null,
+            "lowercase",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "-app"}),
+            Value::Null,
+            "start and end",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "a".repeat(254)}),
+            Value::Null,
+            "253",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "app", "cognito.kubecred.io/containers": "web"}),
+            Value::Null,
+            "no container named web",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "app", "cognito.kubecred.io/containers": "app,"}),
+            Value::Null,
+            "empty entry",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "app", "cognito.kubecred.io/inject-mode": "env"}),
+            Value::Null,
+            "not a mode",
+        ),
+        (
+            json!({"cognito.kubecred.io/inject": "app"}),
+            two,
+            "already mounts volume x",
+        ),
+    ];
+    for (i, (annotations, spec, want)) in cases.iter().enumerate() {
+        let spec = if spec.is_null() {
+            pod_spec("localhost/aws-client:dev", json!(["true"]), None)
+        } else {
+            spec.clone()
+        };
+        let err = pods
+            .create(
+                &PostParams::default(),
+                &pod(&format!("bad-{i}"), annotations.clone(), spec),
+            )
+            .await
+            .expect_err(want);
+        assert!(err.to_string().contains(want), "case {i}: {err}");
+    }
+    let left: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| n.starts_with("bad-"))
+        .collect();
+    assert!(left.is_empty(), "refused pods exist: {left:?}");
+
+    // Admission latency: the same pod with and without the annotation.
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let timed = |annotations: Value| {
+        let pods = pods.clone();
+        let dry = dry.clone();
+        async move {
+            let p = pod(
+                "lat",
+                annotations,
+                pod_spec("localhost/aws-client:dev", json!(["true"]), None),
+            );
+            let mut ms = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                pods.create(&dry, &p).await.expect("dry-run create");
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            ms.sort_by(f64::total_cmp);
+            ms
+        }
+    };
+    let with = timed(json!({"cognito.kubecred.io/inject": "app"})).await;
+    let without = timed(json!({})).await;
+    let row = |what: &str, ms: &[f64]| {
+        format!(
+            "| {what} | {:.1} | {:.1} | {:.1} |",
+            quantile(ms, 0.5),
+            quantile(ms, 0.99),
+            ms[ms.len() - 1]
+        )
+    };
+    let table = format!(
+        "| pod creation (server dry-run), 200 each | p50 ms | p99 ms | max ms |\n| --- | --- | --- | --- |\n{}\n{}\n",
+        row(
+            "annotated: through the webhook (TLS, a GET of the resource, the patch)",
+            &with
+        ),
+        row("not annotated: the webhook is not called", &without)
+    );
+    println!("{table}");
+    assert!(
+        quantile(&with, 0.99) < 1000.0,
+        "p99 {:.1} ms",
+        quantile(&with, 0.99)
+    );
+    if std::env::var_os("CUC_WRITE_DOCS").is_some() {
+        write_docs_section(&table);
+    }
+
+    // The webhook down: annotated pods refused, the others created; then back.
+    kubectl(&[
+        "-n",
+        &rel.name,
+        "scale",
+        &format!("deployment/{hook}"),
+        "--replicas=0",
+    ]);
+    kubectl(&[
+        "-n",
+        &rel.name,
+        "wait",
+        "--for=delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/component=webhook",
+        "--timeout=60s",
+    ]);
+    let t = Instant::now();
+    let refused = pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "during",
+                json!({"cognito.kubecred.io/inject": "app"}),
+                pod_spec("localhost/aws-client:dev", json!(["true"]), None),
+            ),
+        )
+        .await
+        .expect_err("an annotated pod while no webhook runs");
+    let refusal_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert!(
+        refused.to_string().contains("failed calling webhook"),
+        "{refused}"
+    );
+    let t = Instant::now();
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "plain-during",
+            json!({}),
+            pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None),
+        ),
+    )
+    .await
+    .expect("a plain pod while no webhook runs");
+    let plain_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let late = deployment(
+        "late",
+        json!({"cognito.kubecred.io/inject": "app"}),
+        pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None),
+    );
+    kubectl_apply(
+        &serde_yaml::to_string(&{
+            let mut d = late.clone();
+            d["metadata"]["namespace"] = json!(app.name);
+            d
+        })
+        .expect("yaml"),
+    );
+    // Its ReplicaSet cannot create the pod (FailedCreate), and none exists.
+    eventually(Duration::from_secs(30), "FailedCreate for late", || async {
+        let out = kubectl(&[
+            "-n",
+            &app.name,
+            "get",
+            "events",
+            "--field-selector",
+            "reason=FailedCreate",
+            "-o",
+            "name",
+        ]);
+        (!out.trim().is_empty()).then_some(())
+    })
+    .await;
+    let none = pods
+        .list(&ListParams::default().labels("app=late"))
+        .await
+        .expect("pods")
+        .items;
+    assert!(
+        none.is_empty(),
+        "an annotated pod was created without the webhook"
+    );
+    kubectl(&[
+        "-n",
+        &rel.name,
+        "scale",
+        &format!("deployment/{hook}"),
+        "--replicas=2",
+    ]);
+    let t = Instant::now();
+    kubectl(&[
+        "-n",
+        &rel.name,
+        "rollout",
+        "status",
+        &format!("deployment/{hook}"),
+        "--timeout=120s",
+    ]);
+    let webhook_back_s = t.elapsed().as_secs_f64();
+    kubectl(&[
+        "-n",
+        &app.name,
+        "wait",
+        "--for=condition=Available",
+        "deployment/late",
+        "--timeout=180s",
+    ]);
+    let late_s = t.elapsed().as_secs_f64();
+    let late_pod = pods
+        .list(&ListParams::default().labels("app=late"))
+        .await
+        .expect("pods")
+        .items;
+    let late_spec = serde_json::to_value(late_pod[0].spec.as_ref().expect("spec")).expect("json");
+    assert!(
+        late_spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["name"] == "cognito-credentials")
+    );
+    println!(
+        "webhook down: annotated pod refused in {refusal_ms:.0} ms, plain pod created in {plain_ms:.0} ms; \
+         back: replicas Ready after {webhook_back_s:.1} s, the refused Deployment's pod available {late_s:.1} s after the scale-up"
+    );
+
+    // Uninstall: the configuration and the webhook's own Secret go.
+    helm_ok(&[
+        "uninstall",
+        &release,
+        "--namespace",
+        &rel.name,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(mwcs.get_opt(&mwc_name).await.expect("get").is_none());
+    let rel_secrets: Api<Secret> = rel.api();
+    eventually(
+        Duration::from_secs(60),
+        "the webhook's Secret collected",
+        || async {
+            rel_secrets
+                .get_opt(&format!("{hook}-tls"))
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    app.cleanup().await;
+    rel.cleanup().await;
+}
+
+/// Replaces docs/benchmarks.md's admission-latency section with `table`.
+fn write_docs_section(table: &str) {
+    const BEGIN: &str =
+        "<!-- admission-latency:begin (tests/node_webhook.rs, make admission-latency) -->";
+    const END: &str = "<!-- admission-latency:end -->";
+    let path = root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/benchmarks.md");
+    let (head, rest) = doc.split_once(BEGIN).expect("the section's begin marker");
+    let (_, tail) = rest.split_once(END).expect("the section's end marker");
+    std::fs::write(&path, format!("{head}{BEGIN}\n{table}{END}{tail}")).expect("write");
+}
