@@ -10,6 +10,7 @@
 #     OpenAPI document and from crds/ (so CognitoUnauthCredential objects are checked);
 #     ServiceMonitor and PrometheusRule are skipped (their CRDs are not ours);
 #   - the combinations the chart must refuse are refused, with a message that says why;
+#   - NOTES.txt: -n on every kubectl command, a warning while the image is the placeholder;
 #   - README.md is what helm-docs makes of values.yaml, and documents every value;
 #   - a packaged chart (helm package, untarred) renders the CRD, and carries no tests/;
 #   - a chart copied without its CRD file fails to render (unless crds.install=false).
@@ -115,6 +116,36 @@ refused "minAvailable 100% of two replicas" "would block every node drain" \
 refused "an unknown value" "additional properties" "$CHART" --set imageTag=1
 refused "a malformed digest" "/image/digest" "$CHART" --set image.digest=latest
 
+# ---------------------------------------------------------------- NOTES.txt
+# helm template does not render NOTES.txt (helm install --dry-run needs a cluster): a
+# copy of the chart renders it as a ConfigMap's data.
+mkdir -p "$tmp/notes"
+cp -r "$CHART" "$tmp/notes/chart"
+{ printf '{{- define "cuc.notesCheck" -}}\n'; cat "$CHART/templates/NOTES.txt"; printf '\n{{- end -}}\n'; } \
+  > "$tmp/notes/chart/templates/_notes.tpl"
+rm "$tmp/notes/chart/templates/NOTES.txt"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: |\n{{ include "cuc.notesCheck" . | indent 4 }}\n' \
+  > "$tmp/notes/chart/templates/notes.yaml"
+notes() {
+  helm template "$RELEASE" "$tmp/notes/chart" -n "$NAMESPACE" --show-only templates/notes.yaml "$@" \
+    | python3 -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["data"]["notes"])'
+}
+before=$failures
+for args in "" "--set image.repository=registry.example.com/cuc --set watchNamespaces={team-a}"; do
+  # shellcheck disable=SC2086
+  text=$(notes $args)
+  without_n=$(grep -E '^\s*kubectl ' <<<"$text" | grep -v -- ' -n ' || true)
+  [[ -z "$without_n" ]] || fail "NOTES.txt ($args): kubectl without -n:"$'\n'"$without_n"
+  if [[ -z "$args" ]]; then
+    grep -q "WARNING: image.repository is still the chart's placeholder" <<<"$text" \
+      || fail "NOTES.txt does not warn about the placeholder image"
+  else
+    ! grep -q "WARNING" <<<"$text" || fail "NOTES.txt warns with a real image ($args)"
+    grep -q "kubectl -n team-a apply" <<<"$text" || fail "NOTES.txt: the example is not in the watched namespace"
+  fi
+done
+(( failures > before )) || ok "NOTES.txt: -n on every kubectl command, the placeholder image warned about"
+
 # -------------------------------------------------------------- the README
 helm_docs() { (cd "$CHART" && "$(helm_docs_bin_dir)/helm-docs" --sort-values-order file --log-level warning "$@"); }
 if helm_docs --dry-run | diff -u "$CHART/README.md" -; then
@@ -132,7 +163,7 @@ fi
 # ------------------------------------------------------------------ packaging
 if helm package "$CHART" -d "$tmp/package" >/dev/null; then
   mkdir -p "$tmp/unpacked"
-  tar -xzf "$tmp"/package/*.tgz -C "$tmp/unpacked"
+  tar --warning=no-timestamp -xzf "$tmp"/package/*.tgz -C "$tmp/unpacked"
   packaged="$tmp/unpacked/$(basename "$CHART")"
   if helm template "$RELEASE" "$packaged" | grep -q '^kind: CustomResourceDefinition$'; then
     ok "the packaged chart renders the CRD"
