@@ -26,7 +26,8 @@ RELEASE=cuc
 NAMESPACE=cognito-unauth-controller
 
 need go "Install Go 1.26 or newer (https://go.dev/doc/install); helm, kubeconform and helm-docs are built from the Go module proxy."
-need python3 "Install Python 3 with PyYAML: apt-get install -y python3 python3-yaml"
+need python3 "Install Python 3: apt-get install -y python3"
+python3 -c 'import yaml' 2>/dev/null || ensure_debs python3-yaml
 ensure_helm
 ensure_chart_tools
 tmp=$(mktemp -d)
