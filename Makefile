@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds bench fuzz image reliability testbed-binaries
+.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds chart-check chart-docs bench fuzz image reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -36,12 +36,19 @@ lint: ## cargo fmt --check and clippy with -D warnings
 unit: ## Unit tests only (no cluster)
 	cargo test --locked --lib --bins
 
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ from the Rust types, and the chart's copy of it
 	cargo run --locked --quiet --features crdgen --bin crdgen > crds/cognitounauthcredentials.yaml
+	cp crds/cognitounauthcredentials.yaml charts/cognito-unauth-controller/files/crds/
 
 check-crds: ## Fail when crds/ is stale
 	cargo run --locked --quiet --features crdgen --bin crdgen | diff -u crds/cognitounauthcredentials.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
+
+chart-check: ## The chart, no cluster: lint, golden files, kubeconform, README freshness, packaging (UPDATE_GOLDEN=1 rewrites the golden files)
+	testbed/chart-check.sh
+
+chart-docs: ## Regenerate the chart's README.md from values.yaml (helm-docs)
+	bash -c 'source testbed/lib.sh && ensure_chart_tools && cd charts/cognito-unauth-controller && "$$(helm_docs_bin_dir)/helm-docs" --sort-values-order file --log-level warning'
 
 bench: ## The benchmark at BENCH_N resources (default 1000); writes docs/benchmarks.md
 	testbed/bench.sh --markdown docs/benchmarks.md

@@ -446,7 +446,7 @@ def main() -> int:
                 f.write("| " + " | ".join(r) + " |\n")
             f.write("\nThe memory at 5,000 is measured after growing from N (the controller restarted at N, so the\n")
             f.write("cold start's events are not in it; they cost ~100 bytes each for six minutes). Where the memory\n")
-            f.write("goes, and what changed to meet the target: [memory-profile.md](memory-profile.md).\n")
+            f.write("goes, and what changed to meet the target: [dev/memory-profile.md](dev/memory-profile.md).\n")
             f.write(kept)
     # Which targets this run checked: at a small N (make test) the full-scale targets are
     # reported but not judged; say which were.

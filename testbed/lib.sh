@@ -132,6 +132,8 @@ etcd_bin_dir() { echo "$CACHE/etcd-$(go_key "$ROOT/testbed/etcd")"; }
 helm_bin_dir() { echo "$CACHE/helm-$(go_key "$ROOT/testbed/helm")"; }
 containerd_bin_dir() { echo "$CACHE/containerd-$(go_key "$ROOT/testbed/containerd")"; }
 runc_bin_dir() { echo "$CACHE/runc-$(go_key "$ROOT/testbed/runc")"; }
+kubeconform_bin_dir() { echo "$CACHE/kubeconform-$(go_key "$ROOT/testbed/kubeconform")"; }
+helm_docs_bin_dir() { echo "$CACHE/helm-docs-$(go_key "$ROOT/testbed/helm-docs")"; }
 
 # build_go DIR OUT PKG...: build PKGs of the Go module in DIR into OUT, once per key.
 build_go() {
@@ -202,6 +204,13 @@ ensure_debs() {
 
 ensure_helm() {
   build_go "$ROOT/testbed/helm" "$(helm_bin_dir)" helm.sh/helm/v3/cmd/helm
+}
+
+# The chart's static checks (testbed/chart-check.sh): kubeconform validates rendered
+# manifests, helm-docs writes the chart's README from values.yaml.
+ensure_chart_tools() {
+  build_go "$ROOT/testbed/kubeconform" "$(kubeconform_bin_dir)" github.com/yannh/kubeconform/cmd/kubeconform
+  build_go "$ROOT/testbed/helm-docs" "$(helm_docs_bin_dir)" github.com/norwoodj/helm-docs/cmd/helm-docs
 }
 
 # ----------------------------------------------------------------- processes

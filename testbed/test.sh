@@ -17,6 +17,8 @@ cargo clippy --all-targets --all-features --locked -- -D warnings
 step "crds/ is generated from the Rust types"
 cargo run --locked --quiet --features crdgen --bin crdgen | diff -u crds/cognitounauthcredentials.yaml - \
   || die "crds/ is stale: run 'make crds' and commit the result"
+step "the chart: lint, kubeconform, golden files, README freshness, packaging"
+testbed/chart-check.sh
 step "unit tests"
 cargo test --locked --lib --bins
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts the local test bed: etcd, kube-apiserver (Node+RBAC authorization,
 # NodeRestriction, client-certificate admin), kube-controller-manager (garbage collector,
-# namespace, service-account, root CA publisher, deployment, replicaset, endpointslice and
-# node lifecycle controllers), kube-scheduler, moto and the programmable Cognito proxy (which also
+# namespace, service-account, root CA publisher, deployment, replicaset, endpointslice,
+# node lifecycle and ClusterRole aggregation controllers), kube-scheduler, moto and the programmable Cognito proxy (which also
 # answers STS GetCallerIdentity), and one node (testbed/node.sh: containerd, runc, CNI
 # bridge, kubelet, kube-proxy in a network namespace of its own) holding the images of
 # testbed/images.sh. The control plane listens on loopback and on this bed's host-side
@@ -144,7 +144,7 @@ kcm_port=$(free_port)
 start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --kubeconfig "$RUN/kcm.kubeconfig" \
   --authentication-kubeconfig "$RUN/kcm.kubeconfig" --authorization-kubeconfig "$RUN/kcm.kubeconfig" \
-  --controllers garbagecollector,namespace,serviceaccount,root-ca-cert-publisher,deployment,replicaset,endpointslice,nodelifecycle \
+  --controllers garbagecollector,namespace,serviceaccount,root-ca-cert-publisher,deployment,replicaset,endpointslice,nodelifecycle,clusterrole-aggregation \
   --root-ca-file "$pki/ca.crt" \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" \
   --leader-elect=false --v=0

@@ -4,15 +4,16 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, deployment_observed, helm,
-    impersonating_kubeconfig, kubectl, kubectl_apply, owned_replica_sets, rand_suffix, test_dir,
-    testbed, wait_ready,
+    ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, deployment_observed, eventually,
+    helm, impersonating_kubeconfig, kubectl, kubectl_apply, kubectl_stdin, owned_replica_sets,
+    rand_suffix, test_dir, testbed, wait_ready,
 };
 
 const CHART: &str = concat!(
@@ -64,13 +65,51 @@ fn template(release: &str, ns: &str, sets: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Every Role and ClusterRole in `manifests`, in order.
-fn roles(manifests: &str) -> Vec<serde_json::Value> {
+/// The chart rendered in namespaced mode for `ns` (a Role there, nothing cluster-wide for
+/// the controller) without the CRD (the tests apply crds/ themselves), with `sets`.
+fn namespaced_template(release: &str, ns: &str, sets: &[&str]) -> String {
+    let watch = format!("watchNamespaces={{{ns}}}");
+    let mut all = vec![watch.as_str(), "crds.install=false"];
+    all.extend_from_slice(sets);
+    template(release, ns, &all).expect("render")
+}
+
+/// Whether `doc` is one of the ClusterRoles the built-in view/edit/admin roles aggregate
+/// (rbac.aggregateToView/Edit): rules for people, bound to no one by the chart.
+fn aggregated(doc: &serde_json::Value) -> bool {
+    doc["metadata"]["labels"].as_object().is_some_and(|l| {
+        l.keys()
+            .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+    })
+}
+
+/// Every object in `manifests` (a rendering), in order.
+fn documents(manifests: &str) -> Vec<serde_json::Value> {
     manifests
         .split("\n---")
         .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
-        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .filter(|d| d.is_object())
         .collect()
+}
+
+/// Every Role and ClusterRole in `manifests` that the controller is bound to, in order.
+fn roles(manifests: &str) -> Vec<serde_json::Value> {
+    documents(manifests)
+        .into_iter()
+        .filter(|d| (d["kind"] == "Role" || d["kind"] == "ClusterRole") && !aggregated(d))
+        .collect()
+}
+
+/// Deletes the cluster-scoped RBAC objects of `release` (ClusterRoles, bindings), which
+/// a namespace's cleanup leaves behind.
+fn delete_cluster_rbac(release: &str) {
+    kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        "-l",
+        &format!("app.kubernetes.io/instance={release}"),
+        "--ignore-not-found",
+    ]);
 }
 
 fn kinds(manifests: &str) -> Vec<String> {
@@ -167,6 +206,17 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
         "extraEnv[0].value=no-name",
         "extraEnv[0].name=X,extraEnv[0].nonsense=1",
         "extraEnv[0].name=X,extraEnv[0].value=1,extraEnv[0].valueFrom.fieldRef.fieldPath=x",
+        "image.digest=latest",
+        "rbac.create=maybe",
+        "rbac.aggregateToAdmin=true",
+        "cognito.getIdRatePerSecond=0",
+        "sts.endpointUrl=ftp://x",
+        "podSecurityContext.runAsUsr=1",
+        "securityContext.privilegd=true",
+        "strategy.type=Sometimes",
+        "extraArgs[0]=",
+        "extraVolumeMounts[0].name=x",
+        "podDisruptionBudget.minAvailable=101%",
     ];
     for b in bad {
         let err = template("x", "default", &[b]).expect_err(b);
@@ -186,9 +236,8 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
         ],
     )
     .expect("render");
-    let deployment = rendered
-        .split("\n---")
-        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+    let deployment = documents(&rendered)
+        .into_iter()
         .find(|d| d["kind"] == "Deployment")
         .expect("the Deployment");
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
@@ -355,12 +404,7 @@ async fn cluster_mode_rbac_is_enough_for_the_whole_flow() {
         "the chart's RBAC fell short:\n{log}"
     );
     // Cluster-scoped objects of this release go with it.
-    kubectl(&[
-        "delete",
-        "clusterrole,clusterrolebinding",
-        &sa,
-        "--ignore-not-found",
-    ]);
+    delete_cluster_rbac(&release);
     ns.cleanup().await;
 }
 
@@ -371,22 +415,22 @@ async fn namespaced_mode_works_in_its_namespace_and_is_refused_elsewhere() {
     let ns = TestNs::new("chart-ns").await;
     let other = TestNs::new("chart-other").await;
     let release = format!("n{}", rand_suffix());
-    let rendered = template(
-        &release,
-        &ns.name,
-        &[
-            &format!("watchNamespaces={{{}}}", ns.name),
-            "crds.install=false",
-        ],
-    )
-    .expect("render");
-    let k = kinds(&rendered);
+    let rendered = namespaced_template(&release, &ns.name, &[]);
+    // The only cluster-scoped RBAC: the aggregated ClusterRoles, bound to no one.
+    let cluster: Vec<_> = documents(&rendered)
+        .into_iter()
+        .filter(|d| d["kind"].as_str().is_some_and(|k| k.starts_with("Cluster")))
+        .collect();
     assert!(
-        !k.iter().any(|x| x.starts_with("Cluster")),
-        "namespaced mode must not grant anything cluster-wide: {k:?}"
+        cluster
+            .iter()
+            .all(|d| d["kind"] == "ClusterRole" && aggregated(d)),
+        "namespaced mode must not grant the controller anything cluster-wide: {cluster:?}"
     );
     assert!(
-        !k.iter().any(|x| x == "CustomResourceDefinition"),
+        !kinds(&rendered)
+            .iter()
+            .any(|x| x == "CustomResourceDefinition"),
         "crds.install=false"
     );
     kubectl_apply(&rendered);
@@ -421,6 +465,7 @@ async fn namespaced_mode_works_in_its_namespace_and_is_refused_elsewhere() {
     assert!(
         matches!(all.list(&ListParams::default()).await, Err(kube::Error::Api(e)) if e.code == 403)
     );
+    delete_cluster_rbac(&release);
     ns.cleanup().await;
     other.cleanup().await;
 }
@@ -631,17 +676,11 @@ async fn every_verb_in_the_chart_rbac_is_needed() {
     let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("minimal-rbac").await;
     let release = format!("m{}", rand_suffix());
-    let rendered = template(
+    let rendered = namespaced_template(
         &release,
         &ns.name,
-        &[
-            &format!("watchNamespaces={{{}}}", ns.name),
-            "replicaCount=2",
-            "crds.install=false",
-            "rolloutRestart.enabled=true",
-        ],
-    )
-    .expect("render");
+        &["replicaCount=2", "rolloutRestart.enabled=true"],
+    );
     // One rule per resource (the same grants), so a verb is removed from one resource.
     let docs: Vec<serde_json::Value> = roles(&rendered)
         .into_iter()
@@ -784,16 +823,11 @@ async fn rollout_restart_targets_need_the_chart_value() {
     let ns = TestNs::new("chart-restart").await;
     let release = format!("r{}", rand_suffix());
     let render = |enabled: bool| {
-        template(
+        namespaced_template(
             &release,
             &ns.name,
-            &[
-                &format!("watchNamespaces={{{}}}", ns.name),
-                "crds.install=false",
-                &format!("rolloutRestart.enabled={enabled}"),
-            ],
+            &[&format!("rolloutRestart.enabled={enabled}")],
         )
-        .expect("render")
     };
     kubectl_apply(&render(false));
     let dir = test_dir(&ns.name);
@@ -901,5 +935,209 @@ async fn rollout_restart_targets_need_the_chart_value() {
         "no ReplicaSet for the restarted template"
     );
     assert!(child.terminate().success());
+    delete_cluster_rbac(&release);
+    ns.cleanup().await;
+}
+
+/// `helm ARGS`, expecting success; panics with its output otherwise.
+fn helm_succeeds(args: &[&str]) {
+    let out = helm_cmd(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `helm install` arguments for `release` in `ns`, watching `ns`, with no pod at all
+/// (replicaCount=0: what is at stake is Helm's ownership of the objects) and `extra`.
+fn install_args(release: &str, ns: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "install",
+        release,
+        CHART,
+        "--namespace",
+        ns,
+        "--set",
+        "replicaCount=0",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("watchNamespaces={{{ns}}}"));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The Helm release that owns the CRD (its `meta.helm.sh/release-name` annotation).
+fn crd_owner() -> String {
+    kubectl(&[
+        "get",
+        "crd",
+        "cognitounauthcredentials.cognito.kubecred.io",
+        "-o",
+        "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name}",
+    ])
+}
+
+/// Two releases in one cluster: the first installs (and owns) the CRD; a second one with
+/// `crds.install=true` is refused by Helm, because the CRD belongs to the first release;
+/// with `crds.install=false` (README, "Installing on a cluster") it installs beside it,
+/// their cluster-scoped objects apart (names from each release). Uninstalling both keeps
+/// the CRD (`crds.keep`).
+#[tokio::test]
+async fn a_second_release_installs_beside_the_first_with_crds_install_false() {
+    let first_ns = TestNs::new("chart-first").await;
+    let second_ns = TestNs::new("chart-second").await;
+    let (first, second) = (format!("f{}", rand_suffix()), format!("s{}", rand_suffix()));
+    // The CRD may exist already (other tests apply crds/): the first release takes it over.
+    let args = install_args(&first, &first_ns.name, &["--take-ownership"]);
+    helm_succeeds(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(crd_owner(), first);
+
+    let args = install_args(&second, &second_ns.name, &[]);
+    let out = helm_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cognitounauthcredentials.cognito.kubecred.io"),
+        "a second release with crds.install=true must be refused over the CRD: {err}"
+    );
+    // Nothing of it was kept (the failed install, if recorded, goes).
+    helm_succeeds(&[
+        "uninstall",
+        &second,
+        "--namespace",
+        &second_ns.name,
+        "--ignore-not-found",
+    ]);
+
+    let args = install_args(&second, &second_ns.name, &["--set", "crds.install=false"]);
+    helm_succeeds(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (release, ns) in [(&first, &first_ns.name), (&second, &second_ns.name)] {
+        let status = helm_cmd(&["status", release, "--namespace", ns, "-o", "json"]);
+        let status: serde_json::Value =
+            serde_json::from_slice(&status.stdout).expect("helm status -o json");
+        assert_eq!(status["info"]["status"], "deployed", "{release}: {status}");
+        // Each release's own Role in its own namespace.
+        kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "role,rolebinding",
+            &format!("{release}-cognito-unauth-controller"),
+        ]);
+    }
+    assert_eq!(
+        crd_owner(),
+        first,
+        "the second release must leave the CRD alone"
+    );
+
+    for (release, ns) in [(&second, &second_ns.name), (&first, &first_ns.name)] {
+        helm_succeeds(&["uninstall", release, "--namespace", ns, "--wait"]);
+    }
+    kubectl(&["get", "crd", "cognitounauthcredentials.cognito.kubecred.io"]);
+    for release in [&first, &second] {
+        delete_cluster_rbac(release);
+    }
+    first_ns.cleanup().await;
+    second_ns.cleanup().await;
+}
+
+/// `kubectl auth can-i VERB cognitounauthcredentials -n NS --as USER`.
+fn can_i(user: &str, verb: &str, ns: &str) -> bool {
+    let out = Command::new("kubectl")
+        .args([
+            "auth",
+            "can-i",
+            verb,
+            "cognitounauthcredentials.cognito.kubecred.io",
+            "-n",
+            ns,
+            "--as",
+            user,
+        ])
+        .envs(testbed().env())
+        .output()
+        .expect("run kubectl auth can-i");
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// rbac.aggregateToView/Edit: a namespace user bound to the built-in `edit` ClusterRole
+/// can create, change and delete CognitoUnauthCredentials there; one bound to `view` can
+/// get, list and watch them and nothing more. The kube-controller-manager's ClusterRole
+/// aggregation controller copies the chart's rules into the built-in roles, a moment
+/// after they are applied.
+#[tokio::test]
+async fn namespace_users_manage_resources_through_the_built_in_roles() {
+    testbed_support::install_crd();
+    let ns = TestNs::new("chart-aggregate").await;
+    let release = format!("a{}", rand_suffix());
+    let rendered = namespaced_template(&release, &ns.name, &["replicaCount=0"]);
+    kubectl_apply(&rendered);
+    let (editor, viewer) = (format!("editor-{}", ns.name), format!("viewer-{}", ns.name));
+    kubectl_apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editor, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects: [{{kind: User, name: {editor}, apiGroup: rbac.authorization.k8s.io}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: viewer, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}}
+subjects: [{{kind: User, name: {viewer}, apiGroup: rbac.authorization.k8s.io}}]
+"#,
+        ns = ns.name
+    ));
+    eventually(
+        Duration::from_secs(30),
+        "the built-in edit and view roles to aggregate the chart's rules",
+        || async {
+            (can_i(&editor, "create", &ns.name) && can_i(&viewer, "list", &ns.name)).then_some(())
+        },
+    )
+    .await;
+    let write = ["create", "update", "patch", "delete", "deletecollection"];
+    for verb in ["get", "list", "watch"] {
+        assert!(can_i(&editor, verb, &ns.name), "edit: {verb}");
+        assert!(can_i(&viewer, verb, &ns.name), "view: {verb}");
+    }
+    for verb in write {
+        assert!(can_i(&editor, verb, &ns.name), "edit: {verb}");
+        assert!(!can_i(&viewer, verb, &ns.name), "view must not {verb}");
+    }
+
+    // For real, impersonated: the editor creates one, the viewer reads it and may not
+    // delete it, the editor deletes it.
+    let manifest = cuc_manifest(
+        &ns.name,
+        "app",
+        "us-east-1:0a1b2c3d-1111-2222-3333-444455556666",
+    );
+    let created = kubectl_stdin(&["--as", &editor, "apply", "-f", "-"], &manifest);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    kubectl(&["--as", &viewer, "-n", &ns.name, "get", "cuc", "app"]);
+    let refused = kubectl_stdin(
+        &["--as", &viewer, "-n", &ns.name, "delete", "cuc", "app"],
+        "",
+    );
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("forbidden"),
+        "view deleted a resource: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    kubectl(&["--as", &editor, "-n", &ns.name, "delete", "cuc", "app"]);
+
+    delete_cluster_rbac(&release);
     ns.cleanup().await;
 }

@@ -1,21 +1,29 @@
 {{- define "cuc.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "cuc.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
+{{/* The labels of every object: commonLabels, then the chart's own (which win). */}}
 {{- define "cuc.labels" -}}
-app.kubernetes.io/name: {{ include "cuc.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- $own := dict
+    "app.kubernetes.io/name" (include "cuc.name" .)
+    "app.kubernetes.io/instance" .Release.Name
+    "app.kubernetes.io/version" .Chart.AppVersion
+    "app.kubernetes.io/managed-by" .Release.Service
+    "helm.sh/chart" (printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_") -}}
+{{- toYaml (merge $own (.Values.commonLabels | default dict | deepCopy)) -}}
 {{- end -}}
 
 {{- define "cuc.selectorLabels" -}}
@@ -23,12 +31,47 @@ app.kubernetes.io/name: {{ include "cuc.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* An object's metadata: name, namespace (when given), the labels of every object
+    plus its own, commonAnnotations plus its own (its own win). Called with a dict:
+    root (the chart's context), name, and optionally namespace, labels, annotations. */}}
+{{- define "cuc.metadata" -}}
+name: {{ .name }}
+{{- with .namespace }}
+namespace: {{ . }}
+{{- end }}
+labels:
+  {{- toYaml (merge (.labels | default dict | deepCopy) (include "cuc.labels" .root | fromYaml)) | nindent 2 }}
+{{- with merge (.annotations | default dict | deepCopy) (.root.Values.commonAnnotations | default dict | deepCopy) }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{- define "cuc.serviceAccountName" -}}
 {{- default (include "cuc.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{/* repository@digest when image.digest is set, else repository:tag (appVersion by default). */}}
+{{- define "cuc.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The chart's default image.repository: no image is published under that name, so
+    NOTES.txt warns while it is still in use. */}}
+{{- define "cuc.placeholderImage" -}}cognito-unauth-controller{{- end -}}
+
 {{- define "cuc.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* Whether the chart renders RBAC at all (rbac.create; absent after `helm upgrade
+    --reuse-values` from a release older than the value: true). */}}
+{{- define "cuc.rbac" -}}
+{{- if (.Values.rbac | default dict | dig "create" true) -}}true{{- end -}}
 {{- end -}}
 
 {{/* The rules the controller needs on its own resources, in a watched scope; with
@@ -66,9 +109,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end -}}
 
+{{/* Every object's labels (commonLabels included), with the webhook's name and component. */}}
 {{- define "cuc.webhookLabels" -}}
-{{ include "cuc.webhookSelectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- toYaml (merge (include "cuc.webhookSelectorLabels" . | fromYaml) (include "cuc.labels" . | fromYaml)) -}}
 {{- end -}}
