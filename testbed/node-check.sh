@@ -96,6 +96,18 @@ check "addresses off this bed are unroutable from the node (route lookups only)"
 check "the node's forward chain drops all but pod<->pod and pod<->$HOST_IP" forward_guard
 check "no masquerade of pod traffic (CNI ipMasq off, kube-proxy marks only non-pod sources)" no_masquerade_of_pods
 check "the host forwards nothing to or from $HOST_VETH; ip_forward untouched" host_guard
+# The host's own packets to the bed's addresses (the API server calling a webhook's
+# Service, a test scraping a pod) go through the veth, and a guard drops any that would
+# take another interface.
+host_reaches_bed_by_veth_only() {
+  local a t
+  for a in "${SERVICE_CIDR%.0/*}.10" "$BED_NET.5" "$BED_NET.200"; do
+    ip -4 route get "$a" | grep -q " dev $HOST_VETH " || { log "the host routes $a elsewhere: $(ip -4 route get "$a")"; return 1; }
+  done
+  t=$(nft list chain inet "$NFT_TABLE" output) || return 1
+  grep -q "oifname != { \"lo\", \"$HOST_VETH\" } drop" <<<"$t" || { log "no output guard: $t"; return 1; }
+}
+check "the host reaches pods and Services only through $HOST_VETH (routes, and an output guard)" host_reaches_bed_by_veth_only
 check "the host guard drops the node's packets to a port not allowed" guarded_port_dropped
 
 # ------------------------------------------------------------------ 2. images

@@ -58,6 +58,10 @@ node_network_up() {
   ip addr add "$HOST_IP/30" dev "$HOST_VETH"
   ip link set "$HOST_VETH" up
   ip route add "$POD_CIDR" via "$NODE_IP" dev "$HOST_VETH"
+  # Service addresses from the host (the API server calling a webhook's Service) go to the
+  # node, where kube-proxy's rules take them to a pod, as on a control-plane node; never
+  # out of the machine's own interface (the default route).
+  ip route add "$SERVICE_CIDR" via "$NODE_IP" dev "$HOST_VETH"
   in_node ip link set lo up
   in_node sysctl -qw net.ipv6.conf.host0.disable_ipv6=1
   in_node ip addr add "$NODE_IP/30" dev host0
@@ -87,6 +91,12 @@ table inet $NFT_TABLE {
   }
   set ports {
     type inet_service
+  }
+  # The bed's addresses (node, pods, services) are reached through the veth or not at all:
+  # whatever happens to the routes, no packet for them leaves by another interface.
+  chain output {
+    type filter hook output priority -10; policy accept;
+    ip daddr { $BED_NET.0/24, $SERVICE_CIDR } oifname != { "lo", "$HOST_VETH" } drop
   }
   chain input {
     type filter hook input priority -10; policy accept;
