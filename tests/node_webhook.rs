@@ -627,9 +627,6 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "p99 {:.1} ms",
         quantile(&with, 0.99)
     );
-    if std::env::var_os("CUC_WRITE_DOCS").is_some() {
-        write_docs_section(&table);
-    }
 
     // The webhook down: annotated pods refused, the others created; then back.
     kubectl(&[
@@ -754,10 +751,16 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
             .iter()
             .any(|v| v["name"] == "cognito-credentials")
     );
-    println!(
-        "webhook down: annotated pod refused in {refusal_ms:.0} ms, plain pod created in {plain_ms:.0} ms; \
-         back: replicas Ready after {webhook_back_s:.1} s, the refused Deployment's pod available {late_s:.1} s after the scale-up"
+    let outage = format!(
+        "With no webhook replica running, an annotated pod was refused in {refusal_ms:.0} ms and a pod \
+         without the annotation created in {plain_ms:.0} ms; scaled back up, the replicas were Ready after \
+         {webhook_back_s:.1} s and the Deployment whose pod had been refused had it available \
+         {late_s:.1} s after the scale-up (its ReplicaSet's retry backoff included).\n"
     );
+    println!("{outage}");
+    if std::env::var_os("CUC_WRITE_DOCS").is_some() {
+        write_docs_section(&format!("{table}\n{outage}"));
+    }
 
     // Uninstall: the configuration and the webhook's own Secret go.
     helm_ok(&[
