@@ -64,6 +64,8 @@ pub enum WebhookError {
     Pem,
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the webhook's Service does not exist: no certificate is made without it")]
+    NoService,
 }
 
 impl WebhookError {
@@ -75,6 +77,7 @@ impl WebhookError {
             Self::Tls(_) => "tls",
             Self::Pem => "pem",
             Self::Io(_) => "io",
+            Self::NoService => "no_service",
         }
     }
 }
@@ -309,7 +312,11 @@ impl Configurator {
                     metadata: ObjectMeta {
                         name: Some(self.settings.tls_secret.clone()),
                         annotations: Some(annotations),
-                        owner_references: self.owner().await?,
+                        // Never an orphan: without its Service (being uninstalled) the
+                        // webhook is unreachable anyway, and a Secret made now would stay.
+                        owner_references: Some(vec![
+                            self.owner().await?.ok_or(WebhookError::NoService)?,
+                        ]),
                         ..Default::default()
                     },
                     type_: Some("kubernetes.io/tls".to_string()),
@@ -342,16 +349,17 @@ impl Configurator {
 
     /// The webhook's Service (the chart's) owns the Secret the webhook makes, so that
     /// uninstalling the chart removes it too (garbage collection).
-    async fn owner(&self) -> Result<Option<Vec<OwnerReference>>, WebhookError> {
+    async fn owner(&self) -> Result<Option<OwnerReference>, WebhookError> {
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.settings.namespace);
         Ok(services
             .get_opt(&self.settings.service)
             .await?
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
             .and_then(|s| s.controller_owner_ref(&()))
             .map(|mut r| {
                 r.controller = Some(false);
                 r.block_owner_deletion = None;
-                vec![r]
+                r
             }))
     }
 

@@ -22,8 +22,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use testbed_support::{
-    Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, test_dir, testbed,
-    wait_ready,
+    Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, restricted, test_dir,
+    testbed, wait_ready,
 };
 
 const CHART: &str = concat!(
@@ -139,13 +139,7 @@ async fn the_chart_runs_on_the_node_through_install_upgrade_failover_and_uninsta
     let pool = proxy.realistic_pool(3600).await;
     let rel_ns = TestNs::new("node-rel").await;
     let watch = TestNs::new("node-watch").await;
-    kubectl(&[
-        "label",
-        "namespace",
-        &rel_ns.name,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/warn=restricted",
-    ]);
+    restricted(&rel_ns.name);
     let release = format!("k{}", rand_suffix());
     let full = format!("{release}-cognito-unauth-controller");
     let dir = test_dir(&rel_ns.name);

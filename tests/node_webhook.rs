@@ -25,8 +25,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    Proxy, TestNs, eventually, failed, helm_ok, install_crd, keys_used, kubectl, kubectl_apply,
-    rand_suffix, root, test_dir, testbed, ua_is_boto3, ua_is_cli, ua_is_go, wait_ready,
+    BOTO3_LOOP, Proxy, TestNs, eventually, failed, helm_ok, install_crd, keys_used, kubectl,
+    kubectl_apply, rand_suffix, restricted, root, test_dir, testbed, ua_is_boto3, ua_is_cli,
+    ua_is_go, wait_ready,
 };
 
 const CHART: &str = concat!(
@@ -37,27 +38,6 @@ const LIFETIME: u64 = 420;
 const ROTATIONS: usize = 3;
 const CERT_LIFETIME: i64 = 60;
 const CA_LIFETIME: i64 = 150;
-
-const BOTO3_LOOP: &str = r#"
-import time, boto3
-c = boto3.client("sts")
-while True:
-    try:
-        c.get_caller_identity()
-    except Exception as e:
-        print("FAILED", e, flush=True)
-    time.sleep(3)
-"#;
-
-fn restricted(ns: &str) {
-    kubectl(&[
-        "label",
-        "namespace",
-        ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/warn=restricted",
-    ]);
-}
 
 /// A restricted pod spec running `command` in `image`, with only the test bed's STS
 /// endpoint in its environment (nothing about credentials).

@@ -28,8 +28,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, failed, install_crd, keys_used, kubectl, kubectl_stdin, root,
-    test_dir, testbed, ua_is_boto3, ua_is_cli, wait_ready,
+    BOTO3_LOOP, ControllerProcess, Proxy, TestNs, failed, install_crd, keys_used, kubectl,
+    kubectl_stdin, root, test_dir, testbed, ua_is_boto3, ua_is_cli, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
@@ -114,17 +114,6 @@ fn apply(ns: &str, docs: &[Value]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
-
-const BOTO3_LOOP: &str = r#"
-import time, boto3
-c = boto3.client("sts")
-while True:
-    try:
-        c.get_caller_identity()
-    except Exception as e:
-        print("FAILED", e, flush=True)
-    time.sleep(2)
-"#;
 
 /// Reads the file the kubelet updates and its `subPath` copy, and signs with one client
 /// built at start from the shared credentials file.

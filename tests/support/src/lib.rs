@@ -897,3 +897,27 @@ pub fn keys_used(
 pub fn failed(calls: &[Value]) -> Vec<&Value> {
     calls.iter().filter(|c| c["outcome"] != "ok").collect()
 }
+
+/// A boto3 client made once, for the process's life, calling STS every 2 s and printing
+/// FAILED on an error (a long-running SDK client, as most services have).
+pub const BOTO3_LOOP: &str = r#"
+import time, boto3
+c = boto3.client("sts")
+while True:
+    try:
+        c.get_caller_identity()
+    except Exception as e:
+        print("FAILED", e, flush=True)
+    time.sleep(2)
+"#;
+
+/// Labels namespace `ns` to enforce (and warn about) Pod Security `restricted`.
+pub fn restricted(ns: &str) {
+    kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+}
