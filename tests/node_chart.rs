@@ -361,7 +361,17 @@ spec:
             .sum();
         assert_eq!(restarts, 0, "{} restarted", name(&p));
     }
-    let leader = holder(&leases, &full).await.expect("a leader");
+    // The Lease may still name a pod of the previous revision for a moment (it releases
+    // it as it stops): wait for one of these two to hold it.
+    let leader = eventually(
+        Duration::from_secs(LEASE_SECONDS + 30),
+        "one of the two pods to lead",
+        || async {
+            let h = holder(&leases, &full).await?;
+            two.iter().any(|p| name(p) == h).then_some(h)
+        },
+    )
+    .await;
     let standby = two
         .iter()
         .find(|p| name(p) != leader)
