@@ -5,10 +5,12 @@
 # localhost/cognito-unauth-controller:dev (what the node runs) and :<version>, writes it
 # to .local/images/cognito-unauth-controller.tar (a docker archive the node imports),
 # runs the image's binary with --version and prints the image size.
+# Before that it checks the build context: .dockerignore keeps .local and target out.
 # The image is rebuilt only when the binary, the Dockerfile or the CA bundle changed.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 ensure_debs buildah
+"$ROOT/testbed/image-context.sh"
 # musl, not static glibc: glibc's getaddrinfo needs NSS libraries that a scratch image
 # does not have, so DNS (the Cognito endpoint's name) would fail there.
 target=x86_64-unknown-linux-musl
