@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds bench fuzz image image-multiarch sbom reliability testbed-binaries
+.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds bench fuzz image image-multiarch sbom alerts-test reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ image-multiarch: ## The amd64 image, the arm64 one cross-built with zig and run 
 
 sbom: ## CycloneDX SBOM of the crates in the image's binary, into .local/images/ (ARCH=amd64|arm64)
 	testbed/sbom.sh $${ARCH:-amd64}
+
+alerts-test: ## promtool test rules: the chart's PrometheusRule against charts/*/tests/prometheusrule_test.yaml
+	testbed/alerts-test.sh
 
 testbed-binaries: ## Build (once) the cluster and node binaries from the Go module proxy
 	bash -c 'source testbed/lib.sh && check_prereqs && ensure_cluster_binaries && ensure_runtime_binaries'
