@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds bench fuzz image image-multiarch sbom alerts-test reliability testbed-binaries
+.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds bench fuzz image image-multiarch reproducible sbom alerts-test reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ image: ## Build the Dockerfile's final stage with buildah from a host-built stat
 image-multiarch: ## The amd64 image, the arm64 one cross-built with zig and run under qemu, and a manifest list of both
 	testbed/image.sh
 	testbed/image-arm64.sh
+
+reproducible: ## Build the image's binary again from another path, cold, and compare hashes (ARCH=amd64|arm64)
+	testbed/reproducible.sh $${ARCH:-amd64}
 
 sbom: ## CycloneDX SBOM of the crates in the image's binary, into .local/images/ (ARCH=amd64|arm64)
 	testbed/sbom.sh $${ARCH:-amd64}
