@@ -17,14 +17,9 @@ ensure_debs buildah qemu-user-static binutils
 target=$(musl_target arm64)
 ensure_rust_target "$target"
 ensure_zig
-repro_env "$target" "${CARGO_TARGET_DIR:-$ROOT/target}"
 log "cross-building the static binary (profile image, $target, zig $ZIGLANG_VERSION)"
-bin="$CARGO_TARGET_DIR/$target/image/$BIN_NAME"
-before=$(stat -c %Y "$bin" 2>/dev/null || echo none)
-t0=$(date +%s)
-cargo zigbuild --locked --quiet --profile image --target "$target" --bin "$BIN_NAME"
-build_s=$(( $(date +%s) - t0 ))
-[[ "$(stat -c %Y "$bin")" == "$before" ]] && fresh="up to date" || fresh="compiled"
+build_binary "$target" zigbuild
+bin=$BIN
 # An aarch64 ELF, static: no program interpreter to look for in a scratch image.
 readelf -h "$bin" | grep -q 'Machine:.*AArch64' || die "$bin is not an AArch64 binary"
 ! readelf -l "$bin" | grep -q INTERP || die "$bin is dynamically linked"
@@ -71,6 +66,6 @@ else
   log "no amd64 image ($amd64): run testbed/image.sh first for the manifest list"
 fi
 log "image $tag: $out under qemu; arm64, user 65532:65532, OCI labels and SBOM checked; size $size ($bytes bytes of files)"
-summary="arm64 binary build ${build_s}s ($fresh); image ${image_s}s; total $(( $(date +%s) - start ))s; image $size ($bytes bytes of files); binary $(stat -c %s "$bin") bytes"
+summary="arm64 binary build ${BUILD_S}s ($FRESH); image ${image_s}s; total $(( $(date +%s) - start ))s; image $size ($bytes bytes of files); binary $(stat -c %s "$bin") bytes"
 write_measured image-arm64 "$summary"
 echo "$summary"

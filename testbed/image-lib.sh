@@ -55,6 +55,22 @@ repro_env() {
   export "CFLAGS_${target//-/_}=-ffile-prefix-map=$ROOT=/src -ffile-prefix-map=$cargo_home=/cargo -ffile-prefix-map=$target_dir=/target"
 }
 
+# build_binary TARGET CARGO_COMMAND: the image profile's binary for TARGET (cargo build, or
+# zigbuild to cross-link), with repro_env. Sets BIN (its path), BUILD_S (seconds) and
+# FRESH ("compiled", or "up to date" when cargo had nothing to do).
+# shellcheck disable=SC2034  # BIN, BUILD_S and FRESH are read by the caller
+build_binary() {
+  local target=$1 command=$2 before t0
+  repro_env "$target" "${CARGO_TARGET_DIR:-$ROOT/target}"
+  BIN="$CARGO_TARGET_DIR/$target/image/$BIN_NAME"
+  before=$(stat -c %Y "$BIN" 2>/dev/null || echo none)
+  t0=$(date +%s)
+  cargo "$command" --locked --quiet --profile image --target "$target" --bin "$BIN_NAME"
+  BUILD_S=$(( $(date +%s) - t0 ))
+  FRESH=compiled
+  [[ "$(stat -c %Y "$BIN")" != "$before" ]] || FRESH="up to date"
+}
+
 # ensure_zig: cargo-zigbuild (crates.io) and zig (PyPI's ziglang, in a venv), pinned, in
 # the cache; puts both on PATH. The cross linker and C compiler for arm64.
 ensure_zig() {

@@ -19,13 +19,8 @@ target=$(musl_target amd64)
 ensure_rust_target "$target"
 ensure_debs musl-tools   # aws-lc builds C code
 log "building the static binary (profile image, $target)"
-repro_env "$target" "${CARGO_TARGET_DIR:-$ROOT/target}"
-bin="$CARGO_TARGET_DIR/$target/image/$BIN_NAME"
-before=$(stat -c %Y "$bin" 2>/dev/null || echo none)
-t0=$(date +%s)
-cargo build --locked --quiet --profile image --target "$target" --bin "$BIN_NAME"
-build_s=$(( $(date +%s) - t0 ))
-[[ "$(stat -c %Y "$bin")" == "$before" ]] && fresh="up to date" || fresh="compiled"
+build_binary "$target" build
+bin=$BIN
 mkdir -p "$LOCAL/images"
 sbom="$LOCAL/images/$BIN_NAME.amd64.cdx.json"
 "$ROOT/testbed/sbom.sh" amd64 "$sbom"
@@ -56,5 +51,5 @@ size=$(buildah_local images --format '{{.Size}}' "$tag" | head -1)
 bytes=$(du -sb "$mnt" | cut -f1)
 log "image $tag: $out; user 65532:65532; OCI labels and SBOM checked; size $size ($bytes bytes of files)"
 (( bytes < 25 * 1024 * 1024 )) || die "image is $bytes bytes, over the 25 MB target"
-write_measured image-amd64 "cargo build of the binary ${build_s}s ($fresh); image $size, $bytes bytes of files; binary $(stat -c %s "$bin") bytes"
+write_measured image-amd64 "cargo build of the binary ${BUILD_S}s ($FRESH); image $size, $bytes bytes of files; binary $(stat -c %s "$bin") bytes"
 echo "$out"
