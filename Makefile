@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds chart-check chart-docs bench fuzz image reliability testbed-binaries
+.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds chart-check chart-docs bench fuzz image image-multiarch reproducible sbom alerts-test reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -60,8 +60,21 @@ fuzz: ## Run each cargo-fuzz target for FUZZ_SECONDS (default 60); needs nightly
 	cd fuzz && for t in secret_inspect cognito_credentials; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; done
 
-image: ## Build the Dockerfile's final stage with buildah from a host-built static binary
+image: ## Build the Dockerfile's final stage with buildah from a host-built static binary (checks the context, labels, SBOM)
 	testbed/image.sh
+
+image-multiarch: ## The amd64 image, the arm64 one cross-built with zig and run under qemu, and a manifest list of both
+	testbed/image.sh
+	testbed/image-arm64.sh
+
+reproducible: ## Build the image's binary again from another path, cold, and compare hashes (ARCH=amd64|arm64)
+	testbed/reproducible.sh $${ARCH:-amd64}
+
+sbom: ## CycloneDX SBOM of the crates in the image's binary, into .local/images/ (ARCH=amd64|arm64)
+	testbed/sbom.sh $${ARCH:-amd64}
+
+alerts-test: ## promtool test rules: the chart's PrometheusRule against charts/*/tests/prometheusrule_test.yaml
+	testbed/alerts-test.sh
 
 testbed-binaries: ## Build (once) the cluster and node binaries from the Go module proxy
 	bash -c 'source testbed/lib.sh && check_prereqs && ensure_cluster_binaries && ensure_runtime_binaries'

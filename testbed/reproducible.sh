@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# reproducible.sh [ARCH]: is the image's binary (ARCH amd64 by default, or arm64) the same
+# bytes when built again from another checkout path into another, empty target dir? Build
+# A is the usual one (this checkout, its target dir: what image.sh / image-arm64.sh ship);
+# build B copies the same files (tracked and untracked, not ignored) to a fresh directory
+# under $CACHE and builds them cold there. Both with repro_env (testbed/image-lib.sh):
+# SOURCE_DATE_EPOCH, CARGO_INCREMENTAL=0 and the paths remapped. Compares sha256 and fails
+# on any difference. Not part of `make test`: build B is a cold build. `make reproducible`.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$ROOT/testbed/image-lib.sh"
+cd "$ROOT"
+arch=${1:-amd64}
+target=$(musl_target "$arch")
+ensure_rust_target "$target"
+if [[ "$arch" == amd64 ]]; then
+  ensure_debs musl-tools
+  build=(cargo build)
+else
+  ensure_zig
+  build=(cargo zigbuild)
+fi
+start=$(date +%s)
+# Once, from this checkout: build B's copy has no .git.
+export SOURCE_DATE_EPOCH; SOURCE_DATE_EPOCH=$(build_date_epoch)
+
+# build_in SRC TARGET_DIR: the image's binary from SRC into TARGET_DIR; prints its path.
+build_in() {
+  ( cd "$1" && ROOT="$1" && repro_env "$target" "$2" \
+      && "${build[@]}" --locked --quiet --profile image --target "$target" --bin "$BIN_NAME" ) >&2
+  echo "$2/$target/image/$BIN_NAME"
+}
+
+log "build A: $ROOT (target dir ${CARGO_TARGET_DIR:-$ROOT/target})"
+t0=$(date +%s)
+a=$(build_in "$ROOT" "${CARGO_TARGET_DIR:-$ROOT/target}")
+a_s=$(( $(date +%s) - t0 ))
+
+work="$CACHE/reproducible-$$"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/checkout"
+git ls-files -z --cached --others --exclude-standard | xargs -0 cp -a --parents -t "$work/checkout"
+log "build B: a copy in $work/checkout, an empty target dir (cold)"
+t0=$(date +%s)
+b=$(build_in "$work/checkout" "$work/target")
+b_s=$(( $(date +%s) - t0 ))
+
+ha=$(sha256sum "$a" | cut -d' ' -f1)
+hb=$(sha256sum "$b" | cut -d' ' -f1)
+echo "A $ha  ($a_s s)"
+echo "B $hb  ($b_s s, cold)"
+if [[ "$ha" != "$hb" ]]; then
+  cmp -l "$a" "$b" | wc -l | xargs printf 'bytes that differ: %s\n' >&2
+  diff <(strings -n 12 "$a") <(strings -n 12 "$b") | head -20 >&2 || true
+  die "not reproducible: the $arch binary differs between the two builds"
+fi
+summary="reproducible ($arch): both builds give sha256 $ha ($(stat -c %s "$a") bytes); build A ${a_s}s, build B ${b_s}s (cold), total $(( $(date +%s) - start ))s"
+write_measured "reproducible-$arch" "$summary"
+echo "$summary"
