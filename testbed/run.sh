@@ -42,6 +42,9 @@ trap stop EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Checked (make test), it watches only the demo's namespace: other tests may be running
+# their own controllers on theirs.
+if [[ -n "$until_rotations" ]]; then export WATCH_NAMESPACES=default; fi
 "${CARGO_TARGET_DIR:-target}/debug/cognito-unauth-controller" --log-level "${LOG_LEVEL:-info}" \
   > >(sed -u 's/^/[controller] /') 2>&1 &
 controller=$!
