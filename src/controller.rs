@@ -96,7 +96,10 @@ pub async fn run<C: Cognito>(
     let ctx = Arc::new(Context::new(client.clone(), cognito, recorder, metrics));
 
     let Some(le) = settings.leader_election.clone() else {
+        // Without leader election this replica is the one that reconciles.
+        ctx.metrics.leading(true);
         run_controllers(&ctx, &settings, &health, stop).await;
+        ctx.metrics.leading(false);
         return;
     };
 
@@ -124,6 +127,7 @@ pub async fn run<C: Cognito>(
             }
         }
         info!(identity = %le.identity, "leading: starting to reconcile");
+        ctx.metrics.leading(true);
         let controllers = run_controllers(&ctx, &settings, &health, stop.child_token());
         tokio::pin!(controllers);
         tokio::select! {
@@ -135,6 +139,7 @@ pub async fn run<C: Cognito>(
                 warn!(identity = %le.identity, "lost leadership: stopped reconciling");
             }
         }
+        ctx.metrics.leading(false);
         if stop.is_cancelled() {
             break;
         }

@@ -89,6 +89,7 @@ pub struct Metrics {
     reconciliations: Counter,
     rollout_restarts: Family<RestartLabels, Counter>,
     tracked: Gauge,
+    leader: Gauge,
     admissions: Family<OutcomeLabels, Counter>,
     admission_latency: Histogram,
     webhook_certificate_expiration: FloatGauge,
@@ -121,6 +122,7 @@ impl Metrics {
             reconciliations: Counter::default(),
             rollout_restarts: Family::default(),
             tracked: Gauge::default(),
+            leader: Gauge::default(),
             admissions: Family::default(),
             // From 0.5 ms: an admission answered from memory takes well under a millisecond.
             admission_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -181,6 +183,11 @@ impl Metrics {
             "tracked_objects",
             "Resources the controller holds per-object memory for (failures, unsynced writes); 0 when all are settled",
             m.tracked.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica reconciles (it holds the Lease, or runs without leader election); 0 while it stands by",
+            m.leader.clone(),
         );
         registry.register(
             "webhook_admissions",
@@ -293,6 +300,18 @@ impl Metrics {
 
     pub fn tracked_objects(&self, n: usize) {
         self.tracked.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// This replica started (true) or stopped (false) reconciling. One that stopped drops
+    /// its per-resource series: the new leader exports them, and stale copies from a
+    /// standby would keep alerts on the old values.
+    pub fn leading(&self, yes: bool) {
+        self.leader.set(i64::from(yes));
+        if !yes {
+            self.expiration.clear();
+            self.renewal.clear();
+            self.ready.clear();
+        }
     }
 
     /// An admission answered by the webhook.
@@ -453,6 +472,38 @@ mod tests {
         assert!(text.contains("cognito_unauth_controller_build_info{version="));
         m.forget("ns", "app");
         let text = m.render().unwrap();
+        assert!(!text.contains("name=\"app\""), "{text}");
+    }
+
+    #[test]
+    fn leader_gauge_follows_leadership() {
+        let m = Metrics::new();
+        // A standby (and the webhook, which never leads) exports 0, not nothing: the
+        // alert on "no replica leads" needs the series.
+        assert!(
+            m.render()
+                .unwrap()
+                .contains("\ncognito_unauth_controller_leader 0\n")
+        );
+        m.leading(true);
+        assert!(
+            m.render()
+                .unwrap()
+                .contains("\ncognito_unauth_controller_leader 1\n")
+        );
+        let exp = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let st = CognitoUnauthCredentialStatus {
+            expiration: Some(time(exp)),
+            renewal_time: Some(time(exp)),
+            ..Default::default()
+        };
+        m.observe("ns", "app", &st);
+        m.leading(false);
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("\ncognito_unauth_controller_leader 0\n"),
+            "{text}"
+        );
         assert!(!text.contains("name=\"app\""), "{text}");
     }
 }
