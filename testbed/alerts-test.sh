@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `promtool test rules` on the chart's PrometheusRule as the chart renders it (helm
-# template with prometheusRule.enabled), with the unit tests in
+# template with prometheusRule.enabled, and serviceMonitor.enabled for the alerts on the
+# controller's own scrape job), with the unit tests in
 # charts/cognito-unauth-controller/tests/prometheusrule_test.yaml. promtool is built once
 # from the Go module proxy (testbed/promtool pins it) into the cache, as helm is.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -14,7 +15,7 @@ chart="$ROOT/charts/cognito-unauth-controller"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$(helm_bin_dir)/helm" template cuc "$chart" --namespace cuc-system --set prometheusRule.enabled=true \
-  --show-only templates/extras.yaml > "$work/rendered.yaml"
+  --set serviceMonitor.enabled=true --show-only templates/extras.yaml > "$work/rendered.yaml"
 "$VENV/bin/python" - "$work/rendered.yaml" "$work/rules.yaml" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]

@@ -88,8 +88,9 @@ for golden in "$GOLDEN"/*.yaml; do
   [[ -f "$CASES/$(basename "$golden")" ]] || fail "$golden has no values file in $CASES: remove it"
 done
 
-# The Prometheus Operator objects: linted and rendered (their kinds are skipped by kubeconform).
-monitoring=(--set serviceMonitor.enabled=true --set prometheusRule.enabled=true)
+# The Prometheus Operator objects: linted and rendered (their kinds are skipped by
+# kubeconform), and the Grafana dashboard's ConfigMap (checked).
+monitoring=(--set serviceMonitor.enabled=true --set prometheusRule.enabled=true --set grafanaDashboard.enabled=true)
 if out=$(helm lint --strict --kube-version "$KUBE_VERSION" "$CHART" "${monitoring[@]}" 2>&1) \
   && helm template "$RELEASE" "$CHART" -n "$NAMESPACE" "${monitoring[@]}" > "$tmp/monitoring.yaml" \
   && out=$(conform "$tmp/monitoring.yaml" 2>&1); then
