@@ -507,3 +507,187 @@ mod tests {
         assert!(!text.contains("name=\"app\""), "{text}");
     }
 }
+
+/// Every metric name the chart's Grafana dashboard, its PrometheusRule (and the alerts'
+/// unit tests), README.md and docs/ use is one a scrape of the controller holds.
+#[cfg(test)]
+mod names {
+    use super::*;
+    use crate::status::time;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    const PREFIX: &str = "cognito_unauth_controller_";
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The exposition with a series in every family: an empty family is not rendered at
+    /// all (no `# TYPE` line), so each is given one here.
+    fn populated() -> String {
+        let m = Metrics::new();
+        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let st = CognitoUnauthCredentialStatus {
+            expiration: Some(time(t)),
+            renewal_time: Some(time(t)),
+            ..Default::default()
+        };
+        m.observe("ns", "app", &st);
+        m.request("GetId", Instant::now(), "ok");
+        m.rotated();
+        m.rotation_failed("Throttled");
+        m.reconcile_error("kube_api");
+        m.reconciled();
+        m.rollout_restart("Deployment", "triggered");
+        m.tracked_objects(1);
+        m.leading(true);
+        m.admission("injected", Instant::now());
+        m.webhook_certificate(1_800_000_000);
+        m.render().unwrap()
+    }
+
+    /// (the families, by their `# TYPE` name; the series names a scrape holds).
+    fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
+        let text = populated();
+        let families: BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect();
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+            .collect();
+        // Each family registered in this file has a series above.
+        let registered = include_str!("metrics.rs")
+            .matches(concat!("registry", ".register("))
+            .count();
+        assert_eq!(
+            families.len(),
+            registered,
+            "a family without a series: {text}"
+        );
+        (families, series)
+    }
+
+    /// Every `cognito_unauth_controller_…` word in `text` (letters, digits, `_`).
+    fn named(text: &str) -> BTreeSet<String> {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut names = BTreeSet::new();
+        for (at, _) in text.match_indices(PREFIX) {
+            if text[..at].chars().next_back().is_some_and(word) {
+                continue;
+            }
+            let end = text[at..]
+                .find(|c: char| !word(c))
+                .map_or(text.len(), |n| at + n);
+            if end > at + PREFIX.len() {
+                names.insert(text[at..end].to_string());
+            }
+        }
+        names
+    }
+
+    fn unknown(text: &str, known: &BTreeSet<String>) -> Vec<String> {
+        named(text)
+            .into_iter()
+            .filter(|n| !known.contains(n))
+            .collect()
+    }
+
+    /// The PromQL of a Grafana dashboard: targets' `expr`, variables' `query`/`definition`.
+    fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition" | "query", serde_json::Value::String(s)) => {
+                            out.push(s.clone());
+                        }
+                        _ => queries(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_dashboard_names_only_exported_series() {
+        let (_, series) = exported();
+        let json: serde_json::Value = serde_json::from_str(&read(
+            "charts/cognito-unauth-controller/files/dashboard.json",
+        ))
+        .expect("the dashboard is JSON");
+        let mut qs = Vec::new();
+        queries(&json, &mut qs);
+        let all = qs.join("\n");
+        assert!(named(&all).len() >= 10, "few metrics: {qs:#?}");
+        assert_eq!(
+            unknown(&all, &series),
+            Vec::<String>::new(),
+            "dashboard.json"
+        );
+    }
+
+    #[test]
+    fn the_alerts_and_their_tests_name_only_exported_series() {
+        let (_, series) = exported();
+        // The template holds the expressions as written (helm fills in only thresholds
+        // and the job); the unit tests' input series must be real series too.
+        for path in [
+            "charts/cognito-unauth-controller/templates/extras.yaml",
+            "charts/cognito-unauth-controller/tests/prometheusrule_test.yaml",
+        ] {
+            let text = read(path);
+            assert!(named(&text).len() >= 5, "{path}");
+            assert_eq!(unknown(&text, &series), Vec::<String>::new(), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_docs_name_only_exported_metrics() {
+        let (families, series) = exported();
+        // Prose may name a histogram by its family; a query may not.
+        let known: BTreeSet<String> = families.union(&series).cloned().collect();
+        let mut paths = vec!["README.md".to_string()];
+        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                paths.push(format!("docs/{}", p.file_name().unwrap().to_string_lossy()));
+            }
+        }
+        for path in paths {
+            assert_eq!(
+                unknown(&read(&path), &known),
+                Vec::<String>::new(),
+                "{path}"
+            );
+        }
+        // docs/metrics.md's table lists every family, by its name without the prefix.
+        let table: BTreeSet<String> = read("docs/metrics.md")
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(n, _)| format!("{PREFIX}{n}")))
+            .collect();
+        assert_eq!(table, families, "docs/metrics.md's table");
+    }
+
+    #[test]
+    fn a_misspelt_name_is_caught() {
+        let (families, series) = exported();
+        let q = "sum(rate(cognito_unauth_controller_rotation_total[5m])) + cognito_unauth_controller_leader";
+        assert_eq!(
+            unknown(q, &series),
+            ["cognito_unauth_controller_rotation_total"]
+        );
+        // A histogram by its family name is no series; in prose it is known.
+        let h = "cognito_unauth_controller_cognito_request_duration_seconds";
+        assert_eq!(unknown(h, &series), [h]);
+        assert!(families.contains(h));
+    }
+}
