@@ -35,7 +35,7 @@ HOST_IP="$BED_NET.129"              # the API server and the Cognito proxy, as p
 NODE_IP="$BED_NET.130"              # the node's InternalIP
 SERVICE_CIDR="10.96.0.0/24"         # exists only in the node's namespace (kube-proxy's rules)
 NODE_NAME="testbed-node"
-DEMO_LIFETIME_SECONDS=300          # the demo pool's credentials (up.sh); `make run` rotates them
+DEMO_LIFETIME_SECONDS=300          # the demo pool's credentials, set by `make run` (run.sh)
 NODE_DIR="$RUN/node"                # containerd's root and state, the kubelet's root, configs
 PAUSE_IMAGE="registry.k8s.io/pause:3.10.2"   # containerd 2.3's default sandbox image name
 

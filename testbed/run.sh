@@ -17,6 +17,15 @@ need cargo "Install Rust with rustup (https://rustup.rs); rust-toolchain.toml pi
 # shellcheck disable=SC1091
 source "$LOCAL/env"
 until_rotations=${RUN_UNTIL_ROTATIONS:-}
+# Like Cognito, a fresh key pair per call; a 5-minute lifetime (Cognito: 1 hour; moto: 90 s)
+# so that a rotation comes every ~200 s (two thirds of it) while the previous credentials
+# stay valid longer than the kubelet takes to update a mounted Secret (docs/usage.md). Set
+# here, not by make up: other tools (make bench) reset the proxy's rules.
+proxy="$AWS_ENDPOINT_URL_COGNITO_IDENTITY/_proxy"
+curl -sf -X DELETE "$proxy/rules?pool=$DEMO_IDENTITY_POOL_ID" >/dev/null \
+  && curl -sf -X POST "$proxy/rules" \
+    -d "{\"pool\":\"$DEMO_IDENTITY_POOL_ID\",\"unique_credentials\":true,\"lifetime_seconds\":$DEMO_LIFETIME_SECONDS}" >/dev/null \
+  || die "could not set the demo pool's credential lifetime"
 log "building the controller"
 cargo build --locked --quiet --bin cognito-unauth-controller
 kubectl apply --server-side -f crds/ >/dev/null

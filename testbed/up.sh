@@ -167,12 +167,6 @@ wait_until 30 moto curl -sf "http://127.0.0.1:$moto_port/moto-api/"
 wait_until 30 "Cognito proxy" curl -sf "$proxy_url/_proxy/health"
 demo_pool=$(curl -sf -X POST "$proxy_url/_proxy/pools" -d "{\"name\":\"demo\",\"region\":\"$REGION\",\"guest\":true}" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["IdentityPoolId"])') || die "could not create the demo identity pool"
-# Like Cognito, a fresh key pair per call; a 5-minute lifetime (Cognito: 1 hour; moto: 90 s)
-# so `make run` shows a rotation every ~3.3 min (two thirds of it) while the previous
-# credentials stay valid longer than the kubelet takes to update a mounted Secret (docs/usage.md).
-curl -sf -X POST "$proxy_url/_proxy/rules" \
-  -d "{\"pool\":\"$demo_pool\",\"unique_credentials\":true,\"lifetime_seconds\":$DEMO_LIFETIME_SECONDS}" >/dev/null \
-  || die "could not set the demo pool's credential lifetime"
 
 # ---------------------------------------------------------------------- node
 if ! wait "$images_job"; then
