@@ -274,6 +274,41 @@ fn no_answer<E>(err: &SdkError<E, aws_sdk_cognitoidentity::config::http::HttpRes
     }
 }
 
+/// A service's refusal as the SDK read it.
+struct Refusal {
+    code: Option<String>,
+    status: u16,
+    message: String,
+}
+
+impl Refusal {
+    /// The words for a refusal that maps to no reason of its own.
+    fn unexplained(&self) -> String {
+        match &self.code {
+            Some(code) => format!("{code} (HTTP {}): {}", self.status, self.message),
+            None => format!("HTTP {}", self.status),
+        }
+    }
+}
+
+/// What a call came to: the service's refusal, or (no answer) the fixed words saying so.
+/// One reading for the Cognito, STS verification and AssumeRoleWithWebIdentity classifiers.
+fn answer<E>(
+    err: &SdkError<E, aws_sdk_cognitoidentity::config::http::HttpResponse>,
+) -> Result<Refusal, String>
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(se) => Ok(Refusal {
+            code: se.err().code().map(str::to_string),
+            status: se.raw().status().as_u16(),
+            message: se.err().message().unwrap_or("no message").to_string(),
+        }),
+        _ => Err(no_answer(err)),
+    }
+}
+
 /// Maps an SDK error to what the controller does about it.
 fn classify<E>(
     err: SdkError<E, aws_sdk_cognitoidentity::config::http::HttpResponse>,
@@ -282,38 +317,31 @@ fn classify<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match &err {
-        SdkError::ServiceError(se) => {
-            let e = se.err();
-            let status = se.raw().status().as_u16();
-            let msg = e.message().unwrap_or("no message").to_string();
-            match e.code() {
-                Some("ResourceNotFoundException") if op != Op::Id => {
-                    CognitoError::IdentityNotFound(msg)
-                }
-                Some("ResourceNotFoundException") => CognitoError::PoolNotFound(msg),
-                Some("NotAuthorizedException") if msg.contains(GUEST_ACCESS_OFF) => {
-                    CognitoError::GuestAccessDisabled(msg)
-                }
-                Some("InvalidParameterException" | "NotAuthorizedException")
-                    if op == Op::OpenIdToken
-                        && msg.to_ascii_lowercase().contains(CLASSIC_FLOW_OFF) =>
-                {
-                    CognitoError::ClassicFlowDisabled(msg)
-                }
-                Some("NotAuthorizedException") => CognitoError::NotAuthorized(msg),
-                Some("InvalidIdentityPoolConfigurationException") => {
-                    CognitoError::InvalidPoolConfiguration(msg)
-                }
-                Some("InvalidParameterException") => CognitoError::InvalidParameter(msg),
-                Some(
-                    "TooManyRequestsException" | "LimitExceededException" | "ThrottlingException",
-                ) => CognitoError::Throttled(msg),
-                Some(code) => CognitoError::Unavailable(format!("{code} (HTTP {status}): {msg}")),
-                None => CognitoError::Unavailable(format!("HTTP {status}")),
-            }
+    let r = match answer(&err) {
+        Ok(r) => r,
+        Err(no_answer) => return CognitoError::Unavailable(no_answer),
+    };
+    let msg = r.message.clone();
+    match r.code.as_deref() {
+        Some("ResourceNotFoundException") if op != Op::Id => CognitoError::IdentityNotFound(msg),
+        Some("ResourceNotFoundException") => CognitoError::PoolNotFound(msg),
+        Some("NotAuthorizedException") if msg.contains(GUEST_ACCESS_OFF) => {
+            CognitoError::GuestAccessDisabled(msg)
         }
-        _ => CognitoError::Unavailable(no_answer(&err)),
+        Some("InvalidParameterException" | "NotAuthorizedException")
+            if op == Op::OpenIdToken && msg.to_ascii_lowercase().contains(CLASSIC_FLOW_OFF) =>
+        {
+            CognitoError::ClassicFlowDisabled(msg)
+        }
+        Some("NotAuthorizedException") => CognitoError::NotAuthorized(msg),
+        Some("InvalidIdentityPoolConfigurationException") => {
+            CognitoError::InvalidPoolConfiguration(msg)
+        }
+        Some("InvalidParameterException") => CognitoError::InvalidParameter(msg),
+        Some("TooManyRequestsException" | "LimitExceededException" | "ThrottlingException") => {
+            CognitoError::Throttled(msg)
+        }
+        _ => CognitoError::Unavailable(r.unexplained()),
     }
 }
 
@@ -334,23 +362,12 @@ fn classify_sts<E>(err: SdkError<E, aws_sdk_sts::config::http::HttpResponse>) ->
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let unavailable = CognitoError::VerificationUnavailable;
-    match &err {
-        SdkError::ServiceError(se) => {
-            let e = se.err();
-            let status = se.raw().status().as_u16();
-            let code = e.code().unwrap_or("unknown error");
-            let detail = format!(
-                "{code} (HTTP {status}): {}",
-                e.message().unwrap_or("no message")
-            );
-            if STS_VERDICTS.contains(&code) {
-                CognitoError::VerificationFailed(detail)
-            } else {
-                unavailable(detail)
-            }
+    match answer(&err) {
+        Ok(r) if r.code.as_deref().is_some_and(|c| STS_VERDICTS.contains(&c)) => {
+            CognitoError::VerificationFailed(r.unexplained())
         }
-        _ => unavailable(no_answer(&err)),
+        Ok(r) => CognitoError::VerificationUnavailable(r.unexplained()),
+        Err(no_answer) => CognitoError::VerificationUnavailable(no_answer),
     }
 }
 
@@ -372,26 +389,21 @@ fn classify_assume<E>(err: SdkError<E, aws_sdk_sts::config::http::HttpResponse>)
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let unavailable = CognitoError::StsUnavailable;
-    match &err {
-        SdkError::ServiceError(se) => {
-            let e = se.err();
-            let status = se.raw().status().as_u16();
-            let msg = e.message().unwrap_or("no message").to_string();
-            match e.code() {
-                Some("AccessDenied") => CognitoError::RoleAccessDenied(msg),
-                Some("ValidationError") if msg.contains("DurationSeconds") => {
-                    CognitoError::InvalidSessionDuration(msg)
-                }
-                Some("ValidationError") => CognitoError::StsInvalidParameter(msg),
-                Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
-                    CognitoError::StsThrottled(msg)
-                }
-                Some(code) => unavailable(format!("{code} (HTTP {status}): {msg}")),
-                None => unavailable(format!("HTTP {status}")),
-            }
+    let r = match answer(&err) {
+        Ok(r) => r,
+        Err(no_answer) => return CognitoError::StsUnavailable(no_answer),
+    };
+    let msg = r.message.clone();
+    match r.code.as_deref() {
+        Some("AccessDenied") => CognitoError::RoleAccessDenied(msg),
+        Some("ValidationError") if msg.contains("DurationSeconds") => {
+            CognitoError::InvalidSessionDuration(msg)
         }
-        _ => unavailable(no_answer(&err)),
+        Some("ValidationError") => CognitoError::StsInvalidParameter(msg),
+        Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
+            CognitoError::StsThrottled(msg)
+        }
+        _ => CognitoError::StsUnavailable(r.unexplained()),
     }
 }
 
