@@ -6,7 +6,15 @@
 //! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]) and its pacing under the quotas
 //! ([`quota`]); the
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
-//! HTTP server ([`http`]); and the runtime wiring ([`controller`]), events with compact series ([`events`]), and rollout restarts of the workloads that read the credentials ([`restart`]).
+//! HTTP server ([`http`]); and the runtime wiring ([`controller`]) with its leader election
+//! ([`lease`]), events with compact series ([`events`]), and rollout restarts of the
+//! workloads that read the credentials ([`restart`]).
+//!
+//! The injection webhook (`cognito-unauth-controller webhook`) has its own: the pod it
+//! makes of an annotated pod ([`inject`], pure), its serving certificate ([`certs`], pure),
+//! and the admission server with the loop that keeps its certificate and configuration
+//! ([`webhook`]); [`sidecar`] is the `serve-credentials` sidecar it adds to pods whose image
+//! has no shell.
 
 pub mod certs;
 pub mod cognito;

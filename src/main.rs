@@ -185,16 +185,7 @@ async fn main() -> anyhow::Result<()> {
         None,
     )
     .await;
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-    let (bound, server) =
-        admin::bind(args.metrics_address, metrics.clone(), health.clone()).await?;
-    info!(address = %bound, "serving /livez, /readyz and /metrics");
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            error!(error = %e, "HTTP server failed");
-        }
-    });
+    let (metrics, health) = serve_admin(args.metrics_address).await?;
 
     let pod = std::env::var("POD_NAME").ok();
     let leader_election = args.leader_elect.then(|| LeaderElection {
@@ -252,6 +243,20 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// The metrics and health of this process, served on `address` (/livez, /readyz, /metrics).
+async fn serve_admin(address: SocketAddr) -> anyhow::Result<(Arc<Metrics>, Arc<Health>)> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let (bound, server) = admin::bind(address, metrics.clone(), health.clone()).await?;
+    info!(address = %bound, "serving /livez, /readyz and /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok((metrics, health))
+}
+
 async fn serve_credentials(s: ServeArgs) -> anyhow::Result<()> {
     if s.probe {
         if sidecar::probe(s.address).await {
@@ -271,15 +276,7 @@ async fn serve_credentials(s: ServeArgs) -> anyhow::Result<()> {
 
 async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Result<()> {
     let client = kube_client().await?;
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-    let (bound, server) = admin::bind(metrics_address, metrics.clone(), health.clone()).await?;
-    info!(address = %bound, "serving /livez, /readyz and /metrics");
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            error!(error = %e, "HTTP server failed");
-        }
-    });
+    let (metrics, health) = serve_admin(metrics_address).await?;
     let settings = webhook::Settings {
         address: w.address,
         namespace: w.namespace,
