@@ -25,12 +25,13 @@ use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
+use kube::core::PartialObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -179,8 +180,18 @@ pub struct Configurator {
     slot: Arc<CertSlot>,
     annotated: Annotated,
     metrics: Arc<Metrics>,
-    /// What was last applied to the configuration (caBundle, expression).
-    applied: Option<(Option<String>, String)>,
+}
+
+/// What the webhook configuration holds now for our webhook.
+#[derive(Debug, Default)]
+struct Observed {
+    /// False while the configuration does not exist (not installed yet).
+    exists: bool,
+    ca_bundle: Option<String>,
+    expression: Option<String>,
+    /// What we apply is conditional on it, so that a replica that read an older Secret
+    /// can never put an older caBundle back over a newer one.
+    version: Option<String>,
 }
 
 impl Configurator {
@@ -197,7 +208,6 @@ impl Configurator {
             slot,
             annotated,
             metrics,
-            applied: None,
         }
     }
 
@@ -209,26 +219,34 @@ impl Configurator {
         Api::all(self.client.clone())
     }
 
-    /// The caBundle the API server uses now for our webhook, and the configuration's
-    /// resourceVersion: what we apply next is conditional on it, so that a replica that read
-    /// an older Secret can never put an older caBundle back over a newer one.
-    async fn published_bundle(&self) -> Result<(Option<String>, Option<String>), WebhookError> {
+    /// The configuration as the API server has it.
+    async fn observe(&self) -> Result<Observed, WebhookError> {
         let Some(mwc) = self
             .configurations()
             .get_opt(&self.settings.configuration)
             .await?
         else {
-            return Ok((None, None));
+            return Ok(Observed::default());
         };
-        let version = mwc.metadata.resource_version.clone();
-        let bundle = mwc
+        let hook = mwc
             .webhooks
             .into_iter()
             .flatten()
-            .find(|w| w.name == self.settings.webhook)
-            .and_then(|w| w.client_config.ca_bundle)
-            .and_then(|b| String::from_utf8(b.0).ok());
-        Ok((bundle, version))
+            .find(|w| w.name == self.settings.webhook);
+        Ok(Observed {
+            exists: true,
+            ca_bundle: hook
+                .as_ref()
+                .and_then(|w| w.client_config.ca_bundle.clone())
+                .and_then(|b| String::from_utf8(b.0).ok()),
+            expression: hook
+                .and_then(|w| w.match_conditions)
+                .into_iter()
+                .flatten()
+                .find(|c| c.name == MATCH_CONDITION)
+                .map(|c| c.expression),
+            version: mwc.metadata.resource_version,
+        })
     }
 
     /// One pass: returns when to come back at the latest.
@@ -245,16 +263,17 @@ impl Configurator {
                     s.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()),
                 )
             });
+            let observed = self.observe().await?;
             if !self.settings.manage_certificate {
                 if let Some(s) = &secret {
                     self.load_external(s)?;
                 }
-                self.publish(None, None).await?;
+                self.publish(None, &observed).await?;
                 return Ok(next);
             }
-            let (published, version) = self.published_bundle().await?;
             let is_published = |b: &Bundle| {
-                published
+                observed
+                    .ca_bundle
                     .as_deref()
                     .zip(b.cas.first())
                     .is_some_and(|(p, ca)| certs::split_pem(p).contains(ca))
@@ -269,7 +288,7 @@ impl Configurator {
                 Step::Keep { at } => {
                     let Some(b) = stored else { break };
                     self.install(&b)?;
-                    self.publish(Some(b.ca_bundle()), version.clone()).await?;
+                    self.publish(Some(b.ca_bundle()), &observed).await?;
                     let wait = u64::try_from((at - now).max(1)).unwrap_or(1);
                     next = next.min(Duration::from_secs(wait));
                     break;
@@ -277,7 +296,7 @@ impl Configurator {
                 Step::Publish => {
                     if let Some(b) = &stored {
                         self.install(b)?;
-                        self.publish(Some(b.ca_bundle()), version.clone()).await?;
+                        self.publish(Some(b.ca_bundle()), &observed).await?;
                     }
                 }
                 Step::Fresh | Step::NewCa | Step::NewLeaf => {
@@ -294,7 +313,7 @@ impl Configurator {
                     if step != Step::NewCa {
                         self.install(&b)?;
                     }
-                    self.publish(Some(b.ca_bundle()), version.clone()).await?;
+                    self.publish(Some(b.ca_bundle()), &observed).await?;
                 }
             }
         }
@@ -387,60 +406,44 @@ impl Configurator {
         Ok(())
     }
 
-    /// Applies the caBundle (when we manage it) and the match condition, if either differs
-    /// from what this replica last applied.
+    /// Applies the caBundle (when we manage it) and the match condition where the
+    /// configuration differs from them; writes nothing when it holds them already.
     async fn publish(
-        &mut self,
+        &self,
         ca_bundle: Option<String>,
-        version: Option<String>,
+        observed: &Observed,
     ) -> Result<(), WebhookError> {
         let accounts: BTreeSet<String> = crate::read(&self.annotated).keys().cloned().collect();
         let expression = match_expression(&accounts);
-        let want = (ca_bundle, expression);
-        if self.applied.as_ref() == Some(&want) {
+        let bundle_held = ca_bundle.is_none() || observed.ca_bundle == ca_bundle;
+        // Not installed (yet): nothing calls us; a watch event brings us back.
+        if !observed.exists
+            || (bundle_held && observed.expression.as_deref() == Some(expression.as_str()))
+        {
             return Ok(());
         }
         let mut hook = json!({
             "name": self.settings.webhook,
-            "matchConditions": [{"name": MATCH_CONDITION, "expression": want.1}],
+            "matchConditions": [{"name": MATCH_CONDITION, "expression": expression}],
         });
-        if let Some(b) = &want.0 {
+        if let Some(b) = ca_bundle {
             // ByteString serializes as base64, as the API wants caBundle.
-            hook["clientConfig"] =
-                json!({"caBundle": k8s_openapi::ByteString(b.clone().into_bytes())});
+            hook["clientConfig"] = json!({"caBundle": k8s_openapi::ByteString(b.into_bytes())});
         }
-        let mut patch = json!({
+        let patch = json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": self.settings.configuration},
+            "metadata": {"name": self.settings.configuration, "resourceVersion": observed.version},
             "webhooks": [hook],
         });
-        if let Some(v) = version {
-            patch["metadata"]["resourceVersion"] = json!(v);
-        }
-        match self
-            .configurations()
+        self.configurations()
             .patch(
                 &self.settings.configuration,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&patch),
             )
-            .await
-        {
-            Ok(_) => {
-                self.applied = Some(want);
-                Ok(())
-            }
-            // Not installed (yet): nothing calls us; the next pass tries again.
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Apply again at the next pass (the configuration, or the Secret, changed under us;
-    /// applying what is already there is a no-op for the API server).
-    pub fn reapply(&mut self) {
-        self.applied = None;
+            .await?;
+        Ok(())
     }
 }
 
@@ -457,7 +460,7 @@ pub async fn configure(
     let synced = Arc::new(Notify::new());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let sas: Api<ServiceAccount> = Api::all(client.clone());
+    let sas: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client.clone());
     let by_name = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
     tokio::spawn(watcher(secrets, by_name(&settings.tls_secret)).for_each(wake_on(wake.clone())));
     // A change to the configuration (a helm upgrade resetting the match condition, a
@@ -474,25 +477,32 @@ pub async fn configure(
         () = synced.notified() => {}
         () = shutdown.cancelled() => return,
     }
+    // A pass reads the Secret and the configuration (two GETs) and writes only what
+    // differs; it runs when woken by a change, when a renewal is due, and once a minute.
+    // The heartbeat has its own pace.
     let mut failures = 0u32;
+    let mut due = tokio::time::Instant::now();
     loop {
         health.beat();
-        let wait = match configurator.pass().await {
-            Ok(next) => {
-                failures = 0;
-                health.set_ready(configurator.slot.is_loaded());
-                next
-            }
-            Err(e) => {
-                failures += 1;
-                warn!(error = %e, label = e.label(), "webhook configuration pass failed");
-                configurator.reapply();
-                Duration::from_secs(2u64.saturating_pow(failures.min(5)))
-            }
-        };
+        if tokio::time::Instant::now() >= due {
+            let wait = match configurator.pass().await {
+                Ok(next) => {
+                    failures = 0;
+                    health.set_ready(configurator.slot.is_loaded());
+                    next
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, label = e.label(), "webhook configuration pass failed");
+                    Duration::from_secs(2u64.saturating_pow(failures.min(5)))
+                }
+            };
+            due = tokio::time::Instant::now() + wait;
+        }
+        let beat = tokio::time::Instant::now() + crate::http::BEAT_EVERY;
         tokio::select! {
-            () = wake.notified() => configurator.reapply(),
-            () = tokio::time::sleep(wait.min(crate::http::BEAT_EVERY)) => {}
+            () = wake.notified() => due = tokio::time::Instant::now(),
+            () = tokio::time::sleep_until(due.min(beat)) => {}
             () = shutdown.cancelled() => return,
         }
     }
@@ -510,14 +520,15 @@ fn wake_on<K>(
 
 /// Keeps `annotated` equal to the ServiceAccounts that carry the annotation.
 async fn track_accounts(
-    api: Api<ServiceAccount>,
+    api: Api<PartialObjectMeta<ServiceAccount>>,
     annotated: Annotated,
     wake: Arc<Notify>,
     synced: Arc<Notify>,
 ) {
-    let key =
-        |sa: &ServiceAccount| format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any());
-    let value = |sa: &ServiceAccount| sa.annotations().get(ANN_SA_CREDENTIAL).cloned();
+    // Only metadata: the annotation is all it needs, and a cluster has many accounts.
+    type Meta = PartialObjectMeta<ServiceAccount>;
+    let key = |sa: &Meta| format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any());
+    let value = |sa: &Meta| sa.annotations().get(ANN_SA_CREDENTIAL).cloned();
     let mut fresh: Option<BTreeMap<String, String>> = None;
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     while let Some(event) = stream.next().await {
@@ -786,15 +797,6 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
     }
-}
-
-/// The pod as the webhook patched it: for tests that check a patch (JSON Patch applied
-/// to the submitted pod).
-pub fn patched(pod: &Value, resp: &AdmissionResponse) -> Option<Value> {
-    let patch: json_patch::Patch = serde_json::from_slice(resp.patch.as_ref()?).ok()?;
-    let mut out = pod.clone();
-    json_patch::patch(&mut out, &patch).ok()?;
-    Some(out)
 }
 
 #[cfg(test)]

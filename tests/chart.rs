@@ -11,15 +11,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, deployment_observed, eventually,
-    helm, impersonating_kubeconfig, kubectl, kubectl_apply, kubectl_stdin, owned_replica_sets,
-    rand_suffix, test_dir, testbed, wait_ready,
+    CHART, ControllerProcess, Proxy, TestNs, client_from, cuc_manifest, deployment_observed,
+    eventually, helm, impersonating_kubeconfig, kubectl, kubectl_apply, kubectl_stdin,
+    owned_replica_sets, rand_suffix, test_dir, testbed, wait_ready,
 };
-
-const CHART: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/charts/cognito-unauth-controller"
-);
 
 fn helm_cmd(args: &[&str]) -> std::process::Output {
     Command::new(helm())

@@ -22,14 +22,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use testbed_support::{
-    Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, restricted, test_dir,
-    testbed, wait_ready,
+    CHART, Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, restricted,
+    test_dir, testbed, wait_ready, writers,
 };
 
-const CHART: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/charts/cognito-unauth-controller"
-);
 /// The chart's default `leaderElection.leaseDurationSeconds`.
 const LEASE_SECONDS: u64 = 15;
 
@@ -85,35 +81,6 @@ async fn scrape_until(pod: &Pod, want: &str) -> String {
         }
     })
     .await
-}
-
-/// Who wrote Secret `ns/name` (create, update, patch, delete), from the API server's audit
-/// log: usernames, in order.
-fn secret_writers(ns: &str, name: &str) -> Vec<String> {
-    let log = testbed()
-        .kubeconfig
-        .parent()
-        .expect(".local")
-        .join("run/audit.log");
-    let text = std::fs::read_to_string(&log).expect("audit log");
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| {
-            let o = &e["objectRef"];
-            o["resource"] == "secrets"
-                && o["namespace"] == ns
-                && o["name"] == name
-                && ["create", "update", "patch", "delete"]
-                    .contains(&e["verb"].as_str().unwrap_or_default())
-                && e["stage"] == "ResponseComplete"
-        })
-        .map(|e| {
-            e["user"]["username"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect()
 }
 
 fn restarted_at(d: &Deployment) -> Option<String> {
@@ -241,7 +208,7 @@ spec:
         Duration::from_secs(10),
         "the Secret's writes in the audit log",
         || async {
-            let w = secret_writers(&watch.name, "creds");
+            let w = writers("secrets", Some(&watch.name), "creds");
             (!w.is_empty()).then_some(w)
         },
     )

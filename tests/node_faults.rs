@@ -14,14 +14,10 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    Proxy, TestNs, helm_ok, kubectl, kubectl_apply, rand_suffix, record_fault, root, test_dir,
-    testbed, wait_ready,
+    CHART, Proxy, TestNs, helm_ok, kubectl, kubectl_apply, rand_suffix, record_fault, root,
+    test_dir, testbed, wait_ready,
 };
 
-const CHART: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/charts/cognito-unauth-controller"
-);
 /// Credentials live 7 minutes and renewBefore is 5m: a rotation every 100-120 s, and the
 /// previous credentials stay valid 5 minutes after it; both longer than the kubelet's
 /// refresh (up to ~1.5 min, docs/usage.md), so the reader sees every rotation.

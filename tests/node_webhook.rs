@@ -25,15 +25,11 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    BOTO3_LOOP, Proxy, TestNs, eventually, failed, helm_ok, install_crd, keys_used, kubectl,
+    BOTO3_LOOP, CHART, Proxy, TestNs, eventually, failed, helm_ok, install_crd, keys_used, kubectl,
     kubectl_apply, rand_suffix, restricted, root, test_dir, testbed, ua_is_boto3, ua_is_cli,
-    ua_is_go, wait_ready,
+    ua_is_go, wait_ready, writers,
 };
 
-const CHART: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/charts/cognito-unauth-controller"
-);
 const LIFETIME: u64 = 420;
 const ROTATIONS: usize = 3;
 const CERT_LIFETIME: i64 = 60;
@@ -215,10 +211,13 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         },
     )
     .await;
+    let listed_after = t.elapsed();
     println!(
         "annotated ServiceAccount in the match condition after {:.2} s",
-        t.elapsed().as_secs_f64()
+        listed_after.as_secs_f64()
     );
+    // docs/usage.md: within seconds of the annotation.
+    assert!(listed_after < Duration::from_secs(5), "{listed_after:?}");
     wait_ready(&app.name, "app", 60);
 
     // Admissions all along, while the certificate and its CA are renewed.
@@ -449,6 +448,43 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     assert!(
         leaves >= 4 && cas >= 2,
         "renewals seen: {leaves} certificates, {cas} CAs"
+    );
+    // The configuration is written only when what it holds changes: the first caBundle and
+    // match condition, the ServiceAccount joining it, and per CA the new one joining the
+    // bundle and the old one leaving; a leaf renewal changes nothing there. Both replicas
+    // may try the same change (one is refused on its resourceVersion), hence twice that.
+    let hook_user = format!("system:serviceaccount:{}:{hook}", rel.name);
+    let patches = writers("mutatingwebhookconfigurations", None, &mwc_name)
+        .into_iter()
+        .filter(|u| *u == hook_user)
+        .count();
+    println!(
+        "{patches} writes of the webhook configuration for {leaves} certificates and {cas} CAs"
+    );
+    assert!(
+        patches <= 2 * (2 + 2 * cas),
+        "{patches} writes of the webhook configuration for {leaves} certificates and {cas} CAs"
+    );
+
+    // A caBundle removed by hand is put back by the webhook (its watch of the configuration).
+    let removed = Instant::now();
+    kubectl(&[
+        "patch",
+        "mutatingwebhookconfiguration",
+        &mwc_name,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]"#,
+    ]);
+    eventually(Duration::from_secs(10), "the caBundle back", || async {
+        let m = mwcs.get(&mwc_name).await.ok()?;
+        m.webhooks?[0].client_config.ca_bundle.as_ref()?;
+        Some(())
+    })
+    .await;
+    println!(
+        "a caBundle removed by hand was back after {:.2} s",
+        removed.elapsed().as_secs_f64()
     );
 
     // A pod without the annotations: the webhook is not called, the pod is as submitted.

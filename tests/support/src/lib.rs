@@ -921,3 +921,39 @@ pub fn restricted(ns: &str) {
         "pod-security.kubernetes.io/warn=restricted",
     ]);
 }
+
+/// Who wrote `resource` `namespace/name` (cluster-scoped: `namespace` None), from the API
+/// server's audit log: the username of each completed create, update, patch or delete, in
+/// order. A write that was refused (a conflict) counts too: it is a call all the same.
+pub fn writers(resource: &str, namespace: Option<&str>, name: &str) -> Vec<String> {
+    let log = testbed()
+        .kubeconfig
+        .parent()
+        .expect(".local")
+        .join("run/audit.log");
+    let text = std::fs::read_to_string(&log).expect("audit log");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            let o = &e["objectRef"];
+            o["resource"] == resource
+                && o["namespace"].as_str() == namespace
+                && o["name"] == name
+                && ["create", "update", "patch", "delete"]
+                    .contains(&e["verb"].as_str().unwrap_or_default())
+                && e["stage"] == "ResponseComplete"
+        })
+        .map(|e| {
+            e["user"]["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The chart, as `helm` is given it.
+pub const CHART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../charts/cognito-unauth-controller"
+);
