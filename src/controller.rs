@@ -1,5 +1,6 @@
 //! Runtime wiring: the kube-runtime Controller over CognitoUnauthCredentials and the
-//! Secrets they own (metadata only, and only ours, by label), driving `reconcile`;
+//! Secrets they own (only ours, by label: each is kept as a fingerprint, see `seen`),
+//! driving `reconcile`;
 //! one Controller per watched namespace (or one for all); optional leader election on a
 //! coordination.k8s.io Lease, with only the leader reconciling.
 
@@ -7,8 +8,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -31,6 +32,9 @@ use crate::secret::MANAGED_SELECTOR;
 
 /// How long in-flight reconciles may run on after a stop request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long the first reconciles wait for the list of our Secrets (then each reconcile
+/// reads its Secret, as it would without the list).
+const SECRETS_LISTED_WAIT: Duration = Duration::from_secs(30);
 
 /// Leader election on a Lease.
 #[derive(Debug, Clone)]
@@ -158,6 +162,8 @@ async fn run_controllers<C: Cognito>(
     stop: CancellationToken,
 ) {
     ctx.mark_started();
+    // A new term lists our Secrets again; what an earlier one saw may be stale.
+    ctx.seen.clear();
     let client = ctx.client.clone();
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -174,21 +180,47 @@ async fn run_controllers<C: Cognito>(
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
+        // Our Secrets, whole (the data is needed to tell an intact one), each kept only
+        // as a fingerprint; the controller gets their owner references.
+        let seen_ctx = ctx.clone();
+        let seen_scope = scope.clone();
+        let owned = watcher(
+            secrets,
+            watcher::Config::default()
+                .labels(MANAGED_SELECTOR)
+                .any_semantic(),
+        )
+        .default_backoff()
+        .map_ok(move |ev| {
+            seen_ctx.seen.follow(seen_scope.as_deref(), &ev);
+            ev
+        })
+        .touched_objects()
+        .map_ok(|mut s: Secret| {
+            s.data = None;
+            s
+        });
         // Our own cache of the resources, without managedFields: they are most of a cached
-        // object's size and the controller never reads them.
+        // object's size and the controller never reads them. Listed once the Secrets
+        // are (or after SECRETS_LISTED_WAIT), so that the first reconciles know them
+        // without reading each one.
         let (reader, writer) = reflector::store();
-        let trigger = watcher(cucs, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|o: &mut CognitoUnauthCredential| o.managed_fields_mut().clear())
-            .reflect(writer)
-            .touched_objects();
+        let listed_ctx = ctx.clone();
+        let listed_scope = scope.clone();
+        let trigger = futures::stream::once(async move {
+            let ns = listed_scope.as_deref();
+            if !listed_ctx.seen.wait_listed(ns, SECRETS_LISTED_WAIT).await {
+                warn!(namespace = ns.unwrap_or("<all>"), wait = ?SECRETS_LISTED_WAIT, "our Secrets are not listed yet; reading each one instead");
+            }
+            watcher(cucs, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(|o: &mut CognitoUnauthCredential| o.managed_fields_mut().clear())
+                .reflect(writer)
+                .touched_objects()
+        })
+        .flatten();
         let controller = Controller::for_stream(trigger, reader)
-            .owns(
-                secrets,
-                watcher::Config::default()
-                    .labels(MANAGED_SELECTOR)
-                    .any_semantic(),
-            )
+            .owns_stream(owned)
             .with_config(controller::Config::default().concurrency(settings.concurrency));
         stores.push(controller.store());
         let stop = stop.clone();

@@ -3,7 +3,7 @@
 //!
 //! Each concern has its own module: the API types ([`crd`]); the pure steps that decide
 //! ([`plan`]), schedule ([`schedule`]), render and read the Secret ([`secret`]) and build
-//! conditions ([`status`]); the Cognito client behind a trait ([`cognito`]) and its pacing under the quotas
+//! conditions ([`status`]); what the watch saw of our Secrets ([`seen`]); the Cognito client behind a trait ([`cognito`]) and its pacing under the quotas
 //! ([`quota`]); the
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
 //! HTTP server ([`http`]); and the runtime wiring ([`controller`]) with its leader election
@@ -33,6 +33,7 @@ pub mod reconcile;
 pub mod restart;
 pub mod schedule;
 pub mod secret;
+pub mod seen;
 pub mod sidecar;
 pub mod status;
 pub mod webhook;

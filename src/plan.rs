@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use crate::crd::{CognitoUnauthCredentialSpec, CognitoUnauthCredentialStatus, Flow};
 use crate::schedule;
-use crate::secret::{Credentials, Observed, Provenance, RoleSession};
+use crate::secret::{self, Credentials, Facts, Observed, Provenance, RoleSession, Seen};
 use crate::status;
 
 /// What the Secret of that name is.
@@ -127,14 +127,17 @@ pub fn startup_slot(started: Timestamp, expiration: Timestamp, seed: &str) -> Ti
 /// Good credentials the Secret holds for the current spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kept {
-    pub credentials: Credentials,
+    pub expiration: Timestamp,
+    /// The key material, when the Secret was read (None when the watch's fingerprint
+    /// said it holds what the status says: read only if a step needs it).
+    pub credentials: Option<Credentials>,
     pub provenance: Provenance,
     pub renewal: Timestamp,
 }
 
 impl Kept {
     pub fn expired(&self, now: Timestamp) -> bool {
-        self.credentials.expiration <= now
+        self.expiration <= now
     }
 }
 
@@ -214,17 +217,72 @@ pub fn kept(i: &Inputs<'_>) -> Option<Kept> {
     let SecretState::Ours(o) = i.secret else {
         return None;
     };
-    let (Some(c), Some(p)) = (&o.credentials, &o.provenance) else {
+    let (Some(expiration), Some(p)) = (o.expiration, &o.provenance) else {
         return None;
     };
     if !o.intact || !matches_spec(p, i.spec, i.session) {
         return None;
     }
     Some(Kept {
-        credentials: c.clone(),
+        expiration,
+        credentials: o.credentials.clone(),
         provenance: p.clone(),
-        renewal: schedule::renewal_time(p.issued_at, c.expiration, i.renew_before, i.seed),
+        renewal: schedule::renewal_time(p.issued_at, expiration, i.renew_before, i.seed),
     })
+}
+
+/// What a Secret that the watch saw as `seen` holds, without reading it: if it is
+/// exactly what this resource's status and spec say it should hold (same owner,
+/// identity, role, expiry, force-rotate token, mount path and template), it is intact,
+/// current and writable, with `seen`'s issue time. None when anything differs: then
+/// the Secret is read, as always.
+pub fn known(
+    seen: Seen,
+    owner_uid: &str,
+    namespace_name: (&str, &str),
+    spec: &CognitoUnauthCredentialSpec,
+    status: &CognitoUnauthCredentialStatus,
+    force_token: Option<&str>,
+) -> Option<Observed> {
+    let session = role_session(spec, namespace_name.0, namespace_name.1).ok()?;
+    let provenance = Provenance {
+        identity_pool_id: spec.identity_pool_id.clone(),
+        identity_id: status.identity_id.clone()?,
+        region: spec.region().to_string(),
+        custom_role_arn: spec.custom_role_arn.clone(),
+        assumed_role_arn: session
+            .as_ref()
+            .and_then(|_| status.assumed_role_arn.clone()),
+        session,
+        issued_at: seen.issued_at,
+        force_token: force_token.map(str::to_string),
+    };
+    let expiration = status.expiration.as_ref()?.0;
+    let template = spec.secret_template.as_ref();
+    let (labels, annotations) = secret::foreign_metadata(
+        template.map(|t| &t.labels),
+        template.map(|t| &t.annotations),
+    );
+    let fingerprint = secret::fingerprint(&Facts {
+        owner_uid,
+        provenance: &provenance,
+        expiration,
+        mount_path: spec.mount_path(),
+        labels: &labels,
+        annotations: &annotations,
+    });
+    (status.identity_pool_id.as_deref() == Some(spec.identity_pool_id.as_str())
+        && fingerprint == seen.fingerprint)
+        .then_some(Observed {
+            owned: true,
+            intact: true,
+            current_layout: true,
+            template_applied: true,
+            immutable: false,
+            expiration: Some(expiration),
+            credentials: None,
+            provenance: Some(provenance),
+        })
 }
 
 /// The identity to reuse for this pool: from status, else the one this controller got
@@ -293,7 +351,7 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
     let mut wake = k.renewal;
     if i.now >= k.renewal {
         // Overdue when we started (e.g. after downtime): take this resource's slot.
-        let slot = startup_slot(i.started, k.credentials.expiration, i.seed);
+        let slot = startup_slot(i.started, k.expiration, i.seed);
         if k.renewal < i.started && i.now < slot {
             wake = slot;
         } else {
@@ -340,6 +398,7 @@ mod tests {
             current_layout: true,
             template_applied: true,
             immutable: false,
+            expiration: Some(at(issued + lifetime)),
             credentials: Some(Credentials {
                 access_key_id: "a".into(),
                 secret_access_key: "b".into(),
@@ -925,5 +984,207 @@ mod tests {
         }
         // Already expired: no delay at all.
         assert_eq!(startup_slot(at(4000), at(3600), "uid"), at(4000));
+    }
+
+    /// The status after issuing `prov`'s credentials (what the rotation writes).
+    fn issued_status(prov: &Provenance, expiration: Timestamp) -> Status {
+        Status {
+            identity_id: Some(prov.identity_id.clone()),
+            identity_pool_id: Some(prov.identity_pool_id.clone()),
+            expiration: Some(time(expiration)),
+            assumed_role_arn: prov.assumed_role_arn.clone(),
+            ..synced()
+        }
+    }
+
+    /// A Secret the watch saw is known without a read exactly when it holds what the
+    /// status and spec say; then the decision is the same as with the Secret read.
+    #[test]
+    fn a_seen_secret_is_known_only_when_it_holds_what_the_status_says() {
+        use crate::crd::SecretTemplate;
+        use crate::secret::render;
+        let owner = crate::secret::tests::owner();
+        let template = SecretTemplate {
+            labels: [("team".to_string(), "a".to_string())].into(),
+            annotations: [("note".to_string(), "n".to_string())].into(),
+        };
+        let mut spec = basic_spec();
+        spec.secret_template = Some(template.clone());
+        spec.mount_path = Some("/creds/".into());
+        let SecretState::Ours(o) = basic(0, 3600) else {
+            unreachable!()
+        };
+        let (creds, mut prov) = (
+            o.credentials.clone().unwrap(),
+            o.provenance.clone().unwrap(),
+        );
+        // Issued at sub-second precision, as rotations are.
+        prov.issued_at = at(0) + jiff::SignedDuration::from_millis(250);
+        prov.force_token = Some("2".into());
+        let secret = render(
+            "app",
+            "ns",
+            &owner,
+            Some(&template),
+            &creds,
+            &prov,
+            "/creds",
+        );
+        let seen = secret::seen(&secret).expect("an intact Secret has a fingerprint");
+        assert_eq!(seen.issued_at, prov.issued_at);
+        let status = issued_status(&prov, creds.expiration);
+        let known_with =
+            |spec: &CognitoUnauthCredentialSpec, status: &Status, force: Option<&str>| {
+                known(seen, "uid-1", ("ns", "app"), spec, status, force)
+            };
+        let o = known_with(&spec, &status, Some("2")).expect("known");
+        let read = secret::inspect(&secret, "uid-1", spec.mount_path(), Some(&template));
+        assert_eq!(o.provenance, read.provenance);
+        assert_eq!(o.expiration, read.expiration);
+        assert!(read.intact && read.current_layout && read.template_applied && read.owned);
+        assert_eq!(o.credentials, None, "no key material without a read");
+        // Same decision as with the Secret read, but for the key material it keeps.
+        let decide_on = |o: Observed| {
+            let state = SecretState::Ours(Box::new(o));
+            let sess = session();
+            let i = Inputs {
+                now: at(100),
+                spec: &spec,
+                generation: Some(1),
+                status: &status,
+                secret: &state,
+                force_token: Some("2"),
+                renew_before: Duration::from_secs(600),
+                seed: "uid-1",
+                started: at(0),
+                pending_identity: None,
+                session: Some(&sess),
+            };
+            match decide(&i) {
+                Plan::Wait {
+                    mut kept,
+                    wake,
+                    repair,
+                } => {
+                    kept.credentials = None;
+                    (kept, wake, repair)
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(decide_on(o), decide_on(read));
+
+        // Anything else, and the Secret is read.
+        let other_identity = Status {
+            identity_id: Some("us-east-1:22222222-0000-0000-0000-000000000002".into()),
+            ..status.clone()
+        };
+        let other_expiry = Status {
+            expiration: Some(time(creds.expiration + jiff::SignedDuration::from_secs(1))),
+            ..status.clone()
+        };
+        let other_pool_in_status = Status {
+            identity_pool_id: Some("us-east-1:99999999-0000-0000-0000-000000000009".into()),
+            ..status.clone()
+        };
+        let no_identity = Status {
+            identity_id: None,
+            ..status.clone()
+        };
+        for (what, st) in [
+            ("another identity", &other_identity),
+            ("another expiry", &other_expiry),
+            ("another pool in status", &other_pool_in_status),
+            ("no identity", &no_identity),
+        ] {
+            assert_eq!(known_with(&spec, st, Some("2")), None, "{what}");
+        }
+        assert_eq!(
+            known_with(&spec, &status, Some("3")),
+            None,
+            "a new force token"
+        );
+        assert_eq!(known_with(&spec, &status, None), None, "the token removed");
+        let changed = |f: &dyn Fn(&mut CognitoUnauthCredentialSpec)| {
+            let mut s = spec.clone();
+            f(&mut s);
+            known_with(&s, &status, Some("2"))
+        };
+        assert!(
+            changed(&|s| s.mount_path = Some("/creds".into())).is_some(),
+            "same mount path"
+        );
+        assert_eq!(
+            changed(&|s| s.mount_path = Some("/other".into())),
+            None,
+            "mount path"
+        );
+        assert_eq!(
+            changed(&|s| s.session_duration = Some("2h".into())),
+            None,
+            "duration"
+        );
+        assert_eq!(
+            changed(&|s| s.role_arn = Some(format!("{ROLE}-2"))),
+            None,
+            "role"
+        );
+        assert_eq!(
+            changed(&|s| s.role_session_name = Some("x".into())),
+            None,
+            "session name"
+        );
+        assert_eq!(
+            changed(&|s| s.region = Some("eu-west-1".into())),
+            None,
+            "region"
+        );
+        assert_eq!(
+            changed(&|s| s.secret_template.as_mut().unwrap().labels.clear()),
+            None,
+            "template"
+        );
+        assert_eq!(
+            known(seen, "uid-2", ("ns", "app"), &spec, &status, Some("2")),
+            None,
+            "owner"
+        );
+        // Someone else's label on the Secret, an edited value, an immutable Secret.
+        let mut labelled = secret.clone();
+        labelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        let seen_labelled = secret::seen(&labelled).unwrap();
+        assert_eq!(
+            known(
+                seen_labelled,
+                "uid-1",
+                ("ns", "app"),
+                &spec,
+                &status,
+                Some("2")
+            ),
+            None
+        );
+        let mut edited = secret.clone();
+        edited.data.as_mut().unwrap().insert(
+            secret::KEY_ACCESS_KEY_ID.into(),
+            k8s_openapi::ByteString(b"ASIAOTHER".to_vec()),
+        );
+        assert_eq!(secret::seen(&edited), None);
+        let mut immutable = secret.clone();
+        immutable.immutable = Some(true);
+        assert_eq!(secret::seen(&immutable), None);
+        // A Secret in an older layout (no config file) is read, and repaired.
+        let mut legacy = secret.clone();
+        legacy
+            .data
+            .as_mut()
+            .unwrap()
+            .remove(secret::KEY_CONFIG_FILE);
+        assert_eq!(secret::seen(&legacy), None);
     }
 }

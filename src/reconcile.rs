@@ -32,7 +32,8 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
 use crate::restart::{self, Duty};
 use crate::schedule;
-use crate::secret::{self, Credentials, Owner, Provenance, RoleSession};
+use crate::secret::{self, Credentials, Observed, Owner, Provenance, RoleSession};
+use crate::seen::SeenSecrets;
 use crate::status::{self, Builder, reason, show, time};
 
 /// Field manager for every write, and the events' reporting controller.
@@ -97,6 +98,8 @@ pub struct Context<C> {
     memory: Mutex<HashMap<String, Memory>>,
     /// When reconciling (re)started, in Unix seconds: see `plan::startup_slot`.
     started: AtomicI64,
+    /// What the watch saw of our Secrets (filled by `controller`).
+    pub seen: SeenSecrets,
 }
 
 impl<C: Cognito> Context<C> {
@@ -113,6 +116,7 @@ impl<C: Cognito> Context<C> {
             metrics,
             memory: Mutex::default(),
             started: AtomicI64::new(Timestamp::now().as_second()),
+            seen: SeenSecrets::default(),
         }
     }
 
@@ -337,6 +341,17 @@ const RESTART_RETRY: Duration = Duration::from_secs(60);
 const VERIFY_RETRY: Duration = Duration::from_secs(60);
 /// How soon the deletion of a Secret under a former name is tried again.
 const CLEANUP_RETRY: Duration = Duration::from_secs(60);
+/// How soon to look again when the Secret changed between the watch's news and a read
+/// (the watch brings the change too; this only bounds the wait).
+const CHANGED_RECHECK: Duration = Duration::from_secs(1);
+
+/// The Secret under the current name, as far as this reconcile knows it.
+enum Existing {
+    /// Read in this reconcile (None: there is none).
+    Read(Option<Box<Secret>>),
+    /// Not read: the watch saw it hold exactly what the status says (`plan::known`).
+    Known(Box<Observed>),
+}
 
 enum Loaded<'a, C> {
     Ready(Box<Reconciliation<'a, C>>),
@@ -356,7 +371,7 @@ struct Reconciliation<'a, C> {
     renew_before: Duration,
     /// Flow Basic: what AssumeRoleWithWebIdentity is asked for; None for Enhanced.
     session: Option<RoleSession>,
-    existing: Option<Secret>,
+    existing: Existing,
     status: Builder,
     /// An identity GetId created in this reconcile (said in the rotation's event).
     created: Option<String>,
@@ -415,7 +430,30 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             }
         };
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        let existing = secrets.get_opt(&secret_name).await.map_err(Error::Kube)?;
+        // A Secret the watch saw holding what the status says is not read again (a
+        // restart reads none); any other is.
+        let known = ctx.seen.get(&ns, &secret_name).and_then(|seen| {
+            plan::known(
+                seen,
+                &uid,
+                (&ns, &obj.name_any()),
+                &obj.spec,
+                status.old(),
+                obj.annotations()
+                    .get(FORCE_ROTATE_ANNOTATION)
+                    .map(String::as_str),
+            )
+        });
+        let existing = match known {
+            Some(o) => Existing::Known(Box::new(o)),
+            None => Existing::Read(
+                secrets
+                    .get_opt(&secret_name)
+                    .await
+                    .map_err(Error::Kube)?
+                    .map(Box::new),
+            ),
+        };
         Ok(Loaded::Ready(Box::new(Self {
             ctx,
             obj,
@@ -437,14 +475,8 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
     async fn run(mut self) -> Result<Action, Error> {
         let spec = &self.obj.spec;
         let secret_state = match &self.existing {
-            None => SecretState::Absent,
-            Some(s) if !secret::owned_by(s, &self.uid) => SecretState::Foreign,
-            Some(s) => SecretState::Ours(Box::new(secret::inspect(
-                s,
-                &self.uid,
-                spec.mount_path(),
-                spec.secret_template.as_ref(),
-            ))),
+            Existing::Known(o) => SecretState::Ours(o.clone()),
+            Existing::Read(s) => self.state_of(s.as_deref()),
         };
         let pending = self
             .ctx
@@ -484,6 +516,56 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             .metrics
             .observe(&self.ns, &self.obj.name_any(), self.status.next());
         Ok(action)
+    }
+
+    /// What a Secret read under the current name is to this resource.
+    fn state_of(&self, s: Option<&Secret>) -> SecretState {
+        let spec = &self.obj.spec;
+        match s {
+            None => SecretState::Absent,
+            Some(s) if !secret::owned_by(s, &self.uid) => SecretState::Foreign,
+            Some(s) => SecretState::Ours(Box::new(secret::inspect(
+                s,
+                &self.uid,
+                spec.mount_path(),
+                spec.secret_template.as_ref(),
+            ))),
+        }
+    }
+
+    /// The Secret under the current name, read now if this reconcile has not read it.
+    async fn read(&mut self) -> Result<Option<&Secret>, Error> {
+        if let Existing::Known(_) = self.existing {
+            let s = self
+                .secrets
+                .get_opt(&self.secret_name)
+                .await
+                .map_err(Error::Kube)?;
+            self.existing = Existing::Read(s.map(Box::new));
+        }
+        Ok(match &self.existing {
+            Existing::Read(s) => s.as_deref(),
+            Existing::Known(_) => None,
+        })
+    }
+
+    /// The key material of the kept credentials: as read in this reconcile, or read
+    /// now. None when the Secret no longer holds them (changed since the watch saw it).
+    async fn key_material(&mut self, k: &Kept) -> Result<Option<Credentials>, Error> {
+        if let Some(c) = &k.credentials {
+            return Ok(Some(c.clone()));
+        }
+        let read = self.read().await?.cloned();
+        Ok(match self.state_of(read.as_ref()) {
+            SecretState::Ours(o)
+                if o.intact
+                    && o.provenance.as_ref() == Some(&k.provenance)
+                    && o.expiration == Some(k.expiration) =>
+            {
+                o.credentials
+            }
+            _ => None,
+        })
     }
 
     fn force_token(&self) -> Option<&'a str> {
@@ -526,7 +608,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         self.status.next_mut().renewal_time = None;
         match kept {
             Some(k) if !k.expired(self.now) => {
-                let exp = k.credentials.expiration;
+                let exp = k.expiration;
                 self.status.next_mut().expiration = Some(time(exp));
                 let msg = format!(
                     "Rotation is suspended; the Secret holds credentials valid until {}",
@@ -554,7 +636,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 .unwrap_or_default();
             let msg = format!(
                 "The credentials in the Secret expired at {}; the last attempt failed ({last}); next attempt at {}",
-                show(k.credentials.expiration),
+                show(k.expiration),
                 show(until)
             );
             self.status.not_ready(reason::EXPIRED, msg);
@@ -565,7 +647,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
     /// The earlier of `at` and the kept credentials' expiry (to say Expired on time).
     fn wake(&self, at: Timestamp, kept: Option<&Kept>) -> Timestamp {
         match kept {
-            Some(k) if !k.expired(self.now) => at.min(k.credentials.expiration),
+            Some(k) if !k.expired(self.now) => at.min(k.expiration),
             _ => at,
         }
     }
@@ -579,7 +661,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 reason::EXPIRED,
                 format!(
                     "The credentials in the Secret expired at {}; Secret {name} is immutable and cannot be rotated: delete it and the controller writes a new one",
-                    show(k.credentials.expiration)
+                    show(k.expiration)
                 ),
             ),
             Some(k) => (
@@ -587,7 +669,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 format!(
                     "New credentials are needed ({}) but Secret {name} is immutable; it keeps credentials valid until {}. Delete it and the controller writes a new one",
                     why.as_str(),
-                    show(k.credentials.expiration)
+                    show(k.expiration)
                 ),
             ),
             None => (
@@ -612,7 +694,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         // can change is the kept credentials expiring (to say Expired), so no recheck,
         // not even a GET a minute.
         match kept {
-            Some(k) if !k.expired(self.now) => requeue_at(self.now, k.credentials.expiration),
+            Some(k) if !k.expired(self.now) => requeue_at(self.now, k.expiration),
             _ => Action::await_change(),
         }
     }
@@ -620,28 +702,31 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
     /// The Secret holds good credentials: repair its layout if needed, verify once if
     /// asked, roll the targets if they run older credentials, clean up former Secrets.
     async fn wait(&mut self, k: &Kept, wake: Timestamp, repair: bool) -> Result<Action, Error> {
-        if repair {
-            self.write_secret(&k.credentials, &k.provenance).await?;
-        }
-        self.status.issued(&k.provenance, &k.credentials, k.renewal);
-        let mut retry = None;
-        if self.obj.spec.verify == Some(true) {
-            // Verification just turned on, the spec changed, or STS gave no answer last
-            // time: check the kept credentials; a refusal is reported, the Secret stays.
-            let settled =
-                status::condition_of(self.status.old(), status::VERIFIED).is_some_and(|c| {
-                    c.observed_generation == self.obj.metadata.generation && c.status != "Unknown"
-                });
-            if !settled {
-                let r = self
-                    .ctx
-                    .cognito
-                    .caller_identity(self.region(), &k.credentials)
-                    .await;
-                retry = self.mark_verified(&r);
+        let verify = self.obj.spec.verify == Some(true);
+        // Verification just turned on, the spec changed, or STS gave no answer last
+        // time: check the kept credentials; a refusal is reported, the Secret stays.
+        let unverified = verify
+            && !status::condition_of(self.status.old(), status::VERIFIED).is_some_and(|c| {
+                c.observed_generation == self.obj.metadata.generation && c.status != "Unknown"
+            });
+        let creds = if repair || unverified {
+            match self.key_material(k).await? {
+                Some(c) => Some(c),
+                None => return Ok(Action::requeue(CHANGED_RECHECK)),
             }
         } else {
+            None
+        };
+        if repair && let Some(c) = &creds {
+            self.write_secret(c, &k.provenance).await?;
+        }
+        self.status.issued(&k.provenance, k.expiration, k.renewal);
+        let mut retry = None;
+        if !verify {
             self.verification_off();
+        } else if let Some(c) = creds.as_ref().filter(|_| unverified) {
+            let r = self.ctx.cognito.caller_identity(self.region(), c).await;
+            retry = self.mark_verified(&r);
         }
         let rolled = self.roll_out(k.provenance.issued_at).await;
         let cleaned = self.remove_previous_secrets().await;
@@ -723,7 +808,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         self.ctx.amend(self.obj, |m| m.pending_identity = None);
         let renewal =
             schedule::renewal_time(issued_at, creds.expiration, self.renew_before, &self.uid);
-        self.status.issued(&prov, &creds, renewal);
+        self.status.issued(&prov, creds.expiration, renewal);
         let created = match self.created.take() {
             Some(id) => format!("Created Cognito identity {id}; "),
             None => String::new(),
@@ -766,14 +851,14 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 reason::EXPIRED,
                 format!(
                     "The credentials in the Secret expired at {}; rotation failed: {detail}",
-                    show(k.credentials.expiration),
+                    show(k.expiration),
                 ),
             ),
             Some(k) => (
                 why,
                 format!(
                     "Rotation failed: {detail}; the Secret keeps credentials valid until {}",
-                    show(k.credentials.expiration),
+                    show(k.expiration),
                 ),
             ),
             None => (why, format!("Could not get credentials: {detail}")),
@@ -931,7 +1016,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
 
     /// Creates the Secret, or applies our fields to ours (uid as the precondition).
     /// Never takes over a Secret someone else created.
-    async fn write_secret(&self, creds: &Credentials, prov: &Provenance) -> Result<(), Error> {
+    async fn write_secret(&mut self, creds: &Credentials, prov: &Provenance) -> Result<(), Error> {
         let owner = Owner {
             api_version: CognitoUnauthCredential::api_version(&()).to_string(),
             kind: CognitoUnauthCredential::kind(&()).to_string(),
@@ -947,7 +1032,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             prov,
             self.obj.spec.mount_path(),
         );
-        match &self.existing {
+        let written = match self.read().await? {
             None => {
                 let pp = PostParams {
                     field_manager: Some(MANAGER.to_string()),
@@ -958,7 +1043,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 self.secrets
                     .create(&pp, &desired)
                     .await
-                    .map_err(Error::Kube)?;
+                    .map_err(Error::Kube)?
             }
             Some(current) => {
                 // Server-side apply of our fields only, forced: a concurrent writer of
@@ -978,9 +1063,11 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                         &Patch::Apply(&value),
                     )
                     .await
-                    .map_err(Error::Kube)?;
+                    .map_err(Error::Kube)?
             }
-        }
+        };
+        self.ctx.seen.note(&written);
+        self.existing = Existing::Read(Some(Box::new(written)));
         Ok(())
     }
 

@@ -274,7 +274,10 @@ pub struct Observed {
     pub template_applied: bool,
     /// `immutable: true`: it can never be written again, only deleted.
     pub immutable: bool,
-    /// The credentials, when intact.
+    /// When the credentials expire, when intact.
+    pub expiration: Option<Timestamp>,
+    /// The credentials, when intact and read (None when only the watch's fingerprint of
+    /// the Secret was seen: see [`Seen`]).
     pub credentials: Option<Credentials>,
     pub provenance: Option<Provenance>,
 }
@@ -404,16 +407,152 @@ pub fn inspect(
         current_layout: current_layout && provenance.is_some(),
         template_applied: template_applied(secret, template),
         immutable: secret.immutable == Some(true),
+        expiration: credentials.as_ref().map(|c| c.expiration),
         credentials,
         provenance,
     }
 }
 
+/// One of our Secrets as the watch saw it, in a few bytes: a fingerprint of all the
+/// decision reads from it, but the issue time, kept as is. A Secret that is not intact,
+/// not in the current layout for the mount path it names, or immutable has none: the
+/// reconcile reads such a Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub fingerprint: u64,
+    pub issued_at: Timestamp,
+}
+
+/// What a fingerprint covers: everything the decision reads from an intact Secret but
+/// its issue time and the key material.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The controller owner reference's uid.
+    pub owner_uid: &'a str,
+    /// Where the credentials came from (`issued_at` is left out).
+    pub provenance: &'a Provenance,
+    pub expiration: Timestamp,
+    /// The mount path the data was rendered for.
+    pub mount_path: &'a str,
+    /// Labels and annotations that are not the controller's own (the template's, or
+    /// someone else's).
+    pub labels: &'a BTreeMap<String, String>,
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+/// SHA-256 over the facts, length-prefixed, truncated to 64 bits: an accidental match
+/// is out of reach, and so is a chosen one for someone who does not hold the hash.
+pub fn fingerprint(f: &Facts<'_>) -> u64 {
+    let mut h = Sha256::new();
+    let mut put = |v: Option<&str>| match v {
+        None => h.update([0u8]),
+        Some(v) => {
+            h.update([1u8]);
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+    };
+    let p = f.provenance;
+    let duration = p.session.as_ref().map(|s| s.duration_seconds.to_string());
+    let expiration = f.expiration.as_second().to_string();
+    for v in [
+        Some(f.owner_uid),
+        Some(p.identity_pool_id.as_str()),
+        Some(p.identity_id.as_str()),
+        Some(p.region.as_str()),
+        p.custom_role_arn.as_deref(),
+        p.session.as_ref().map(|s| s.role_arn.as_str()),
+        p.session.as_ref().map(|s| s.session_name.as_str()),
+        duration.as_deref(),
+        p.assumed_role_arn.as_deref(),
+        p.force_token.as_deref(),
+        Some(expiration.as_str()),
+        // As `config_file` writes it: `/path/` and `/path` are one mount path.
+        Some(f.mount_path.trim_end_matches('/')),
+    ] {
+        put(v);
+    }
+    for map in [f.labels, f.annotations] {
+        put(Some(&map.len().to_string()));
+        for (k, v) in map {
+            put(Some(k));
+            put(Some(v));
+        }
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// The labels and annotations of `labels`/`annotations` that are not the controller's.
+pub fn foreign_metadata(
+    labels: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let keep = |m: Option<&BTreeMap<String, String>>, ours: &dyn Fn(&str) -> bool| {
+        m.map(|m| {
+            m.iter()
+                .filter(|(k, _)| !ours(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    (
+        keep(labels, &|k| k == MANAGED_BY_LABEL),
+        keep(annotations, &|k| k.starts_with("cognito.kubecred.io/")),
+    )
+}
+
+/// The mount path a `config` file we rendered names (see `config_file`).
+fn mount_of(config: &str) -> Option<&str> {
+    let line = config
+        .lines()
+        .find_map(|l| l.strip_prefix("credential_process = cat "))?;
+    line.strip_suffix(KEY_CREDENTIAL_PROCESS)?.strip_suffix('/')
+}
+
+/// What the watch keeps of one of our Secrets: its fingerprint when it is intact, in
+/// the layout of the mount path it names, and writable; None otherwise.
+pub fn seen(secret: &Secret) -> Option<Seen> {
+    let owner_uid = secret
+        .metadata
+        .owner_references
+        .as_deref()?
+        .iter()
+        .find(|r| r.controller == Some(true))?
+        .uid
+        .as_str();
+    let config = secret.data.as_ref()?.get(KEY_CONFIG_FILE)?;
+    let mount_path = mount_of(std::str::from_utf8(&config.0).ok()?)?;
+    let o = inspect(secret, owner_uid, mount_path, None);
+    if !(o.owned && o.intact && o.current_layout) || o.immutable {
+        return None;
+    }
+    let provenance = o.provenance.as_ref()?;
+    let (labels, annotations) = foreign_metadata(
+        secret.metadata.labels.as_ref(),
+        secret.metadata.annotations.as_ref(),
+    );
+    Some(Seen {
+        fingerprint: fingerprint(&Facts {
+            owner_uid,
+            provenance,
+            expiration: o.expiration?,
+            mount_path,
+            labels: &labels,
+            annotations: &annotations,
+        }),
+        issued_at: provenance.issued_at,
+    })
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn creds() -> Credentials {
+    pub(crate) fn creds() -> Credentials {
         Credentials {
             access_key_id: "ASIAEXAMPLEKEY123456".into(),
             secret_access_key: "secret/with+chars".into(),
@@ -422,7 +561,7 @@ mod tests {
         }
     }
 
-    fn prov() -> Provenance {
+    pub(crate) fn prov() -> Provenance {
         Provenance {
             identity_pool_id: "us-east-1:00000000-0000-0000-0000-000000000001".into(),
             identity_id: "us-east-1:11111111-0000-0000-0000-000000000001".into(),
@@ -485,9 +624,9 @@ mod tests {
         assert!(!inspect(&bad, "uid-1", MOUNT, None).intact);
     }
 
-    const MOUNT: &str = "/var/run/secrets/cognito";
+    pub(crate) const MOUNT: &str = "/var/run/secrets/cognito";
 
-    fn owner() -> Owner {
+    pub(crate) fn owner() -> Owner {
         Owner {
             api_version: "cognito.kubecred.io/v1alpha1".into(),
             kind: "CognitoUnauthCredential".into(),

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::CognitoUnauthCredentialStatus;
 use crate::schedule;
-use crate::secret::{Credentials, Provenance};
+use crate::secret::Provenance;
 
 pub const READY: &str = "Ready";
 /// With spec.verify: whether STS accepted the last credentials fetched.
@@ -277,7 +277,7 @@ impl Builder {
     /// The Secret holds good credentials (issued as `prov` says, expiring as `creds`
     /// says, next rotated at `renewal`): everything in status follows from the Secret,
     /// so a status lost in a crash is rebuilt the same.
-    pub fn issued(&mut self, prov: &Provenance, creds: &Credentials, renewal: Timestamp) {
+    pub fn issued(&mut self, prov: &Provenance, expiration: Timestamp, renewal: Timestamp) {
         let n = &mut self.next;
         // An identity status already has for this pool wins (it may be newer than the
         // Secret's, when a recreated identity was saved but its Secret not yet written).
@@ -291,14 +291,14 @@ impl Builder {
             n.assumed_role_arn = Some(arn.clone());
         }
         n.last_rotation_time = Some(time(prov.issued_at));
-        n.expiration = Some(time(creds.expiration));
+        n.expiration = Some(time(expiration));
         n.renewal_time = Some(time(renewal));
         n.failed_attempts = None;
         n.last_failure_time = None;
         n.last_failure_reason = None;
         let msg = format!(
             "Credentials valid until {}; next rotation at {}",
-            show(creds.expiration),
+            show(expiration),
             show(renewal)
         );
         self.ready(reason::CREDENTIALS_ISSUED, msg);

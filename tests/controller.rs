@@ -206,9 +206,11 @@ async fn rotates_from_the_real_expiration_with_one_identity_and_survives_a_resta
         3
     );
 
-    // A restart with valid credentials: no Cognito calls, no writes.
+    // A restart with valid credentials: no Cognito calls, no writes, and no read of the
+    // Secret (the watch's list of our Secrets says it holds what the status says).
     ctl.stop().await;
     let calls_before = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+    let reads_before = testbed_support::reads("secrets", Some(&ns.name), "app");
     let ctl = Running::start(&ns).await;
     // The window must contain the new process's reconcile of the resource, or zero
     // writes would prove nothing.
@@ -220,6 +222,11 @@ async fn rotates_from_the_real_expiration_with_one_identity_and_survives_a_resta
     );
     let (writes, ()) = tokio::join!(counting, resynced);
     assert_eq!(writes, 0);
+    assert_eq!(
+        testbed_support::reads("secrets", Some(&ns.name), "app"),
+        reads_before,
+        "the restarted controller read the Secret"
+    );
     assert_eq!(
         proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
         calls_before

@@ -922,10 +922,10 @@ pub fn restricted(ns: &str) {
     ]);
 }
 
-/// Who wrote `resource` `namespace/name` (cluster-scoped: `namespace` None), from the API
-/// server's audit log: the username of each completed create, update, patch or delete, in
-/// order. A write that was refused (a conflict) counts too: it is a call all the same.
-pub fn writers(resource: &str, namespace: Option<&str>, name: &str) -> Vec<String> {
+/// The API server's audit log entries for `resource` `namespace/name` (cluster-scoped:
+/// `namespace` None) with one of `verbs`, completed (a refused call counts: it is a call
+/// all the same), in order.
+fn audited(resource: &str, namespace: Option<&str>, name: &str, verbs: &[&str]) -> Vec<Value> {
     let log = testbed()
         .kubeconfig
         .parent()
@@ -939,17 +939,34 @@ pub fn writers(resource: &str, namespace: Option<&str>, name: &str) -> Vec<Strin
             o["resource"] == resource
                 && o["namespace"].as_str() == namespace
                 && o["name"] == name
-                && ["create", "update", "patch", "delete"]
-                    .contains(&e["verb"].as_str().unwrap_or_default())
+                && verbs.contains(&e["verb"].as_str().unwrap_or_default())
                 && e["stage"] == "ResponseComplete"
         })
-        .map(|e| {
-            e["user"]["username"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
         .collect()
+}
+
+/// Who wrote `resource` `namespace/name`, from the audit log: the username of each
+/// create, update, patch or delete, in order.
+pub fn writers(resource: &str, namespace: Option<&str>, name: &str) -> Vec<String> {
+    audited(
+        resource,
+        namespace,
+        name,
+        &["create", "update", "patch", "delete"],
+    )
+    .iter()
+    .map(|e| {
+        e["user"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
+    .collect()
+}
+
+/// How many times `resource` `namespace/name` was read (GET), from the audit log.
+pub fn reads(resource: &str, namespace: Option<&str>, name: &str) -> usize {
+    audited(resource, namespace, name, &["get"]).len()
 }
 
 /// The chart, as `helm` is given it.
