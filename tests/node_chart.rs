@@ -22,8 +22,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use testbed_support::{
-    CHART, Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, restricted,
-    test_dir, testbed, wait_ready, writers,
+    CHART, Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, restarted_at,
+    restricted, test_dir, testbed, wait_ready, writers,
 };
 
 /// The chart's default `leaderElection.leaseDurationSeconds`.
@@ -81,18 +81,6 @@ async fn scrape_until(pod: &Pod, want: &str) -> String {
         }
     })
     .await
-}
-
-fn restarted_at(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get("cognito.kubecred.io/restartedAt")
-        .cloned()
 }
 
 #[tokio::test]

@@ -17,8 +17,8 @@ use kube::ResourceExt;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 use testbed_support::{
-    AwsCredentials, Proxy, SecretMirror, TestNs, aws_cli, eventually, owned_replica_sets, test_dir,
-    testbed,
+    AwsCredentials, Proxy, SecretMirror, TestNs, aws_cli, eventually, owned_replica_sets,
+    restarted_at, test_dir, testbed,
 };
 
 #[path = "common/mod.rs"]
@@ -437,29 +437,6 @@ async fn an_older_secret_layout_is_completed_without_a_cognito_call() {
     ns.cleanup().await;
 }
 
-fn deployment(name: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{
-                    "name": "app",
-                    "image": "registry.invalid/app:1",
-                    // The test bed's node runs this pod: never pull.
-                    "imagePullPolicy": "Never",
-                    "envFrom": [{"secretRef": {"name": "app"}}],
-                }]},
-            },
-        },
-    }))
-    .expect("deployment")
-}
-
 async fn replica_sets(ns: &TestNs, app: &str) -> BTreeSet<String> {
     let d = ns.api::<Deployment>().get(app).await.expect("deployment");
     owned_replica_sets(&ns.client, &ns.name, &d)
@@ -475,18 +452,6 @@ async fn wait_replica_sets(ns: &TestNs, app: &str, n: usize) -> BTreeSet<String>
         (rs.len() == n).then_some(rs)
     })
     .await
-}
-
-fn restarted_at(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get("cognito.kubecred.io/restartedAt")
-        .cloned()
 }
 
 #[tokio::test]

@@ -143,9 +143,20 @@ pub async fn wait_cuc(
     what: &str,
     pred: impl Fn(&CognitoUnauthCredential) -> bool,
 ) -> CognitoUnauthCredential {
+    wait_cuc_within(ns, name, what, STOP_WAIT, pred).await
+}
+
+/// Waits (on a watch) at most `limit` until the resource satisfies `pred`.
+pub async fn wait_cuc_within(
+    ns: &TestNs,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&CognitoUnauthCredential) -> bool,
+) -> CognitoUnauthCredential {
     let api = ns.api::<CognitoUnauthCredential>();
     let cond = move |o: Option<&CognitoUnauthCredential>| o.is_some_and(&pred);
-    match tokio::time::timeout(STOP_WAIT, await_condition(api.clone(), name, cond)).await {
+    match tokio::time::timeout(limit, await_condition(api.clone(), name, cond)).await {
         Ok(Ok(Some(o))) => o,
         other => {
             let now = api.get_opt(name).await.ok().flatten();

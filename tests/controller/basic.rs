@@ -4,7 +4,8 @@
 //! honest status), its own calls, and its refusals as rows of the fault matrix.
 
 use jiff::Timestamp;
-use testbed_support::{AwsCredentials, aws_cli};
+use k8s_openapi::api::apps::v1::Deployment;
+use testbed_support::{AwsCredentials, aws_cli, restarted_at};
 
 use super::faults::{SecretLog, max_attempts, record, step_after};
 use super::*;
@@ -228,6 +229,21 @@ async fn basic_flow_issues_the_roles_credentials_and_rotates_for_four_operations
     // write + 1 status write. 30 s credentials renew two thirds in (18.5..20 s after the
     // issue) and next 20 s after that: a window to 30 s after the issue holds exactly one.
     create_cuc(&ns, "short", basic_spec(&short_pool, &short_role)).await;
+    // The workloads' side of the contract too: a rollout-restart target starts with the
+    // first credentials and rolls when the basic flow renews them (a pool of its own, so
+    // the counts below stay the short pool's).
+    let (roll_pool, roll_role) = proxy.basic_pool(3600).await;
+    proxy
+        .add_rule(json!({"pool": roll_pool, "operation": "AssumeRoleWithWebIdentity", "lifetime_seconds": 30}))
+        .await;
+    let deployments = ns.api::<Deployment>();
+    deployments
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .expect("deployment");
+    let mut rolled = basic_spec(&roll_pool, &roll_role);
+    rolled["rolloutRestartTargets"] = json!([{"kind": "Deployment", "name": "web"}]);
+    create_cuc(&ns, "rolled", rolled).await;
     let first = wait_reason(&ns, "short", "True", "CredentialsIssued").await;
     let secret0 = ns.api::<Secret>().get("short").await.unwrap();
     let issued: Timestamp = annotation(&secret0, secret::ANN_ISSUED_AT).parse().unwrap();
@@ -259,6 +275,28 @@ async fn basic_flow_issues_the_roles_credentials_and_rotates_for_four_operations
     assert_eq!(
         second.status.as_ref().unwrap().identity_id,
         first.status.as_ref().unwrap().identity_id
+    );
+
+    // The target rolled once, for the renewal, with the stamp status records.
+    let r = wait_cuc(&ns, "rolled", "the target rolled for the renewal", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.rollout_restart.as_ref())
+            .is_some_and(|r| r.restarted_at.is_some())
+    })
+    .await;
+    let stamp = r
+        .status
+        .as_ref()
+        .unwrap()
+        .rollout_restart
+        .clone()
+        .unwrap()
+        .restarted_at;
+    assert_eq!(restarted_at(&deployments.get("web").await.unwrap()), stamp);
+    assert_eq!(
+        condition(&r, "RolloutRestart"),
+        Some(("True".into(), "RolloutRestartTriggered".into()))
     );
 
     // 3. Cognito forgets the identity: GetOpenIdToken answers ResourceNotFound, and a new

@@ -969,6 +969,20 @@ pub fn reads(resource: &str, namespace: Option<&str>, name: &str) -> usize {
     audited(resource, namespace, name, &["get"]).len()
 }
 
+/// The `cognito.kubecred.io/restartedAt` annotation of a Deployment's pod template: set
+/// by the controller when it rolls the Deployment for new credentials.
+pub fn restarted_at(d: &k8s_openapi::api::apps::v1::Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("cognito.kubecred.io/restartedAt")
+        .cloned()
+}
+
 /// The chart, as `helm` is given it.
 pub const CHART: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
