@@ -29,6 +29,10 @@ mod faults;
 #[path = "controller/basic.rs"]
 mod basic;
 
+/// The chart's alerts, with promtool, on series recorded from a run (issue 14).
+#[path = "controller/alerts.rs"]
+mod alerts;
+
 fn rand_number() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000_000_000

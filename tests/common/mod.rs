@@ -11,6 +11,7 @@ use cognito_unauth_controller::crd::CognitoUnauthCredential;
 use cognito_unauth_controller::http::Health;
 use cognito_unauth_controller::metrics::Metrics;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -303,4 +304,30 @@ pub async fn app_ready(
     create_cuc(&ns, "app", spec).await;
     wait_reason(&ns, "app", "True", "CredentialsIssued").await;
     (proxy, pool, ns, ctl)
+}
+
+/// A Deployment `name` whose pods read the Secret `app` as env vars (a rollout-restart
+/// target; its pods never pull an image).
+#[allow(dead_code)] // not every test crate rolls one
+pub fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "app",
+                    "image": "registry.invalid/app:1",
+                    // The test bed's node runs this pod: never pull.
+                    "imagePullPolicy": "Never",
+                    "envFrom": [{"secretRef": {"name": "app"}}],
+                }]},
+            },
+        },
+    }))
+    .expect("deployment")
 }
