@@ -7,7 +7,7 @@
 # .local/images/cognito-unauth-controller-arm64.tar. When the amd64 image (image.sh) is
 # there too, both go into one manifest list, written as an OCI archive
 # (.local/images/cognito-unauth-controller-multiarch.oci.tar). Prints the times and sizes.
-# Not part of `make test` (a cold cross build takes minutes): `make image-multiarch`.
+# `make test` runs it after image.sh; alone: `make image-multiarch`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$ROOT/testbed/image-lib.sh"
 cd "$ROOT"

@@ -5,7 +5,7 @@
 # build B copies the same files (tracked and untracked, not ignored) to a fresh directory
 # under $CACHE and builds them cold there. Both with repro_env (testbed/image-lib.sh):
 # SOURCE_DATE_EPOCH, CARGO_INCREMENTAL=0 and the paths remapped. Compares sha256 and fails
-# on any difference. Not part of `make test`: build B is a cold build. `make reproducible`.
+# on any difference. `make test` runs it for amd64 after image.sh; alone: `make reproducible`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$ROOT/testbed/image-lib.sh"
 cd "$ROOT"

@@ -19,6 +19,8 @@ cargo run --locked --quiet --features crdgen --bin crdgen | diff -u crds/cognito
   || die "crds/ is stale: run 'make crds' and commit the result"
 step "the chart: lint, kubeconform, golden files, README freshness, packaging"
 testbed/chart-check.sh
+step "the chart's alerts: promtool on the hand-written cases (tests/controller/alerts.rs adds the series recorded from a run)"
+testbed/alerts-test.sh
 step "unit tests"
 cargo test --locked --lib --bins
 
@@ -60,6 +62,10 @@ RUN_UNTIL_ROTATIONS=1 testbed/run.sh > "$LOCAL/make-run-check.log" 2>&1 &
 run_check=$!
 step "container image: the Dockerfile's final stage with buildah, and its binary runs"
 testbed/image.sh
+step "the arm64 image: cross-built with zig, its binary run under qemu, one manifest list with amd64"
+testbed/image-arm64.sh
+step "the image's binary is reproducible: built again cold from another path, same sha256"
+testbed/reproducible.sh amd64
 if wait "$run_check"; then
   grep -E '^\[pod\]|make run:' "$LOCAL/make-run-check.log"
 else
