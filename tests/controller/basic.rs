@@ -632,11 +632,11 @@ async fn basic_transient(id: &str, fault: &str, rule: Value, reason: &str) {
     );
     assert_eq!((during.get_id, during.enhanced), (0, 0));
     assert!(ready_message(&ns, "app").await.contains("STS"));
-    // Attempts begun so far (each begins with its token) bound the failures: the next
-    // attempt is due at most one step after the last of them.
-    let begun = (calls(&proxy, &pool).await - before).open_id_token;
+    // Attempts begun by the time the fault is gone (each begins with its token) bound
+    // the failures: the next attempt is due at most one step after the last of them.
     proxy.delete_rule(rule_id).await;
     let cleared = std::time::Instant::now();
+    let begun = (calls(&proxy, &pool).await - before).open_id_token;
     let next_step = step_after(begun);
     tokio::time::timeout(
         next_step + Duration::from_secs(5),

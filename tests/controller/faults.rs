@@ -183,8 +183,11 @@ async fn transient(id: &str, fault: &str, rule: Value, reason: &str, timeouts: T
 
     proxy.delete_rule(rule_id).await;
     let cleared = std::time::Instant::now();
-    // The next attempt is due at most one step (5 s × 2^(n-1), capped) after the last failure.
-    let next_step = step_after(attempts);
+    // The next attempt is due at most one step (5 s × 2^(n-1), capped) after the last
+    // failure. Counted once the fault is gone: an attempt made since the count above (the
+    // machine may be busy) failed too, and one made after the clear did not fail, so this
+    // many attempts bound the failures.
+    let next_step = step_after(creds_calls(&proxy, &pool).await - before);
     let recovered = tokio::time::timeout(
         next_step + Duration::from_secs(5),
         wait_reason(&ns, "app", "True", "CredentialsIssued"),
