@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use testbed_support::{
@@ -92,21 +93,38 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Admissions answered by the webhook's pods, from their `/metrics`.
-async fn admissions(pods: &Api<Pod>) -> f64 {
+/// Admissions answered by the webhook's pods, from their `/metrics`, found as the
+/// chart's ServiceMonitor has Prometheus find them: the ready endpoints of the webhook
+/// Service's `metrics` port.
+async fn admissions(slices: &Api<EndpointSlice>, service: &str) -> f64 {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("http");
-    let mut total = 0.0;
-    let list = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
         .await
-        .expect("webhook pods");
-    for p in list.items {
-        let ip = p.status.and_then(|s| s.pod_ip).expect("pod IP");
+        .expect("the webhook Service's EndpointSlices");
+    let mut targets = Vec::new();
+    for slice in list.items {
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .and_then(|p| p.port)
+            .expect("the webhook Service has a metrics port");
+        for e in slice.endpoints {
+            if e.conditions.and_then(|c| c.ready) == Some(true) {
+                targets.extend(e.addresses.into_iter().map(|a| format!("{a}:{port}")));
+            }
+        }
+    }
+    assert!(!targets.is_empty(), "no ready webhook endpoint to scrape");
+    let mut total = 0.0;
+    for target in targets {
         let body = http
-            .get(format!("http://{ip}:8081/metrics"))
+            .get(format!("http://{target}/metrics"))
             .send()
             .await
             .expect("scrape")
@@ -185,7 +203,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         Some(())
     })
     .await;
-    let hook_pods: Api<Pod> = rel.api();
+    let hook_slices: Api<EndpointSlice> = rel.api();
     let pods: Api<Pod> = app.api();
     let secrets: Api<Secret> = app.api();
 
@@ -488,7 +506,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     );
 
     // A pod without the annotations: the webhook is not called, the pod is as submitted.
-    let before = admissions(&hook_pods).await;
+    let before = admissions(&hook_slices, &hook).await;
     let plain_spec = pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None);
     let plain = pods
         .create(
@@ -509,7 +527,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     );
     assert!(stored["initContainers"].is_null());
     assert_eq!(
-        admissions(&hook_pods).await,
+        admissions(&hook_slices, &hook).await,
         before,
         "the webhook was called for a plain pod"
     );
