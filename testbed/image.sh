@@ -47,7 +47,9 @@ trap 'buildah_local rm "$cid" >/dev/null 2>&1 || true' EXIT
 mnt=$(buildah_local mount "$cid")
 out=$(buildah_local run --isolation chroot "$cid" -- /cognito-unauth-controller --version)
 check_image "$tag" amd64 "$mnt"
-size=$(buildah_local images --format '{{.Size}}' "$tag" | head -1)
+# sed, not head: head exits at the first line, and buildah, still writing the line of
+# the other tag, dies of SIGPIPE (exit 141 under pipefail).
+size=$(buildah_local images --format '{{.Size}}' "$tag" | sed -n 1p)
 bytes=$(du -sb "$mnt" | cut -f1)
 log "image $tag: $out; user 65532:65532; OCI labels and SBOM checked; size $size ($bytes bytes of files)"
 (( bytes < 25 * 1024 * 1024 )) || die "image is $bytes bytes, over the 25 MB target"

@@ -148,7 +148,7 @@ ensure_image() {
 ensure_node_images() {
   ensure_debs buildah debootstrap gcc libc6-dev
   ensure_image pause build_pause "$(sha256sum "$(k8s_module_dir)/build/pause/linux/pause.c")" \
-    "$PAUSE_IMAGE" "$(gcc --version | head -1)"
+    "$PAUSE_IMAGE" "$(gcc --version | sed -n 1p)"
   ensure_image aws-client build_aws_client "$(grep -E '^(awscli|boto3)==' "$ROOT/testbed/cognito/requirements.txt")" \
     "$(python3 -c 'import sys; print(sys.version_info[:2])')"
   ensure_image go-sts build_go_sts "$(cd "$ROOT/testbed/go-sts" && sha256sum main.go go.mod go.sum)" \
