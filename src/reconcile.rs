@@ -286,6 +286,13 @@ fn supersede(
     }
 }
 
+/// The resource's force-rotate annotation.
+fn force_token(obj: &CognitoUnauthCredential) -> Option<&str> {
+    obj.annotations()
+        .get(FORCE_ROTATE_ANNOTATION)
+        .map(String::as_str)
+}
+
 fn key(obj: &CognitoUnauthCredential) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
@@ -439,9 +446,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 (&ns, &obj.name_any()),
                 &obj.spec,
                 status.old(),
-                obj.annotations()
-                    .get(FORCE_ROTATE_ANNOTATION)
-                    .map(String::as_str),
+                force_token(obj),
             )
         });
         let existing = match known {
@@ -569,10 +574,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
     }
 
     fn force_token(&self) -> Option<&'a str> {
-        self.obj
-            .annotations()
-            .get(FORCE_ROTATE_ANNOTATION)
-            .map(String::as_str)
+        force_token(self.obj)
     }
 
     fn region(&self) -> &'a str {
