@@ -568,3 +568,42 @@ async fn an_sts_outage_does_not_throw_credentials_away() {
     ctl.stop().await;
     ns.cleanup().await;
 }
+
+/// A Secret the controller knows from the watch's fingerprint is read only when a step
+/// needs its key material: spec.verify turned on for a Ready resource reads it once,
+/// asks STS once, rotates nothing and leaves the Secret as it was; the next turns read
+/// nothing.
+#[tokio::test]
+async fn verification_turned_on_reads_the_known_secret_once_and_rotates_nothing() {
+    let (proxy, pool, ns, ctl) = app_ready("verify-on", 3600, json!({})).await;
+    let data = ns.api::<Secret>().get("app").await.unwrap().data;
+    let issued = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+    let reads = testbed_support::reads("secrets", Some(&ns.name), "app");
+    merge_patch(&ns, "app", json!({"spec": {"verify": true}})).await;
+    let o = wait_cuc(&ns, "app", "Verified", |o| {
+        condition(o, "Verified").is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    assert_eq!(
+        condition(&o, "Verified"),
+        Some(("True".into(), "CallerIdentityVerified".into()))
+    );
+    // The turns that follow (our status write) settle without reading or calling.
+    assert_eq!(
+        writes_during(&ns, "app", "app", Duration::from_secs(3)).await,
+        0
+    );
+    assert_eq!(
+        testbed_support::reads("secrets", Some(&ns.name), "app") - reads,
+        1,
+        "one read, for the key material STS is asked about"
+    );
+    assert_eq!(proxy.pool_calls(&pool, "GetCallerIdentity").await, 1);
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        issued
+    );
+    assert_eq!(ns.api::<Secret>().get("app").await.unwrap().data, data);
+    ctl.stop().await;
+    ns.cleanup().await;
+}
