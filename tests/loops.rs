@@ -71,7 +71,7 @@ async fn a_secret_conflict_is_said_once_and_settles() {
         writes,
         2,
         "only the two touches may write; the controller wrote {}",
-        writes - 2
+        writes.len() - 2
     );
     let now = ns
         .api::<cognito_unauth_controller::crd::CognitoUnauthCredential>()
@@ -101,7 +101,7 @@ async fn a_secret_conflict_is_said_once_and_settles() {
         "said once (one event, one status write); later reconciles write nothing, count no failure, call nothing",
         &format!(
             "{} controller writes over 6 s with 2 reconciles in it; failedAttempts unset; 0 Cognito calls",
-            writes - 2
+            writes.len() - 2
         ),
     );
     ctl.stop().await;
@@ -166,7 +166,7 @@ async fn a_data_key_someone_else_adds_is_left_alone_and_costs_nothing() {
         "their key stays; no rotation, no Secret write, no Cognito call; Ready stays True",
         &format!(
             "{} controller writes over 6 s with 2 reconciles; 1 GetCredentialsForIdentity in all",
-            writes - 1
+            writes.len() - 1
         ),
     );
     ctl.stop().await;

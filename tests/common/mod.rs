@@ -217,6 +217,28 @@ pub fn rotation(o: &CognitoUnauthCredential) -> Option<jiff::Timestamp> {
     o.status.as_ref()?.last_rotation_time.as_ref().map(|t| t.0)
 }
 
+/// Whether the resource's status says what `s` holds: its issue time and expiry, both
+/// in whole seconds as status keeps them. The issue time alone does not tell a rotation's
+/// status: two rotations in one second share it (and a status equal in both is not
+/// written again), while their expiries may lie a second apart.
+#[allow(dead_code)] // not every test crate waits for a rotation's status
+pub fn says_what_it_holds(o: &CognitoUnauthCredential, s: &Secret) -> bool {
+    let second = |key: &str| {
+        annotation(s, key)
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|t| jiff::Timestamp::from_second(t.as_second()).ok())
+    };
+    let expiration = o
+        .status
+        .as_ref()
+        .and_then(|st| st.expiration.as_ref())
+        .map(|t| t.0);
+    second(cognito_unauth_controller::secret::ANN_ISSUED_AT).is_some_and(|i| rotation(o) == Some(i))
+        && second(cognito_unauth_controller::secret::ANN_EXPIRATION)
+            .is_some_and(|e| expiration == Some(e))
+}
+
 pub async fn events(ns: &TestNs, name: &str) -> Vec<(String, String, String)> {
     let api: Api<Event> = ns.api();
     api.list(&ListParams::default())
@@ -253,39 +275,124 @@ pub async fn force_rotate(ns: &TestNs, name: &str, token: &str) -> CognitoUnauth
     .await
 }
 
-/// Counts resourceVersion changes of the resource `name` and the Secret `secret` over `window`.
 #[allow(dead_code)] // not every test crate counts writes
-pub async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Duration) -> usize {
+/// The writes seen during a window: one line per new version of the resource or its
+/// Secret (what changed in it), so a failed count says which write it was.
+#[derive(Default)]
+pub struct Writes(pub Vec<String>);
+
+#[allow(dead_code)] // not every test crate counts writes
+impl Writes {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl PartialEq<usize> for Writes {
+    fn eq(&self, n: &usize) -> bool {
+        self.0.len() == *n
+    }
+}
+
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} write(s)", self.0.len())?;
+        for w in &self.0 {
+            write!(f, "\n  {w}")?;
+        }
+        Ok(())
+    }
+}
+
+#[allow(dead_code)] // not every test crate counts writes
+/// What a test needs to tell one version of the resource from another (no key material).
+fn describe_cuc(o: &CognitoUnauthCredential) -> String {
+    let st = o.status.as_ref();
+    let ready = st
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| format!("{} {} {:?}", c.status, c.reason, c.message));
+    format!(
+        "resource rv {}: generation {:?}, annotations {:?}, status {}",
+        o.resource_version().unwrap_or_default(),
+        o.metadata.generation,
+        o.annotations(),
+        st.map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("conditions");
+            }
+            format!("{v} Ready {ready:?}")
+        })
+        .unwrap_or_default()
+    )
+}
+
+#[allow(dead_code)] // not every test crate counts writes
+/// The same for the Secret: its metadata and the names of its keys.
+fn describe_secret(s: &Secret) -> String {
+    let managers: Vec<String> = s
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{}/{}@{:?}",
+                m.manager.as_deref().unwrap_or("?"),
+                m.operation.as_deref().unwrap_or("?"),
+                m.time.as_ref().map(|t| t.0)
+            )
+        })
+        .collect();
+    format!(
+        "Secret rv {}: labels {:?}, annotations {:?}, keys {:?}, managers {managers:?}",
+        s.resource_version().unwrap_or_default(),
+        s.labels(),
+        s.annotations(),
+        s.data.iter().flatten().map(|(k, _)| k).collect::<Vec<_>>()
+    )
+}
+
+#[allow(dead_code)] // not every test crate counts writes
+/// Every write of resource `name` and Secret `secret` during `window`, each described.
+/// The first sighting of each object is its current version, not a write.
+pub async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Duration) -> Writes {
     let cucs = watcher(
         ns.api::<CognitoUnauthCredential>(),
         watcher::Config::default().fields(&format!("metadata.name={name}")),
     )
     .applied_objects()
-    .map(|o| o.map(|o| o.resource_version()))
+    .map(|o| o.map(|o| ("resource", o.resource_version(), describe_cuc(&o))))
     .boxed();
     let secrets = watcher(
         ns.api::<Secret>(),
         watcher::Config::default().fields(&format!("metadata.name={secret}")),
     )
     .applied_objects()
-    .map(|o| o.map(|o| o.resource_version()))
+    .map(|o| o.map(|o| ("secret", o.resource_version(), describe_secret(&o))))
     .boxed();
     let mut merged = futures::stream::select(cucs, secrets);
-    let mut seen = std::collections::BTreeSet::new();
+    let mut first = std::collections::BTreeSet::new();
+    let mut versions = std::collections::BTreeSet::new();
+    let mut writes = Writes::default();
     let deadline = tokio::time::sleep(window);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             _ = &mut deadline => break,
             item = merged.next() => match item {
-                Some(Ok(Some(rv))) => { seen.insert(rv); }
+                Some(Ok((kind, rv, what))) => {
+                    // A relist after a watch gap shows a version again: not a write.
+                    if versions.insert(rv) && !first.insert(kind) {
+                        writes.0.push(what);
+                    }
+                }
                 Some(_) => {}
                 None => break,
             }
         }
     }
-    // The first sighting of each object is its current version, not a write.
-    seen.len().saturating_sub(2)
+    writes
 }
 
 /// A fresh pool with `lifetime` s credentials, a namespace named after `prefix`, a
