@@ -6,6 +6,9 @@
 //!   image with no shell (aws-sdk-go-v2, `inject-mode: container-credentials`) carry no
 //!   volume, mount or credential variable in their manifests, and sign with every
 //!   credential set the controller writes through 3 rotations, with no failed call;
+//! - a Deployment injected from a resource of flow Basic (the controller's STS endpoint
+//!   set by the chart's `sts.endpointUrl`) signs as the role that resource names: the aws
+//!   CLI in it prints the assumed-role ARN, and STS saw the Secret's key from it;
 //! - meanwhile pods are admitted (server dry-run) every 300 ms while the serving
 //!   certificate (60 s) and its CA (150 s) are renewed: not one admission fails;
 //! - a pod without the annotations is never sent to the webhook (its admission counter
@@ -157,6 +160,7 @@ async fn match_expression(mwcs: &Api<MutatingWebhookConfiguration>, name: &str) 
 async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     let proxy = Proxy::new();
     let pool = proxy.realistic_pool(LIFETIME).await;
+    let (classic_pool, classic_role) = proxy.basic_pool(3600).await;
     let rel = TestNs::new("node-wh").await;
     let app = TestNs::new("node-wh-app").await;
     restricted(&rel.name);
@@ -177,6 +181,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
              watchNamespaces: [{app}]\n\
              extraEnv:\n\
              - {{name: AWS_ENDPOINT_URL_COGNITO_IDENTITY, value: \"{endpoint}\"}}\n\
+             sts: {{endpointUrl: \"{endpoint}\"}}\n\
              webhook:\n  certificate: {{caLifetimeSeconds: {CA_LIFETIME}, certLifetimeSeconds: {CERT_LIFETIME}}}\n",
             app = app.name
         ),
@@ -212,6 +217,9 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\n\
          metadata: {{name: app, namespace: {ns}}}\n\
          spec: {{identityPoolId: \"{pool}\", renewBefore: 5m}}\n---\n\
+         apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\n\
+         metadata: {{name: classic, namespace: {ns}}}\n\
+         spec: {{identityPoolId: \"{classic_pool}\", flow: Basic, roleArn: \"{classic_role}\"}}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\n\
          metadata: {{name: reader, namespace: {ns}, annotations: {{cognito.kubecred.io/credential: app}}}}\n",
         ns = app.name
@@ -237,6 +245,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     // docs/usage.md: within seconds of the annotation.
     assert!(listed_after < Duration::from_secs(5), "{listed_after:?}");
     wait_ready(&app.name, "app", 60);
+    wait_ready(&app.name, "classic", 60);
 
     // Admissions all along, while the certificate and its CA are renewed.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -319,7 +328,21 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         json!({"cognito.kubecred.io/inject": "app", "cognito.kubecred.io/inject-mode": "container-credentials"}),
         pod_spec("localhost/go-sts:dev", Value::Null, None),
     );
-    for d in [&cli, &boto, &noshell] {
+    // Flow Basic: the same injection, credentials of the role the resource names.
+    let classic = deployment(
+        "classic",
+        json!({"cognito.kubecred.io/inject": "classic"}),
+        pod_spec(
+            "localhost/aws-client:dev",
+            json!([
+                "sh",
+                "-c",
+                "while true; do aws sts get-caller-identity --query Arn --output text || echo FAILED; sleep 3; done"
+            ]),
+            None,
+        ),
+    );
+    for d in [&cli, &boto, &noshell, &classic] {
         kubectl_apply(
             &serde_yaml::to_string(&{
                 let mut d = d.clone();
@@ -337,6 +360,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "deployment/cli",
         "deployment/boto",
         "deployment/noshell",
+        "deployment/classic",
         "--timeout=180s",
     ]);
     let running = pods.list(&ListParams::default()).await.expect("pods").items;
@@ -453,6 +477,40 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
             "{what}: signed with {used:?}, written {written:?}"
         );
     }
+    // Flow Basic: the injected pod acts as the role the resource names, with the
+    // Secret's credentials, and no call of it failed.
+    let session = format!("{}-classic", app.name);
+    let want = format!(
+        "arn:aws:sts::123456789012:assumed-role/{}/{session}",
+        classic_role.rsplit('/').next().expect("role name")
+    );
+    let logs = kubectl(&["-n", &app.name, "logs", "deployment/classic", "-c", "app"]);
+    assert!(
+        logs.lines().any(|l| l.trim() == want) && !logs.contains("FAILED"),
+        "the Basic pod printed {logs:?}, not only {want}"
+    );
+    let key = String::from_utf8(
+        secrets
+            .get("classic")
+            .await
+            .expect("Secret")
+            .data
+            .expect("data")["AWS_ACCESS_KEY_ID"]
+            .0
+            .clone(),
+    )
+    .expect("key");
+    let classic_calls = proxy.sts_calls(&classic_pool).await;
+    assert!(
+        keys_used(&classic_calls, ua_is_cli).contains(&key),
+        "STS never saw the Basic Secret's key from the aws CLI: {classic_calls:#?}"
+    );
+    assert!(
+        failed(&classic_calls).is_empty(),
+        "{:#?}",
+        failed(&classic_calls)
+    );
+    println!("flow Basic in a pod: the aws CLI signs as {want}");
     let (ok, errors) = admitting.await.expect("admission loop");
     let (leaves, cas) = renewals.await.expect("renewals");
     println!(
