@@ -494,7 +494,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             generation: self.obj.metadata.generation,
             status: &old,
             secret: &secret_state,
-            force_token: self.force_token(),
+            force_token: force_token(self.obj),
             renew_before: self.renew_before,
             seed: &self.uid,
             started: self.ctx.started(),
@@ -571,10 +571,6 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             }
             _ => None,
         })
-    }
-
-    fn force_token(&self) -> Option<&'a str> {
-        force_token(self.obj)
     }
 
     fn region(&self) -> &'a str {
@@ -786,7 +782,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             session: self.session.clone(),
             assumed_role_arn,
             issued_at,
-            force_token: self.force_token().map(str::to_string),
+            force_token: force_token(self.obj).map(str::to_string),
         };
         if let Err(e) = self.write_secret(&creds, &prov).await {
             return match e {
