@@ -82,6 +82,24 @@ fn deployment(name: &str, annotations: Value, spec: Value) -> Value {
     })
 }
 
+/// A Deployment `name` injected from resource `credential`, whose aws CLI prints the ARN
+/// it acts as every 3 s (FAILED when a call fails).
+fn aws_cli_loop(name: &str, credential: &str) -> Value {
+    deployment(
+        name,
+        json!({"cognito.kubecred.io/inject": credential}),
+        pod_spec(
+            "localhost/aws-client:dev",
+            json!([
+                "sh",
+                "-c",
+                "while true; do aws sts get-caller-identity --query Arn --output text || echo FAILED; sleep 3; done"
+            ]),
+            None,
+        ),
+    )
+}
+
 fn pod(name: &str, annotations: Value, spec: Value) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -301,19 +319,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     });
 
     // The three workloads: nothing about credentials in their manifests.
-    let cli = deployment(
-        "cli",
-        json!({"cognito.kubecred.io/inject": "app"}),
-        pod_spec(
-            "localhost/aws-client:dev",
-            json!([
-                "sh",
-                "-c",
-                "while true; do aws sts get-caller-identity --output text || echo FAILED; sleep 3; done"
-            ]),
-            None,
-        ),
-    );
+    let cli = aws_cli_loop("cli", "app");
     let boto = deployment(
         "boto",
         json!({}),
@@ -329,19 +335,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         pod_spec("localhost/go-sts:dev", Value::Null, None),
     );
     // Flow Basic: the same injection, credentials of the role the resource names.
-    let classic = deployment(
-        "classic",
-        json!({"cognito.kubecred.io/inject": "classic"}),
-        pod_spec(
-            "localhost/aws-client:dev",
-            json!([
-                "sh",
-                "-c",
-                "while true; do aws sts get-caller-identity --query Arn --output text || echo FAILED; sleep 3; done"
-            ]),
-            None,
-        ),
-    );
+    let classic = aws_cli_loop("classic", "classic");
     for d in [&cli, &boto, &noshell, &classic] {
         kubectl_apply(
             &serde_yaml::to_string(&{
@@ -479,14 +473,10 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     }
     // Flow Basic: the injected pod acts as the role the resource names, with the
     // Secret's credentials, and no call of it failed.
-    let session = format!("{}-classic", app.name);
-    let want = format!(
-        "arn:aws:sts::123456789012:assumed-role/{}/{session}",
-        classic_role.rsplit('/').next().expect("role name")
-    );
+    let want = testbed_support::assumed_role(&classic_role, &format!("{}-classic", app.name));
     let logs = kubectl(&["-n", &app.name, "logs", "deployment/classic", "-c", "app"]);
     assert!(
-        logs.lines().any(|l| l.trim() == want) && !logs.contains("FAILED"),
+        !logs.is_empty() && logs.lines().all(|l| l.trim() == want),
         "the Basic pod printed {logs:?}, not only {want}"
     );
     let key = String::from_utf8(

@@ -183,13 +183,6 @@ async fn credentials_for(identity: &str) -> AwsCredentials {
     AwsCredentials::from_cognito(out.credentials.expect("credentials"))
 }
 
-/// What STS says Cognito's guests are: `arn:aws:sts::ACCOUNT:assumed-role/NAME/CognitoIdentityCredentials`.
-fn assumed_role_arn(role_arn: &str) -> String {
-    let (head, name) = role_arn.rsplit_once('/').expect("role ARN");
-    let account = head.split(':').nth(4).expect("account in the role ARN");
-    format!("arn:aws:sts::{account}:assumed-role/{name}/CognitoIdentityCredentials")
-}
-
 fn classes(calls: &[Value]) -> Vec<&str> {
     calls.iter().filter_map(|c| c["class"].as_str()).collect()
 }
@@ -216,7 +209,10 @@ async fn aws_cli_works_with_cognito_credentials_until_they_expire() {
         String::from_utf8_lossy(&out.stderr)
     );
     let who: Value = serde_json::from_slice(&out.stdout).expect("the CLI prints JSON");
-    assert_eq!(who["Arn"], assumed_role_arn(&role));
+    assert_eq!(
+        who["Arn"],
+        testbed_support::assumed_role(&role, testbed_support::COGNITO_SESSION)
+    );
     assert_eq!(who["Account"], "123456789012");
     assert!(
         who["UserId"]
@@ -258,7 +254,10 @@ async fn aws_cli_works_with_cognito_credentials_until_they_expire() {
 async fn sts_tells_current_previous_and_forged_credentials_apart() {
     let proxy = Proxy::new();
     let pool = proxy.realistic_pool(3600).await;
-    let arn = assumed_role_arn(&proxy.unauth_role(&pool).await);
+    let arn = testbed_support::assumed_role(
+        &proxy.unauth_role(&pool).await,
+        testbed_support::COGNITO_SESSION,
+    );
     let (id, first) = identity_with_credentials(&pool).await;
 
     // aws-sdk-rust signs; the proxy checks the signature with the secret it issued.

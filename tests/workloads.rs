@@ -296,16 +296,6 @@ async fn sdk_clients_follow_rotations_through_a_mounted_secret() {
     ns.cleanup().await;
 }
 
-/// The ARN STS gives a Cognito guest session of `role_arn`.
-fn assumed_role(role_arn: &str) -> String {
-    let (account, name) = role_arn
-        .strip_prefix("arn:aws:iam::")
-        .and_then(|r| r.split_once(":role/"))
-        .expect("a role ARN");
-    let name = name.rsplit('/').next().unwrap_or(name);
-    format!("arn:aws:sts::{account}:assumed-role/{name}/CognitoIdentityCredentials")
-}
-
 #[tokio::test]
 async fn verify_publishes_the_role_and_refused_credentials_never_replace_good_ones() {
     let proxy = Proxy::new();
@@ -314,7 +304,10 @@ async fn verify_publishes_the_role_and_refused_credentials_never_replace_good_on
     let ctl = Running::start(&ns).await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool, "verify": true})).await;
     let o = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
-    let want = assumed_role(&proxy.unauth_role(&pool).await);
+    let want = testbed_support::assumed_role(
+        &proxy.unauth_role(&pool).await,
+        testbed_support::COGNITO_SESSION,
+    );
     let st = o.status.clone().expect("status");
     assert_eq!(st.assumed_role_arn.as_deref(), Some(want.as_str()));
     assert_eq!(

@@ -72,12 +72,6 @@ fn lifetime(s: &Secret) -> f64 {
     exp.duration_since(issued).as_secs_f64()
 }
 
-/// The assumed-role ARN STS gives `role`'s session `session`.
-fn assumed(role: &str, session: &str) -> String {
-    let name = role.rsplit('/').next().unwrap();
-    format!("arn:aws:sts::123456789012:assumed-role/{name}/{session}")
-}
-
 fn assumed_role_arn(o: &CognitoUnauthCredential) -> Option<String> {
     o.status.as_ref()?.assumed_role_arn.clone()
 }
@@ -160,7 +154,7 @@ async fn basic_flow_issues_the_roles_credentials_and_rotates_for_four_operations
     // 1. Ready, with the role's credentials, for sessionDuration.
     let obj = wait_reason(&ns, "app", "True", "CredentialsIssued").await;
     let s = ns.api::<Secret>().get("app").await.unwrap();
-    let want = assumed(&role, &format!("{}-app", ns.name));
+    let want = testbed_support::assumed_role(&role, &format!("{}-app", ns.name));
     assert_eq!(assumed_role_arn(&obj).as_deref(), Some(want.as_str()));
     assert_eq!(
         condition(&obj, "Verified"),
@@ -220,7 +214,7 @@ async fn basic_flow_issues_the_roles_credentials_and_rotates_for_four_operations
     assert!((300..=346).contains(&before), "{before}");
     assert_eq!(
         assumed_role_arn(&q).as_deref(),
-        Some(assumed(&role, "quarter@test").as_str())
+        Some(testbed_support::assumed_role(&role, "quarter@test").as_str())
     );
     // Two resources, two identities; each: GetId, GetOpenIdToken, AssumeRoleWithWebIdentity.
     assert_eq!(calls(&proxy, &pool).await, calls_of(2, 2, 2, 0));

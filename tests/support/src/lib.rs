@@ -893,6 +893,20 @@ pub fn keys_used(
         .collect()
 }
 
+/// The session name Cognito's enhanced flow gives every guest session.
+pub const COGNITO_SESSION: &str = "CognitoIdentityCredentials";
+
+/// What STS answers `get-caller-identity` with for session `session` of role `role_arn`
+/// (`arn:aws:iam::ACCOUNT:role/[PATH/]NAME`): `arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION`.
+pub fn assumed_role(role_arn: &str, session: &str) -> String {
+    let (account, name) = role_arn
+        .strip_prefix("arn:aws:iam::")
+        .and_then(|r| r.split_once(":role/"))
+        .expect("a role ARN");
+    let name = name.rsplit('/').next().unwrap_or(name);
+    format!("arn:aws:sts::{account}:assumed-role/{name}/{session}")
+}
+
 /// The calls that did not succeed.
 pub fn failed(calls: &[Value]) -> Vec<&Value> {
     calls.iter().filter(|c| c["outcome"] != "ok").collect()
