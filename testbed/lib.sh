@@ -23,6 +23,8 @@ CACHE="${CUC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cognito-unauth-controlle
 # already holds this bed's addresses (set CUC_BED_INDEX=2..251 to move it).
 BED_ID=$(printf '%s' "$ROOT" | sha256sum | cut -c1-6)
 BED_INDEX=${CUC_BED_INDEX:-$(( 16#$BED_ID % 250 + 2 ))}
+# shellcheck disable=SC2034  # none read here: the scripts that source lib.sh read them
+{
 NODE_NETNS="cuc-$BED_ID"            # /run/netns/cuc-<id>: kubelet, containerd, kube-proxy, the bridge
 HOST_VETH="cuc-$BED_ID"             # host side of the link; "host0" in the node's namespace
 NFT_TABLE="cuc_$BED_ID"             # the host's guard (inet family)
@@ -38,6 +40,7 @@ NODE_NAME="testbed-node"
 DEMO_LIFETIME_SECONDS=300          # the demo pool's credentials, set by `make run` (run.sh)
 NODE_DIR="$RUN/node"                # containerd's root and state, the kubelet's root, configs
 PAUSE_IMAGE="registry.k8s.io/pause:3.10.2"   # containerd 2.3's default sandbox image name
+}
 
 log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
@@ -228,8 +231,7 @@ stop() {
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
