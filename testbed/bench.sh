@@ -5,6 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 n=${BENCH_N:-1000}
 started_here=0
+# shellcheck disable=SC2034  # read by the EXIT trap below
 testbed/up.sh --check-only 2>/dev/null || started_here=1
 trap '(( started_here )) && testbed/down.sh' EXIT
 testbed/up.sh

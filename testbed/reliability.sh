@@ -7,6 +7,7 @@ cd "$ROOT"
 rows="${CARGO_TARGET_DIR:-$ROOT/target}/tmp/fault-matrix"
 rm -rf "$rows"
 started_here=0
+# shellcheck disable=SC2034  # read by the EXIT trap below
 testbed/up.sh --check-only 2>/dev/null || started_here=1
 trap '(( started_here )) && testbed/down.sh' EXIT
 testbed/up.sh
@@ -43,4 +44,5 @@ print("class's reason with the Secret kept (tests/controller.rs); admission refu
 print("(tests/admission.rs); the chart's RBAC being minimal (tests/chart.rs); property")
 print("tests of the pure steps (src/properties.rs) and fuzzing of untrusted input (`make fuzz`).")
 PY
+# shellcheck disable=SC2012  # the rows are <test id>.json: plain names
 log "wrote docs/reliability.md from $(ls "$rows" | wc -l) rows"
