@@ -25,13 +25,16 @@ export SOURCE_DATE_EPOCH; SOURCE_DATE_EPOCH=$(build_date_epoch)
 
 # build_in SRC TARGET_DIR: the image's binary from SRC into TARGET_DIR; prints its path.
 build_in() {
+  # shellcheck disable=SC2030  # on purpose: repro_env remaps this checkout, in this subshell only
   ( cd "$1" && ROOT="$1" && repro_env "$target" "$2" \
       && "${build[@]}" --locked --quiet --profile image --target "$target" --bin "$BIN_NAME" ) >&2
   echo "$2/$target/image/$BIN_NAME"
 }
 
+# shellcheck disable=SC2031  # build_in's ROOT is its own (see there)
 log "build A: $ROOT (target dir ${CARGO_TARGET_DIR:-$ROOT/target})"
 t0=$(date +%s)
+# shellcheck disable=SC2031  # as above
 a=$(build_in "$ROOT" "${CARGO_TARGET_DIR:-$ROOT/target}")
 a_s=$(( $(date +%s) - t0 ))
 
