@@ -22,6 +22,7 @@ until_rotations=${RUN_UNTIL_ROTATIONS:-}
 # stay valid longer than the kubelet takes to update a mounted Secret (docs/usage.md). Set
 # here, not by make up: other tools (make bench) reset the proxy's rules.
 proxy="$AWS_ENDPOINT_URL_COGNITO_IDENTITY/_proxy"
+# shellcheck disable=SC2015  # die when either call fails
 curl -sf -X DELETE "$proxy/rules?pool=$DEMO_IDENTITY_POOL_ID" >/dev/null \
   && curl -sf -X POST "$proxy/rules" \
     -d "{\"pool\":\"$DEMO_IDENTITY_POOL_ID\",\"unique_credentials\":true,\"lifetime_seconds\":$DEMO_LIFETIME_SECONDS}" >/dev/null \
@@ -92,9 +93,9 @@ while IFS= read -r -u "$logs" line; do
   echo "[pod] $line"
   case "$line" in
     *FAILED*) result=failed; break ;;
-    *"rotation $until_rotations picked up"*) result=done; break ;;
+    *"rotation $until_rotations picked up"*) result="done"; break ;;
   esac
 done
 kill "$logs_pid" 2>/dev/null || true
-[[ "$result" == done ]] || die "make run: the pod did not pick up $until_rotations rotation(s) with every call working within ${deadline}s (${result:-timeout})"
+[[ "$result" == "done" ]] || die "make run: the pod did not pick up $until_rotations rotation(s) with every call working within ${deadline}s (${result:-timeout})"
 log "make run: the pod picked up $until_rotations rotation(s); every call it made worked"
