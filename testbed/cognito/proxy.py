@@ -477,9 +477,7 @@ def sigv4_signature(
     canonical_request = "\n".join(
         [method, canonical_uri, canonical_query(u.query), headers, ";".join(auth.signed_headers), payload]
     )
-    to_sign = "\n".join(
-        [auth.algorithm, amz_date, auth.scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
-    )
+    to_sign = "\n".join([auth.algorithm, amz_date, auth.scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
     key = ("AWS4" + secret).encode()
     for part in scope:
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -589,9 +587,7 @@ def trust_pool(role_arn: str, pool: str) -> None:
             role["trusted_pools"].append(pool)
 
 
-def web_identity_refusal(
-    token: Optional[dict[str, Any]], params: dict[str, str]
-) -> Optional[tuple[str, str]]:
+def web_identity_refusal(token: Optional[dict[str, Any]], params: dict[str, str]) -> Optional[tuple[str, str]]:
     """What STS would refuse in an AssumeRoleWithWebIdentity (code, message), in the
     order it checks: the parameters, the token, the role's trust, the duration."""
     for key in ("RoleArn", "RoleSessionName", "WebIdentityToken"):
@@ -627,7 +623,10 @@ def web_identity_refusal(
     if time.time() >= token["expires_at"]:
         expired = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(token["expires_at"]))
         now = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
-        return ("ExpiredTokenException", f"Token expired: current date/time {now} must be before the expiration date/time{expired}")
+        return (
+            "ExpiredTokenException",
+            f"Token expired: current date/time {now} must be before the expiration date/time{expired}",
+        )
     with STATE.lock:
         role = STATE.roles.get(params["RoleArn"])
         role = dict(role) if role else None
@@ -776,7 +775,7 @@ class Handler(BaseHTTPRequestHandler):
     # ----- the Cognito path -----------------------------------------------
     def _cognito(self, raw: bytes) -> None:
         target = self.headers.get("X-Amz-Target", "")
-        operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target or "Unknown"
+        operation = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else target or "Unknown"
         try:
             payload = json.loads(raw or b"{}")
         except ValueError:
@@ -840,7 +839,11 @@ class Handler(BaseHTTPRequestHandler):
             resp = conn.getresponse()
             body = resp.read()
             status = resp.status
-            resp_headers = {k: v for k, v in resp.getheaders() if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server")}
+            resp_headers = {
+                k: v
+                for k, v in resp.getheaders()
+                if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server")
+            }
             conn.close()
         except OSError as e:
             with STATE.lock:
@@ -1082,9 +1085,7 @@ class Handler(BaseHTTPRequestHandler):
                 )
         if method == "GET" and head == "issued":
             with STATE.lock:
-                return self._json(
-                    200, {"credentials": STATE.issued, "open_id_tokens": list(STATE.open_id_tokens)}
-                )
+                return self._json(200, {"credentials": STATE.issued, "open_id_tokens": list(STATE.open_id_tokens)})
         if head == "sts-calls" and method in ("GET", "DELETE"):
             q = self._query()
             keep = {k: q[k] for k in ("pool", "identity_id", "access_key_id") if k in q}
@@ -1204,8 +1205,13 @@ def main() -> int:
     ap.add_argument("--listen", default="127.0.0.1:0", help="host:port (loopback)")
     ap.add_argument("--upstream", required=True, help="moto's URL, e.g. http://127.0.0.1:5000")
     ap.add_argument("--port-file", help="write the bound port here once listening")
-    ap.add_argument("--also-listen", action="append", default=[], metavar="HOST",
-                    help="serve on this address too, same port (the node's pods reach the host there)")
+    ap.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="serve on this address too, same port (the node's pods reach the host there)",
+    )
     args = ap.parse_args()
     host, port = args.listen.rsplit(":", 1)
     STATE = State(args.upstream)
