@@ -18,14 +18,13 @@ import os
 import platform
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-import socket
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
@@ -157,9 +156,9 @@ class Controller:
 
     def rss_mib(self) -> tuple[float, float]:
         st = {
-            l.split(":")[0]: l.split(":")[1].strip()
-            for l in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
-            if ":" in l
+            line.split(":")[0]: line.split(":")[1].strip()
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+            if ":" in line
         }
         return int(st["VmRSS"].split()[0]) / 1024, int(st["VmHWM"].split()[0]) / 1024
 
@@ -178,7 +177,7 @@ def ready_count(ns: str) -> tuple[int, int]:
     return ready, len(items)
 
 
-def wait_all_ready(ns: str, n: int, timeout: float, start: Optional[float] = None) -> float:
+def wait_all_ready(ns: str, n: int, timeout: float, start: float | None = None) -> float:
     """Seconds from `start` (default: now) until n resources are Ready."""
     start = time.monotonic() if start is None else start
     while time.monotonic() - start < timeout:
@@ -191,7 +190,8 @@ def wait_all_ready(ns: str, n: int, timeout: float, start: Optional[float] = Non
 
 def manifests(ns: str, n: int, pool: str, prefix: str = "cred", start: int = 0) -> str:
     docs = [
-        f"apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata:\n  name: {prefix}-{i:05d}\n  namespace: {ns}\nspec:\n  identityPoolId: {pool}\n"
+        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\n"
+        f"metadata:\n  name: {prefix}-{i:05d}\n  namespace: {ns}\nspec:\n  identityPoolId: {pool}\n"
         for i in range(start, start + n)
     ]
     return "---\n".join(docs)
@@ -217,7 +217,7 @@ def no_throttle_condition(ns: str) -> None:
         raise SystemExit(f"throttling surfaced in {len(bad)} conditions, e.g. {bad[:3]}")
 
 
-def wait_idle(ctl: "Controller", pool: str, quiet: float = 5.0, timeout: float = 300) -> None:
+def wait_idle(ctl: Controller, pool: str, quiet: float = 5.0, timeout: float = 300) -> None:
     """Until the controller has used no CPU and made no Cognito call for `quiet` seconds."""
     deadline = time.monotonic() + timeout
     last = (ctl.cpu_seconds(), sum(calls(pool).values()))
@@ -378,7 +378,9 @@ def main() -> int:
     thr = throttled() - thr0
     row(
         f"cold start, {n} resources",
-        f"all Ready {took:.1f}s after the apply started (the apply itself took {applied:.1f}s); {c.get('GetId', 0)} GetId, {c.get('GetCredentialsForIdentity', 0)} GetCredentialsForIdentity; {thr} throttled",
+        f"all Ready {took:.1f}s after the apply started (the apply itself took {applied:.1f}s); "
+        f"{c.get('GetId', 0)} GetId, {c.get('GetCredentialsForIdentity', 0)} GetCredentialsForIdentity; "
+        f"{thr} throttled",
         f"≤ {1.1 * bound:.1f}s (1.1 × N/25), no throttling",
         f"{took / bound:.2f} × N/25" + verdict(took <= 1.1 * bound and thr == 0, n >= 500),
     )
@@ -429,7 +431,8 @@ def main() -> int:
     restart_gets = audit.requests(mark, ("get",)).get("secrets", 0)
     row(
         f"restart with {n} Ready",
-        f"{restart_calls} Cognito calls, {restart_writes} API writes, {restart_gets} Secret GETs (all {n} reconciled in {resync:.1f}s)",
+        f"{restart_calls} Cognito calls, {restart_writes} API writes, {restart_gets} Secret GETs "
+        f"(all {n} reconciled in {resync:.1f}s)",
         "0, 0 and 0 GETs after the initial LISTs",
         "met"
         if restart_calls == 0 and restart_writes == 0 and restart_gets == 0
@@ -490,7 +493,9 @@ def main() -> int:
     cpu_rot = (ctl.cpu_seconds() - cpu0) / m
     row(
         "rotation cost, per rotation",
-        f"{gc:.2f} GetCredentialsForIdentity, {gi:.2f} GetId, Secret writes {per.get('secrets', 0):.2f}, status writes {per.get('cognitounauthcredentials/status', 0):.2f}, event writes {per.get('events', 0):.2f}",
+        f"{gc:.2f} GetCredentialsForIdentity, {gi:.2f} GetId, Secret writes {per.get('secrets', 0):.2f}, "
+        f"status writes {per.get('cognitounauthcredentials/status', 0):.2f}, "
+        f"event writes {per.get('events', 0):.2f}",
         "1, 0, 1, 1",
         "met"
         if (gc, gi, per.get("secrets", 0), per.get("cognitounauthcredentials/status", 0)) == (1, 0, 1, 1)
@@ -519,7 +524,9 @@ def main() -> int:
         ctl.stop()
         row(
             f"memory with {args.unrelated_secrets} unrelated {args.unrelated_kib} KiB Secrets, {total} resources",
-            f"RSS {rss:.1f} MiB settled, {peak:.1f} MiB peak, against {before_rss:.1f} / {before_peak:.1f} MiB without them (restarted both times; Secrets created in {made:.0f}s); {extra_calls} Cognito calls, {extra_writes} API writes",
+            f"RSS {rss:.1f} MiB settled, {peak:.1f} MiB peak, against {before_rss:.1f} / {before_peak:.1f} MiB "
+            f"without them (restarted both times; Secrets created in {made:.0f}s); "
+            f"{extra_calls} Cognito calls, {extra_writes} API writes",
             "≤ 5 MiB more",
             f"{peak - before_peak:+.1f} MiB peak"
             + verdict(
@@ -532,7 +539,8 @@ def main() -> int:
     ours = cold_cpu / n
     row(
         f"manual CLI loop, {base['n']} resources",
-        f"{base['wall']:.1f}s wall, {base['cpu_per_credential'] * 1000:.0f} ms CPU per credential, {base['identities']} identities (new ones every run)",
+        f"{base['wall']:.1f}s wall, {base['cpu_per_credential'] * 1000:.0f} ms CPU per credential, "
+        f"{base['identities']} identities (new ones every run)",
         "≥ 50× the controller's CPU per credential",
         f"{base['cpu_per_credential'] / ours:.0f}× the controller's {ours * 1000:.2f} ms"
         + verdict(base["cpu_per_credential"] / ours >= 50, True),
@@ -550,13 +558,15 @@ def main() -> int:
         with open(args.markdown, "w") as f:
             f.write("# Benchmarks\n\n")
             f.write(
-                f"`make bench` (here: `testbed/bench.py --n {n} --scale-to {args.scale_to} --unrelated-secrets {args.unrelated_secrets}`) on the local test bed, the proxy enforcing AWS's\n"
+                f"`make bench` (here: `testbed/bench.py --n {n} --scale-to {args.scale_to} "
+                f"--unrelated-secrets {args.unrelated_secrets}`) on the local test bed, the proxy enforcing AWS's\n"
             )
             f.write("default Cognito quotas (GetId 25/s, GetCredentialsForIdentity 200/s, account-wide), against the\n")
             f.write("shipped binary (profile image). API writes are counted from the API server's audit log by the\n")
             f.write("controller's user agent. Cognito calls are counted by the proxy.\n\n")
             f.write(
-                f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; the API server,\n"
+                f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+                f"{platform.system()} {platform.release()}; the API server,\n"
             )
             f.write("etcd, moto, the proxy, the controller and the benchmark share it.\n\n")
             f.write("| figure | measured | target | ratio |\n| --- | --- | --- | --- |\n")
