@@ -56,7 +56,7 @@ def refs(node, found):
     if isinstance(node, dict):
         r = node.get("$ref")
         if isinstance(r, str) and r.startswith("#/definitions/"):
-            found.add(r[len("#/definitions/"):])
+            found.add(r[len("#/definitions/") :])
         for v in node.values():
             refs(v, found)
     elif isinstance(node, list):

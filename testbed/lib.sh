@@ -53,9 +53,14 @@ need() {
 
 check_prereqs() {
   need go "Install Go 1.26 or newer (https://go.dev/doc/install); the cluster binaries are built from the Go module proxy."
-  need python3 "Install Python 3.10+ with venv: apt-get install -y python3 python3-venv"
+  check_python
   need openssl "Install it: apt-get update && apt-get install -y openssl"
   need curl "Install it: apt-get update && apt-get install -y curl"
+}
+
+# What the venv (ensure_venv) is made with: python3 and its venv module.
+check_python() {
+  need python3 "Install Python 3.10+ with venv: apt-get install -y python3 python3-venv"
   python3 -c 'import venv, ensurepip' 2>/dev/null \
     || die "Python's venv module is missing. Install it: apt-get update && apt-get install -y python3-venv"
 }
@@ -79,16 +84,31 @@ wait_until() {
 }
 
 # ---------------------------------------------------------------- Python venv
-ensure_venv() {
-  local req="$ROOT/testbed/cognito/requirements.txt" stamp="$VENV/.requirements.sha256"
-  local want; want=$(sha256sum "$req" | cut -d' ' -f1)
+# venv_requirements FILE: pip install -r FILE into $VENV (made first if need be), unless
+# the venv is there and FILE's sha256 is the one stamped when it was last installed
+# ($VENV/.<FILE's name less .txt>.sha256).
+venv_requirements() {
+  local req=$1 stamp want
+  stamp="$VENV/.$(basename "$req" .txt).sha256"
+  want=$(sha256sum "$req" | cut -d' ' -f1)
   if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
-  log "installing Python packages into $VENV (moto, boto3, awscli)"
+  log "installing Python packages into $VENV ($(sed -nE 's/^([A-Za-z0-9_.-]+).*/\1/p' "$req" | paste -sd, - | sed 's/,/, /g'))"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   echo "$want" > "$stamp"
+}
+
+# moto, boto3 and the aws CLI (testbed/cognito/requirements.txt).
+ensure_venv() {
+  venv_requirements "$ROOT/testbed/cognito/requirements.txt"
+}
+
+# ensure_venv, plus pytest and ruff (testbed/cognito/requirements-dev.txt) in the same venv.
+ensure_dev_venv() {
+  ensure_venv
+  venv_requirements "$ROOT/testbed/cognito/requirements-dev.txt"
 }
 
 # ------------------------------------------------------- Go-built cluster binaries

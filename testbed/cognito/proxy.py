@@ -51,8 +51,9 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from typing import Any
 from xml.sax.saxutils import escape
 
 TARGET_PREFIX = "AWSCognitoIdentityService."
@@ -171,14 +172,14 @@ class Rule:
             raise ValueError("connection must be 'reset' or 'drop'")
         self.id = rid
         self.spec = spec
-        self.remaining: Optional[int] = spec.get("times")
+        self.remaining: int | None = spec.get("times")
         self.hits = 0
-        self.bucket: Optional[Bucket] = None
+        self.bucket: Bucket | None = None
         if spec.get("rate_per_second") is not None:
             rate = float(spec["rate_per_second"])
             self.bucket = Bucket(rate, float(spec.get("burst") or max(1.0, rate)))
 
-    def matches(self, operation: str, pool: Optional[str]) -> bool:
+    def matches(self, operation: str, pool: str | None) -> bool:
         if self.remaining is not None and self.remaining <= 0:
             return False
         op = self.spec.get("operation")
@@ -238,7 +239,7 @@ class State:
         # OpenID tokens GetOpenIdToken handed out: identity, pool, expires_at.
         self.open_id_tokens: dict[str, dict[str, Any]] = {}
 
-    def count(self, operation: str, pool: Optional[str], identity: Optional[str]) -> None:
+    def count(self, operation: str, pool: str | None, identity: str | None) -> None:
         self.calls[operation] = self.calls.get(operation, 0) + 1
         if pool:
             p = self.by_pool.setdefault(pool, {})
@@ -254,9 +255,9 @@ class State:
     def remember(
         self,
         creds: dict[str, Any],
-        identity: Optional[str],
-        pool: Optional[str],
-        role: Optional[str],
+        identity: str | None,
+        pool: str | None,
+        role: str | None,
         session: str = COGNITO_SESSION,
     ) -> None:
         """Keeps a credential set handed out, for STS to check callers against."""
@@ -276,7 +277,7 @@ class State:
         if identity:
             self.newest_key[identity] = akid
 
-    def match(self, operation: str, pool: Optional[str]) -> Matched:
+    def match(self, operation: str, pool: str | None) -> Matched:
         """What the rules say about one request; updates their hits. Hold the lock."""
         m = Matched()
         matching = [r for r in self.rules if r.matches(operation, pool)]
@@ -308,16 +309,16 @@ class Matched:
     def __init__(self) -> None:
         self.delay_ms = 0
         self.throttled = False
-        self.fault: Optional[Rule] = None
+        self.fault: Rule | None = None
         self.unique = False
-        self.lifetime: Optional[int] = None
+        self.lifetime: int | None = None
         self.semantics = False
 
 
 STATE: State
 
 
-def region_of(pool_or_identity: Optional[str]) -> str:
+def region_of(pool_or_identity: str | None) -> str:
     if pool_or_identity and ":" in pool_or_identity:
         return pool_or_identity.split(":", 1)[0]
     return os.environ.get("AWS_REGION", "us-east-1")
@@ -370,7 +371,7 @@ def default_unauth_role(pool_name: str) -> str:
     return f"arn:aws:iam::{ACCOUNT_ID}:role/Cognito_{pool_name}Unauth_Role"
 
 
-def unauth_role(pool: Optional[str]) -> Optional[str]:
+def unauth_role(pool: str | None) -> str | None:
     """A pool's unauthenticated role: the one it was created with, or the default for its name."""
     if not pool:
         return None
@@ -387,7 +388,7 @@ def unauth_role(pool: Optional[str]) -> Optional[str]:
     return role
 
 
-def pool_of_identity(identity: str) -> Optional[str]:
+def pool_of_identity(identity: str) -> str | None:
     """Asks moto which pool an identity belongs to (for identities created before a restart)."""
     region = region_of(identity)
     status, listing = moto_call("ListIdentityPools", {"MaxResults": 60}, region)
@@ -433,7 +434,7 @@ class SigV4:
         self.signature = signature
 
     @staticmethod
-    def parse(header: Optional[str]) -> Optional[SigV4]:
+    def parse(header: str | None) -> SigV4 | None:
         if not header:
             return None
         algorithm, _, rest = header.strip().partition(" ")
@@ -459,7 +460,7 @@ def sigv4_signature(
     target: str,
     header_values: Callable[[str], list[str]],
     body: bytes,
-) -> Optional[str]:
+) -> str | None:
     """The signature ``auth`` should carry, computed with ``secret`` from the request as
     received (AWS's SigV4: canonical request, string to sign, derived key); None when the
     request lacks what SigV4 needs (X-Amz-Date, a four-part scope, host signed)."""
@@ -477,16 +478,14 @@ def sigv4_signature(
     canonical_request = "\n".join(
         [method, canonical_uri, canonical_query(u.query), headers, ";".join(auth.signed_headers), payload]
     )
-    to_sign = "\n".join(
-        [auth.algorithm, amz_date, auth.scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
-    )
+    to_sign = "\n".join([auth.algorithm, amz_date, auth.scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
     key = ("AWS4" + secret).encode()
     for part in scope:
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
 
-def sts_error_body(code: str, message: Optional[str] = None) -> tuple[int, bytes]:
+def sts_error_body(code: str, message: str | None = None) -> tuple[int, bytes]:
     status, fault, default_message = STS_ERRORS.get(code) or (
         (ERRORS[code][0], "Sender", ERRORS[code][1]) if code in ERRORS else (400, "Sender", code)
     )
@@ -513,7 +512,7 @@ def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def issue_open_id_token(identity: Optional[str], pool: Optional[str]) -> str:
+def issue_open_id_token(identity: str | None, pool: str | None) -> str:
     """A token shaped like Cognito's (a signed JWT: sub = identity, aud = pool,
     amr = unauthenticated, 10 minutes), remembered for AssumeRoleWithWebIdentity."""
     now = int(time.time())
@@ -589,9 +588,7 @@ def trust_pool(role_arn: str, pool: str) -> None:
             role["trusted_pools"].append(pool)
 
 
-def web_identity_refusal(
-    token: Optional[dict[str, Any]], params: dict[str, str]
-) -> Optional[tuple[str, str]]:
+def web_identity_refusal(token: dict[str, Any] | None, params: dict[str, str]) -> tuple[str, str] | None:
     """What STS would refuse in an AssumeRoleWithWebIdentity (code, message), in the
     order it checks: the parameters, the token, the role's trust, the duration."""
     for key in ("RoleArn", "RoleSessionName", "WebIdentityToken"):
@@ -627,7 +624,10 @@ def web_identity_refusal(
     if time.time() >= token["expires_at"]:
         expired = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(token["expires_at"]))
         now = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
-        return ("ExpiredTokenException", f"Token expired: current date/time {now} must be before the expiration date/time{expired}")
+        return (
+            "ExpiredTokenException",
+            f"Token expired: current date/time {now} must be before the expiration date/time{expired}",
+        )
     with STATE.lock:
         role = STATE.roles.get(params["RoleArn"])
         role = dict(role) if role else None
@@ -643,7 +643,7 @@ def web_identity_refusal(
 
 
 def assume_role_body(
-    role_arn: str, session: str, creds: dict[str, Any], identity: Optional[str], pool: Optional[str]
+    role_arn: str, session: str, creds: dict[str, Any], identity: str | None, pool: str | None
 ) -> bytes:
     arn, user_id, _ = assumed_role(role_arn, session)
     expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(creds["Expiration"]))
@@ -675,7 +675,7 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def _send(self, status: int, body: bytes, headers: Optional[dict[str, str]] = None) -> None:
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -686,7 +686,7 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
 
-    def _aws_error(self, error: str, message: Optional[str] = None, status: Optional[int] = None) -> None:
+    def _aws_error(self, error: str, message: str | None = None, status: int | None = None) -> None:
         if error in ERRORS:
             default_status, default_message = ERRORS[error]
         else:  # an STS error code in a rule that also matches Cognito operations
@@ -744,7 +744,7 @@ class Handler(BaseHTTPRequestHandler):
             return {}
 
     def _faults(
-        self, operation: str, m: Matched, error: Callable[[str, Optional[str], Optional[int]], None], throttle: str
+        self, operation: str, m: Matched, error: Callable[[str, str | None, int | None], None], throttle: str
     ) -> bool:
         """Latency, throttling and the first fault rule; True when the request was answered."""
         if m.delay_ms:
@@ -776,7 +776,7 @@ class Handler(BaseHTTPRequestHandler):
     # ----- the Cognito path -----------------------------------------------
     def _cognito(self, raw: bytes) -> None:
         target = self.headers.get("X-Amz-Target", "")
-        operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target or "Unknown"
+        operation = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else target or "Unknown"
         try:
             payload = json.loads(raw or b"{}")
         except ValueError:
@@ -802,8 +802,8 @@ class Handler(BaseHTTPRequestHandler):
         self._forward(raw, operation, pool, m.unique, m.lifetime, custom_role)
 
     def _semantic_refusal(
-        self, operation: str, pool: Optional[str], identity: Optional[str], deleted: bool
-    ) -> Optional[tuple[str, str]]:
+        self, operation: str, pool: str | None, identity: str | None, deleted: bool
+    ) -> tuple[str, str] | None:
         """What real Cognito would refuse that moto lets through."""
         if operation in ("GetCredentialsForIdentity", "GetOpenIdToken") and deleted:
             return ("ResourceNotFoundException", f"Identity '{identity}' not found.")
@@ -824,10 +824,10 @@ class Handler(BaseHTTPRequestHandler):
         self,
         raw: bytes,
         operation: str,
-        pool: Optional[str],
+        pool: str | None,
         unique: bool,
-        lifetime: Optional[int],
-        custom_role: Optional[str] = None,
+        lifetime: int | None,
+        custom_role: str | None = None,
     ) -> None:
         u = urllib.parse.urlsplit(STATE.upstream)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
@@ -840,7 +840,11 @@ class Handler(BaseHTTPRequestHandler):
             resp = conn.getresponse()
             body = resp.read()
             status = resp.status
-            resp_headers = {k: v for k, v in resp.getheaders() if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server")}
+            resp_headers = {
+                k: v
+                for k, v in resp.getheaders()
+                if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server")
+            }
             conn.close()
         except OSError as e:
             with STATE.lock:
@@ -880,13 +884,13 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, body, resp_headers)
 
     # ----- the STS path ---------------------------------------------------
-    def _sts_error(self, code: str, message: Optional[str] = None, status: Optional[int] = None) -> None:
+    def _sts_error(self, code: str, message: str | None = None, status: int | None = None) -> None:
         default_status, body = sts_error_body(code, message)
         self._send(status or default_status, body, {"Content-Type": "text/xml", "x-amzn-RequestId": str(uuid.uuid4())})
 
     def _classify(
-        self, auth: Optional[SigV4], token: Optional[str], raw: bytes, method: str
-    ) -> tuple[str, Optional[dict[str, Any]]]:
+        self, auth: SigV4 | None, token: str | None, raw: bytes, method: str
+    ) -> tuple[str, dict[str, Any] | None]:
         """How the credentials of an STS call stand, and what the proxy issued for that key."""
         if auth is None:
             return "unknown", None
@@ -958,7 +962,7 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _record_sts_call(
-        self, action: str, pool: Optional[str], identity: Optional[str], outcome: str, fields: dict[str, Any]
+        self, action: str, pool: str | None, identity: str | None, outcome: str, fields: dict[str, Any]
     ) -> Any:
         """Counts an STS call, finds the rule that applies, and records the call with what it
         will be answered (a rule's fault wins over `outcome`). Returns the rule match."""
@@ -1033,7 +1037,7 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     @staticmethod
-    def _learn_pool(identity: str) -> Optional[str]:
+    def _learn_pool(identity: str) -> str | None:
         """The pool of an identity the proxy did not see created (it was restarted since)."""
         with STATE.lock:
             if identity in STATE.unmapped_identities:
@@ -1082,9 +1086,7 @@ class Handler(BaseHTTPRequestHandler):
                 )
         if method == "GET" and head == "issued":
             with STATE.lock:
-                return self._json(
-                    200, {"credentials": STATE.issued, "open_id_tokens": list(STATE.open_id_tokens)}
-                )
+                return self._json(200, {"credentials": STATE.issued, "open_id_tokens": list(STATE.open_id_tokens)})
         if head == "sts-calls" and method in ("GET", "DELETE"):
             q = self._query()
             keep = {k: q[k] for k in ("pool", "identity_id", "access_key_id") if k in q}
@@ -1204,8 +1206,13 @@ def main() -> int:
     ap.add_argument("--listen", default="127.0.0.1:0", help="host:port (loopback)")
     ap.add_argument("--upstream", required=True, help="moto's URL, e.g. http://127.0.0.1:5000")
     ap.add_argument("--port-file", help="write the bound port here once listening")
-    ap.add_argument("--also-listen", action="append", default=[], metavar="HOST",
-                    help="serve on this address too, same port (the node's pods reach the host there)")
+    ap.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="serve on this address too, same port (the node's pods reach the host there)",
+    )
     args = ap.parse_args()
     host, port = args.listen.rsplit(":", 1)
     STATE = State(args.upstream)
