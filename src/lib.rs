@@ -21,6 +21,7 @@ pub mod cognito;
 pub mod controller;
 pub mod crd;
 pub mod events;
+pub mod flags;
 pub mod http;
 pub mod inject;
 pub mod lease;

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cognito_unauth_controller::certs::Lifetimes;
 use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
 use cognito_unauth_controller::controller::{self, LeaderElection, Settings};
+use cognito_unauth_controller::flags;
 use cognito_unauth_controller::http::{self as admin, Health};
 use cognito_unauth_controller::inject::SidecarImage;
 use cognito_unauth_controller::metrics::Metrics;
@@ -55,16 +56,16 @@ struct Args {
         long,
         env = "LEADER_ELECTION_LEASE_DURATION_SECONDS",
         default_value_t = 15
-    )]
+    , value_parser = flags::whole_u64)]
     leader_election_lease_duration_seconds: u64,
     /// Seconds before expiry at which the leader renews its Lease.
-    #[arg(long, env = "LEADER_ELECTION_RENEW_GRACE_SECONDS", default_value_t = 5)]
+    #[arg(long, env = "LEADER_ELECTION_RENEW_GRACE_SECONDS", default_value_t = 5, value_parser = flags::whole_u64)]
     leader_election_renew_grace_seconds: u64,
     /// Connect timeout for Cognito calls, in seconds.
-    #[arg(long, env = "COGNITO_CONNECT_TIMEOUT_SECONDS", default_value_t = 3)]
+    #[arg(long, env = "COGNITO_CONNECT_TIMEOUT_SECONDS", default_value_t = 3, value_parser = flags::whole_u64)]
     cognito_connect_timeout_seconds: u64,
     /// Whole-call timeout for Cognito calls, in seconds.
-    #[arg(long, env = "COGNITO_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "COGNITO_TIMEOUT_SECONDS", default_value_t = 10, value_parser = flags::whole_u64)]
     cognito_timeout_seconds: u64,
     /// GetId calls per second allowed per region (AWS's default quota is 25/s per account).
     #[arg(long, env = "COGNITO_GET_ID_RATE", default_value_t = 25.0)]
@@ -80,8 +81,13 @@ struct Args {
     #[arg(long, env = "STS_ASSUME_ROLE_RATE", default_value_t = 100.0)]
     sts_assume_role_rate: f64,
     /// Reconciles running at once, per watched namespace.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_parser = flags::whole_u16)]
     concurrency: u16,
+    /// Parse the flags and environment, check them as a start would, print what was
+    /// read and exit: 0 when this configuration would start (nothing is contacted).
+    /// `make test` runs it on every container the chart renders.
+    #[arg(long, global = true, hide = true)]
+    check_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -123,10 +129,10 @@ struct WebhookArgs {
     #[arg(long, env = "WEBHOOK_EXTERNAL_CERTIFICATE", default_value_t = false)]
     external_certificate: bool,
     /// Lifetime of the webhook's own CA, in seconds; renewed at two thirds.
-    #[arg(long, env = "WEBHOOK_CA_LIFETIME_SECONDS", default_value_t = 365 * 24 * 3600)]
+    #[arg(long, env = "WEBHOOK_CA_LIFETIME_SECONDS", default_value_t = 365 * 24 * 3600, value_parser = flags::whole_i64)]
     ca_lifetime_seconds: i64,
     /// Lifetime of the serving certificate, in seconds; renewed at two thirds.
-    #[arg(long, env = "WEBHOOK_CERT_LIFETIME_SECONDS", default_value_t = 30 * 24 * 3600)]
+    #[arg(long, env = "WEBHOOK_CERT_LIFETIME_SECONDS", default_value_t = 30 * 24 * 3600, value_parser = flags::whole_i64)]
     cert_lifetime_seconds: i64,
     /// Image of the `container-credentials` sidecar (the controller's own image).
     #[arg(long, env = "WEBHOOK_SIDECAR_IMAGE")]
@@ -155,7 +161,7 @@ struct ServeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
+    let mut args = Args::try_parse().unwrap_or_else(|e| refuse(e));
     // At debug level the SDK's endpoint resolution logs the identity that signs a request:
     // with spec.verify, the access key id of the credentials being verified. Capped at
     // info whatever the filter asks (a more specific directive wins), so no credential
@@ -164,6 +170,10 @@ async fn main() -> anyhow::Result<()> {
         "{},aws_smithy_runtime::client::orchestrator::endpoints=info",
         args.log_level
     ))?;
+    if args.check_config {
+        check_config(&args);
+        return Ok(());
+    }
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
     if args.log_format == "json" {
         fmt.json().init();
@@ -315,6 +325,55 @@ async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Res
     webhook::serve(client, &settings, slot, annotated, metrics, shutdown).await?;
     info!("exiting");
     Ok(())
+}
+
+/// Exits with clap's message, plus where a refused value came from: the environment
+/// variable and the chart key that set it (issue 24: a value rendered by the chart that
+/// the binary refused named neither).
+fn refuse(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    let hint = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => {
+            let long = arg.split_whitespace().next().unwrap_or_default();
+            let env = env_of(&Args::command(), long.trim_start_matches("--"));
+            let on_command_line =
+                std::env::args().any(|a| a == long || a.starts_with(&format!("{long}=")));
+            flags::origin(env.as_deref(), !on_command_line)
+        }
+        _ => None,
+    };
+    let _ = e.print();
+    if let Some(hint) = hint {
+        eprintln!("\n{hint}");
+    }
+    std::process::exit(e.exit_code());
+}
+
+/// The environment variable a flag reads, in the command or any subcommand.
+fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|c| env_of(c, long)))
+}
+
+/// `--check-config`: what a start would read, after the checks a start makes before it
+/// contacts anything (clap's parsing and the log filter; the webhook's lifetimes).
+fn check_config(args: &Args) {
+    match &args.command {
+        Some(Command::Webhook(w)) => println!(
+            "configuration ok: webhook on {}, metrics on {}, CA lifetime {} s, certificate lifetime {} s",
+            w.address, args.metrics_address, w.ca_lifetime_seconds, w.cert_lifetime_seconds
+        ),
+        Some(Command::ServeCredentials(s)) => {
+            println!("configuration ok: serve-credentials on {}", s.address)
+        }
+        None => println!(
+            "configuration ok: controller, metrics on {}, lease {} s, concurrency {}",
+            args.metrics_address, args.leader_election_lease_duration_seconds, args.concurrency
+        ),
+    }
 }
 
 fn hostname() -> String {

@@ -113,3 +113,20 @@ app.kubernetes.io/component: webhook
 {{- define "cuc.webhookLabels" -}}
 {{- toYaml (merge (include "cuc.webhookSelectorLabels" . | fromYaml) (include "cuc.labels" . | fromYaml)) -}}
 {{- end -}}
+
+{{/* A number as our binary and the API server read it. Helm reads every number in
+    values.yaml as a float, and a float of a million or more renders in exponent form
+    ("3.1536e+07"), which an integer flag refuses (issue 24). "cuc.int": a whole number,
+    always in digits (the schema refuses fractions for these keys); "cuc.number": a whole
+    number in digits, anything else as it is (a rate such as 0.5). */}}
+{{- define "cuc.int" -}}
+{{- printf "%d" (int64 .) -}}
+{{- end -}}
+
+{{- define "cuc.number" -}}
+{{- if eq (float64 .) (float64 (int64 .)) -}}
+{{- printf "%d" (int64 .) -}}
+{{- else -}}
+{{- printf "%v" . -}}
+{{- end -}}
+{{- end -}}
