@@ -26,7 +26,7 @@ import json, os, sys, platform, datetime
 rows = [json.load(open(os.path.join(sys.argv[1], f))) for f in sorted(os.listdir(sys.argv[1]))]
 print("# Reliability: the fault matrix\n")
 print("Each row is a test against the real API server and the Cognito emulator behind the")
-print("proxy (tests/controller/faults.rs, tests/controller/basic.rs, tests/controller.rs, tests/loops.rs,")
+print("proxy (tests/controller/faults.rs, tests/controller/basic.rs, tests/controller/main.rs, tests/loops.rs,")
 print("tests/workloads.rs, tests/runtime.rs, tests/apiserver_restart.rs, tests/node_faults.rs); a row is")
 print("written only when its")
 print("test passes. Rerun and regenerate this page with `make reliability`.\n")
@@ -40,7 +40,7 @@ for r in rows:
 print()
 print(f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} cores.\n")
 print("Covered elsewhere: SIGTERM releasing the Lease (tests/runtime.rs); every error")
-print("class's reason with the Secret kept (tests/controller.rs); admission refusals")
+print("class's reason with the Secret kept (tests/controller/main.rs); admission refusals")
 print("(tests/admission.rs); the chart's RBAC being minimal (tests/chart.rs); property")
 print("tests of the pure steps (src/properties.rs) and fuzzing of untrusted input (`make fuzz`).")
 PY

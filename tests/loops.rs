@@ -18,9 +18,7 @@ use testbed_support::{
     kubectl_stdin, record_fault,
 };
 
-#[path = "common/mod.rs"]
-mod common;
-use common::*;
+use testbed_support::inproc::*;
 
 /// The controller reconciles `name` at least once more than `before` (it was touched).
 async fn touched_and_reconciled(ns: &TestNs, ctl: &Running, name: &str, token: &str) {

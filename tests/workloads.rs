@@ -21,9 +21,7 @@ use testbed_support::{
     restarted_at, test_dir, testbed,
 };
 
-#[path = "common/mod.rs"]
-mod common;
-use common::*;
+use testbed_support::inproc::*;
 
 /// Credentials as the Secret holds them, for the aws CLI's environment.
 fn secret_credentials(s: &Secret) -> AwsCredentials {

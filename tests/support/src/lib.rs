@@ -8,6 +8,7 @@
 //! (`Proxy::sts_calls`, `aws_cli`, `sts_client`), and `SecretMirror` projects a Secret into
 //! a directory the way the kubelet does for a pod's volume.
 
+pub mod inproc;
 pub mod mirror;
 
 pub use mirror::{MirrorError, SecretData, SecretMirror};
@@ -1002,3 +1003,11 @@ pub const CHART: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../charts/cognito-unauth-controller"
 );
+
+/// Whether the pod's Ready condition is True.
+pub fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

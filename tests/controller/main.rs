@@ -17,20 +17,15 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use testbed_support::{Proxy, TestNs, install_crd, testbed};
 
-#[path = "common/mod.rs"]
-mod common;
-use common::*;
+use testbed_support::inproc::*;
 
 /// The fault matrix (docs/reliability.md is generated from it).
-#[path = "controller/faults.rs"]
 mod faults;
 
 /// Flow Basic (issue 15): its contract, and its faults as rows of the matrix.
-#[path = "controller/basic.rs"]
 mod basic;
 
 /// The chart's alerts, with promtool, on series recorded from a run (issue 14).
-#[path = "controller/alerts.rs"]
 mod alerts;
 
 fn rand_number() -> u64 {

@@ -1,10 +1,10 @@
-//! Shared by the integration tests that drive the library directly (`#[path]`-included,
-//! since each test file is its own crate): an in-process controller for one namespace,
-//! and waits on the resource and its Secret (on watches, never sleeps).
+//! For the integration tests that drive the library directly: an in-process controller
+//! for one namespace, and waits on the resource and its Secret (on watches, never sleeps).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{TestNs, install_crd, testbed};
 use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
 use cognito_unauth_controller::controller::{self, Settings};
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
@@ -18,19 +18,16 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use testbed_support::{TestNs, install_crd, testbed};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const STOP_WAIT: Duration = Duration::from_secs(30);
 /// How long a wait on the resource or its Secret may take.
-#[allow(dead_code)] // not every test crate waits this way
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// An in-process controller for one namespace; stops gracefully on `stop()`.
 pub struct Running {
     /// The controller's metrics (rendered as /metrics would).
-    #[allow(dead_code)] // not every test crate reads them
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -41,13 +38,11 @@ impl Running {
         Self::start_with(ns, Timeouts::default()).await
     }
 
-    #[allow(dead_code)] // not every test crate needs other timeouts
     pub async fn start_with(ns: &TestNs, timeouts: Timeouts) -> Self {
         Self::start_as(ns, ns.client.clone(), timeouts).await
     }
 
     /// As `start_with`, acting as `client` (e.g. an identity with less RBAC).
-    #[allow(dead_code)] // not every test crate needs another identity
     pub async fn start_as(ns: &TestNs, client: kube::Client, timeouts: Timeouts) -> Self {
         install_crd();
         let sdk = load_sdk_config(timeouts, Some(&testbed().cognito_endpoint)).await;
@@ -81,7 +76,6 @@ impl Running {
     }
 
     /// The value of a metric sample (the first line starting with `series`), as /metrics shows it.
-    #[allow(dead_code)] // not every test crate reads metrics
     pub fn sample(&self, series: &str) -> f64 {
         let text = self.metrics.render().expect("render metrics");
         text.lines()
@@ -92,7 +86,6 @@ impl Running {
     }
 
     /// Reconciles run so far.
-    #[allow(dead_code)] // not every test crate reads metrics
     pub fn reconciles(&self) -> f64 {
         self.sample("cognito_unauth_controller_reconciliations_total")
     }
@@ -183,7 +176,6 @@ pub async fn wait_secret(
     }
 }
 
-#[allow(dead_code)] // not every test crate reads annotations
 pub fn annotation(s: &Secret, key: &str) -> String {
     s.annotations().get(key).cloned().unwrap_or_default()
 }
@@ -212,7 +204,6 @@ pub fn text(s: &Secret, key: &str) -> String {
     .expect("utf-8")
 }
 
-#[allow(dead_code)] // not every test crate reads it
 pub fn rotation(o: &CognitoUnauthCredential) -> Option<jiff::Timestamp> {
     o.status.as_ref()?.last_rotation_time.as_ref().map(|t| t.0)
 }
@@ -221,7 +212,6 @@ pub fn rotation(o: &CognitoUnauthCredential) -> Option<jiff::Timestamp> {
 /// in whole seconds as status keeps them. The issue time alone does not tell a rotation's
 /// status: two rotations in one second share it (and a status equal in both is not
 /// written again), while their expiries may lie a second apart.
-#[allow(dead_code)] // not every test crate waits for a rotation's status
 pub fn says_what_it_holds(o: &CognitoUnauthCredential, s: &Secret) -> bool {
     let second = |key: &str| {
         annotation(s, key)
@@ -275,16 +265,18 @@ pub async fn force_rotate(ns: &TestNs, name: &str, token: &str) -> CognitoUnauth
     .await
 }
 
-#[allow(dead_code)] // not every test crate counts writes
 /// The writes seen during a window: one line per new version of the resource or its
 /// Secret (what changed in it), so a failed count says which write it was.
 #[derive(Default)]
 pub struct Writes(pub Vec<String>);
 
-#[allow(dead_code)] // not every test crate counts writes
 impl Writes {
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -304,7 +296,6 @@ impl std::fmt::Debug for Writes {
     }
 }
 
-#[allow(dead_code)] // not every test crate counts writes
 /// What a test needs to tell one version of the resource from another (no key material).
 fn describe_cuc(o: &CognitoUnauthCredential) -> String {
     let st = o.status.as_ref();
@@ -327,7 +318,6 @@ fn describe_cuc(o: &CognitoUnauthCredential) -> String {
     )
 }
 
-#[allow(dead_code)] // not every test crate counts writes
 /// The same for the Secret: its metadata and the names of its keys.
 fn describe_secret(s: &Secret) -> String {
     let managers: Vec<String> = s
@@ -353,7 +343,6 @@ fn describe_secret(s: &Secret) -> String {
     )
 }
 
-#[allow(dead_code)] // not every test crate counts writes
 /// Every write of resource `name` and Secret `secret` during `window`, each described.
 /// The first sighting of each object is its current version, not a write.
 pub async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Duration) -> Writes {
@@ -397,13 +386,12 @@ pub async fn writes_during(ns: &TestNs, name: &str, secret: &str, window: Durati
 
 /// A fresh pool with `lifetime` s credentials, a namespace named after `prefix`, a
 /// controller for it, and the resource `app` (`spec` plus the pool) Ready.
-#[allow(dead_code)] // not every test crate starts this way
 pub async fn app_ready(
     prefix: &str,
     lifetime: u64,
     mut spec: Value,
-) -> (testbed_support::Proxy, String, TestNs, Running) {
-    let proxy = testbed_support::Proxy::new();
+) -> (crate::Proxy, String, TestNs, Running) {
+    let proxy = crate::Proxy::new();
     let pool = proxy.realistic_pool(lifetime).await;
     let ns = TestNs::new(prefix).await;
     let ctl = Running::start(&ns).await;
@@ -415,7 +403,6 @@ pub async fn app_ready(
 
 /// A Deployment `name` whose pods read the Secret `app` as env vars (a rollout-restart
 /// target; its pods never pull an image).
-#[allow(dead_code)] // not every test crate rolls one
 pub fn deployment(name: &str) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1",
