@@ -416,4 +416,17 @@ mod tests {
             &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
         assert_eq!(conds["x-kubernetes-list-type"], "map");
     }
+
+    /// crds/ is what these types generate (`make crds` writes it; the chart's copy is
+    /// compared with it by `make chart-check`). In-process, so the check costs no second
+    /// build of the crate with the `crdgen` feature.
+    #[test]
+    fn crds_dir_is_generated_from_these_types() {
+        let generated = serde_yaml::to_string(&CognitoUnauthCredential::crd()).expect("yaml");
+        let committed = include_str!("../crds/cognitounauthcredentials.yaml");
+        assert!(
+            generated == committed,
+            "crds/cognitounauthcredentials.yaml is stale: run 'make crds' and commit the result"
+        );
+    }
 }
