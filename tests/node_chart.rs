@@ -22,8 +22,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use testbed_support::{
-    CHART, Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, rand_suffix, restarted_at,
-    restricted, test_dir, testbed, wait_ready, writers,
+    CHART, Proxy, TestNs, eventually, helm_ok, kubectl, kubectl_apply, pod_ready, rand_suffix,
+    restarted_at, restricted, test_dir, testbed, wait_ready, writers,
 };
 
 /// The chart's default `leaderElection.leaseDurationSeconds`.
@@ -38,13 +38,6 @@ async fn controller_pods(api: &Api<Pod>, release: &str) -> Vec<Pod> {
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect()
-}
-
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn name(p: &Pod) -> String {
