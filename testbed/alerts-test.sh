@@ -11,8 +11,8 @@ cd "$ROOT"
 need go "Install Go 1.26 or newer (https://go.dev/doc/install); promtool is built from the Go module proxy."
 ensure_helm
 ensure_venv   # PyYAML, to take the rule groups out of the PrometheusRule
-promtool_dir="$CACHE/promtool-$(go_key "$ROOT/testbed/promtool")"
-build_go "$ROOT/testbed/promtool" "$promtool_dir" github.com/prometheus/prometheus/cmd/promtool
+ensure_promtool
+promtool_dir=$(promtool_dir)
 chart="$ROOT/charts/cognito-unauth-controller"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -74,13 +74,8 @@ build_binary() {
 # ensure_zig: cargo-zigbuild (crates.io) and zig (PyPI's ziglang, in a venv), pinned, in
 # the cache; puts both on PATH. The cross linker and C compiler for arm64.
 ensure_zig() {
-  local zb="$CACHE/tools/cargo-zigbuild-$CARGO_ZIGBUILD_VERSION" zv="$CACHE/tools/ziglang-$ZIGLANG_VERSION"
-  if [[ ! -x "$zb/bin/cargo-zigbuild" ]]; then
-    log "installing cargo-zigbuild $CARGO_ZIGBUILD_VERSION from crates.io into $zb (first time only)"
-    nice -n 19 cargo install --locked --quiet cargo-zigbuild --version "$CARGO_ZIGBUILD_VERSION" --root "$zb.partial" \
-      || die "could not install cargo-zigbuild: cargo install --locked cargo-zigbuild --version $CARGO_ZIGBUILD_VERSION"
-    rm -rf "$zb"; mv "$zb.partial" "$zb"
-  fi
+  local zb zv="$CACHE/tools/ziglang-$ZIGLANG_VERSION"
+  zb=$(cargo_tool cargo-zigbuild "$CARGO_ZIGBUILD_VERSION" 19)
   if [[ ! -f "$zv/.complete" ]]; then
     log "installing zig (PyPI ziglang==$ZIGLANG_VERSION) into $zv (first time only)"
     rm -rf "$zv"
@@ -90,19 +85,14 @@ ensure_zig() {
     touch "$zv/.complete"
   fi
   # cargo-zigbuild finds zig as `python3 -m ziglang` with the venv's python3 first on PATH.
-  export PATH="$zb/bin:$zv/bin:$PATH"
+  export PATH="$zb:$zv/bin:$PATH"
 }
 
 # ensure_cyclonedx: cargo-cyclonedx (crates.io), pinned, in the cache; prints its path.
 ensure_cyclonedx() {
-  local dir="$CACHE/tools/cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION"
-  if [[ ! -x "$dir/bin/cargo-cyclonedx" ]]; then
-    log "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION from crates.io into $dir (first time only)"
-    nice -n 19 cargo install --locked --quiet cargo-cyclonedx --version "$CARGO_CYCLONEDX_VERSION" --root "$dir.partial" >&2 \
-      || die "could not install cargo-cyclonedx: cargo install --locked cargo-cyclonedx --version $CARGO_CYCLONEDX_VERSION"
-    rm -rf "$dir"; mv "$dir.partial" "$dir"
-  fi
-  echo "$dir/bin/cargo-cyclonedx"
+  local bin
+  bin=$(cargo_tool cargo-cyclonedx "$CARGO_CYCLONEDX_VERSION" 19)
+  echo "$bin/cargo-cyclonedx"
 }
 
 # image_labels: the build ARGs of the Dockerfile's final stage (its OCI labels).

@@ -296,3 +296,30 @@ contexts:
 current-context: testbed
 KC
 }
+
+# ------------------------------------------------------- tools from crates.io, cached
+# cargo_tool NAME VERSION [NICE]: `cargo install` NAME at VERSION into the cache (once
+# per machine, shared by every clone), at niceness NICE (default 0); prints its bin
+# directory.
+cargo_tool() {
+  local name=$1 version=$2 dir="$CACHE/tools/$1-$2"
+  if [[ ! -x "$dir/bin/$name" ]]; then
+    log "installing $name $version from crates.io into $dir (first time only)"
+    rm -rf "$dir.partial"
+    nice -n "${3:-0}" cargo install --locked --quiet "$name" --version "$version" --root "$dir.partial" >&2 \
+      || die "could not install $name: cargo install --locked $name --version $version"
+    rm -rf "$dir" && mv "$dir.partial" "$dir"
+  fi
+  echo "$dir/bin"
+}
+
+# The test runner: integration test binaries run side by side (.config/nextest.toml says
+# which tests must not overlap).
+NEXTEST_VERSION=0.9.151
+ensure_nextest() { cargo_tool cargo-nextest "$NEXTEST_VERSION"; }
+
+# promtool, built from the Go module proxy (the chart's alerts).
+promtool_dir() { echo "$CACHE/promtool-$(go_key "$ROOT/testbed/promtool")"; }
+ensure_promtool() {
+  build_go "$ROOT/testbed/promtool" "$(promtool_dir)" github.com/prometheus/prometheus/cmd/promtool
+}
