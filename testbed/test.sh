@@ -167,7 +167,7 @@ await "container images: amd64 (buildah), arm64 (zig, qemu), the amd64 binary re
 
 step "make run, checked: the controller on defaults, the demo resource, and a pod on the node that picks up a rotation"
 if RUN_UNTIL_ROTATIONS=1 testbed/run.sh > "$LOCAL/make-run-check.log" 2>&1; then
-  grep -E '^\[pod\]|make run:' "$LOCAL/make-run-check.log"
+  grep -E '^\[(pod|secret)\]|make run:' "$LOCAL/make-run-check.log"
 else
   cat "$LOCAL/make-run-check.log" >&2
   die "make run did not show a rotation picked up (whole log above)"

@@ -181,13 +181,15 @@ async fn transient(id: &str, fault: &str, rule: Value, reason: &str, timeouts: T
     );
     assert_eq!(ready_of_status(&st).0, reason);
 
+    // Every call until the rule goes fails, also one made since the count above (the
+    // machine may be busy): counted just before it goes (the backoff's attempts are
+    // seconds apart, none falls between this count and the delete).
+    let failed_calls = creds_calls(&proxy, &pool).await - before;
     proxy.delete_rule(rule_id).await;
     let cleared = std::time::Instant::now();
     // The next attempt is due at most one step (5 s × 2^(n-1), capped) after the last
-    // failure. Counted once the fault is gone: an attempt made since the count above (the
-    // machine may be busy) failed too, and one made after the clear did not fail, so this
-    // many attempts bound the failures.
-    let next_step = step_after(creds_calls(&proxy, &pool).await - before);
+    // failure.
+    let next_step = step_after(failed_calls);
     let recovered = tokio::time::timeout(
         next_step + Duration::from_secs(5),
         wait_reason(&ns, "app", "True", "CredentialsIssued"),
@@ -206,7 +208,7 @@ async fn transient(id: &str, fault: &str, rule: Value, reason: &str, timeouts: T
     );
     assert_eq!(
         creds_calls(&proxy, &pool).await - before,
-        attempts + 1,
+        failed_calls + 1,
         "{fault}: a duplicate rotation"
     );
     let distinct = log.finish(fault);

@@ -207,6 +207,25 @@ async fn rotates_from_the_real_expiration_with_one_identity_and_survives_a_resta
 
     // A restart with valid credentials: no Cognito calls, no writes, and no read of the
     // Secret (the watch's list of our Secrets says it holds what the status says).
+    // The restart must not meet a rotation that is due anyway: 12 s credentials rotate
+    // every ~8 s, less than a stop, a start and the window take on a busy machine. So the
+    // pool now issues 10-minute credentials, and one forced rotation fetches them.
+    proxy
+        .add_rule(json!({"pool": pool, "lifetime_seconds": 600}))
+        .await;
+    force_rotate(&ns, "app", "long-lived").await;
+    wait_cuc(
+        &ns,
+        "app",
+        "the forced rotation's 10-minute credentials",
+        |o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.expiration.as_ref())
+                .is_some_and(|e| e.0.as_second() > jiff::Timestamp::now().as_second() + 300)
+        },
+    )
+    .await;
     ctl.stop().await;
     let calls_before = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
     let reads_before = testbed_support::reads("secrets", Some(&ns.name), "app");
