@@ -19,8 +19,9 @@ CACHE="${CUC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cognito-unauth-controlle
 # The node (testbed/node.sh) lives in a network namespace of its own, joined to the host
 # by one veth pair. What is machine-global (the namespace, the host-side veth, the host's
 # nft table, the cgroup root, the addresses) is named after a short hash of $ROOT, so the
-# test beds of two work trees never collide; up.sh refuses to start when another bed
-# already holds this bed's addresses (set CUC_BED_INDEX=2..251 to move it).
+# test beds of two work trees never collide; up.sh refuses to start when another bed (or
+# anything else) already holds this bed's addresses or its service range (set
+# CUC_BED_INDEX=2..251 to move both).
 BED_ID=$(printf '%s' "$ROOT" | sha256sum | cut -c1-6)
 BED_INDEX=${CUC_BED_INDEX:-$(( 16#$BED_ID % 250 + 2 ))}
 NODE_NETNS="cuc-$BED_ID"            # /run/netns/cuc-<id>: kubelet, containerd, kube-proxy, the bridge
@@ -33,7 +34,13 @@ BRIDGE_IP="$BED_NET.1"
 LINK_CIDR="$BED_NET.128/30"
 HOST_IP="$BED_NET.129"              # the API server and the Cognito proxy, as pods see them
 NODE_IP="$BED_NET.130"              # the node's InternalIP
-SERVICE_CIDR="10.96.0.0/24"         # exists only in the node's namespace (kube-proxy's rules)
+# The Services' range, per bed like its /24 and beside it (10.235/16, never 10.234/16): a
+# fixed one (Kubernetes' default 10.96.0.0/12, say) would shadow a cluster this machine
+# belongs to, since the host routes it to the node. Only kube-proxy's rules in the node's
+# namespace answer it.
+SERVICE_NET="10.235.$BED_INDEX"
+SERVICE_CIDR="$SERVICE_NET.0/24"
+KUBERNETES_SERVICE_IP="$SERVICE_NET.1"   # the kubernetes Service: the range's first address
 NODE_NAME="testbed-node"
 DEMO_LIFETIME_SECONDS=300          # the demo pool's credentials, set by `make run` (run.sh)
 NODE_DIR="$RUN/node"                # containerd's root and state, the kubelet's root, configs

@@ -46,11 +46,52 @@ cgroup_hierarchies() {
 }
 
 # ---------------------------------------------------------------- network
+# host_claims CIDR: the host's addresses inside CIDR, its routes to CIDR or to a part of
+# it (any table), and its iptables or nft rules naming an address of it (a cluster this
+# machine belongs to, programming its Services here); one line each. Routes that merely
+# contain CIDR (a LAN, a VPN's 10/8, the default route) are no claim: the bed's more
+# specific routes win for its own addresses only.
+host_claims() {
+  local cidr=$1 prefix=${1%.0/24}
+  { ip -o -4 addr show | awk '{print "address", $4, "on", $2}'
+    ip -4 route show table all | sed 's/^/route /'
+  } | python3 -c '
+import ipaddress, sys
+net = ipaddress.ip_network(sys.argv[1])
+types = {"unicast", "local", "broadcast", "multicast", "unreachable", "blackhole", "prohibit", "throw", "nat", "anycast"}
+for line in sys.stdin:
+    f = line.split()
+    if f[0] == "address":
+        hit = ipaddress.ip_interface(f[1]).ip in net
+    else:
+        dst = f[2] if f[1] in types else f[1]
+        if dst == "default":
+            continue
+        try:
+            hit = ipaddress.ip_network(dst, strict=False).subnet_of(net)
+        except ValueError:
+            continue
+    if hit:
+        print(line.strip())
+' "$cidr"
+  { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; nft list ruleset 2>/dev/null; } \
+    | grep -E "(^|[^0-9.])${prefix//./\\.}\.[0-9]" | sed 's/^/rule /' || true
+}
+
+# refuse_claimed CIDR WHAT: die, saying what holds it, when the host has a claim on CIDR.
+refuse_claimed() {
+  local claims
+  claims=$(host_claims "$1")
+  [[ -z "$claims" ]] && return 0
+  die "$2 $1 is in use on this machine (another test bed, or a cluster's Service range?):
+$claims
+'make down' in the work tree that owns it, or set CUC_BED_INDEX to another number in 2..251 (it moves this bed's /24 and its service range)"
+}
+
 node_network_up() {
   node_remember_host
-  if ip -o -4 addr show | grep -q " inet $BED_NET\." || ip -4 route show | grep -q "^$BED_NET\."; then
-    die "addresses in $BED_NET.0/24 are in use on this machine (another test bed?): 'make down' in the work tree that owns them, or set CUC_BED_INDEX to another number in 2..251"
-  fi
+  refuse_claimed "$BED_NET.0/24" "this bed's range"
+  refuse_claimed "$SERVICE_CIDR" "this bed's service range"
   [[ ! -e "/run/netns/$NODE_NETNS" ]] || die "network namespace $NODE_NETNS exists: run 'make down' here first"
   ip netns add "$NODE_NETNS"
   ip link add "$HOST_VETH" type veth peer name host0 netns "$NODE_NETNS"
@@ -250,6 +291,8 @@ YAML
   cat > "$NODE_DIR/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
+# No Service range to give: kube-proxy programs the ClusterIPs the API server allocates
+# from its --service-cluster-ip-range ($SERVICE_CIDR).
 clientConnection: {kubeconfig: $NODE_DIR/kube-proxy.kubeconfig}
 hostnameOverride: $NODE_NAME
 mode: iptables
@@ -315,7 +358,7 @@ node_up() { # PKI API_URL IMAGE_ARCHIVE...
 
 # Waits until the node is Ready and kube-proxy has programmed the kubernetes Service.
 node_registered() { "$(k8s_bin_dir)/kubectl" --kubeconfig "$LOCAL/kubeconfig" get node "$NODE_NAME"; }
-service_programmed() { in_node iptables -t nat -S KUBE-SERVICES | grep -q -- "-d ${SERVICE_CIDR%.0/*}.1/32"; }
+service_programmed() { in_node iptables -t nat -S KUBE-SERVICES | grep -q -- "-d $KUBERNETES_SERVICE_IP/32"; }
 node_wait_ready() {
   local kbin; kbin=$(k8s_bin_dir)
   wait_until 90 "the node to register" node_registered \

@@ -75,7 +75,7 @@ gen_cert() { # NAME SUBJECT [SAN]
 openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$pki/ca.key" -subj "/CN=testbed-ca" \
   -days 30 -sha256 -out "$pki/ca.crt" 2>/dev/null
 gen_cert apiserver "/CN=kube-apiserver" \
-  "IP:127.0.0.1,IP:$HOST_IP,IP:${SERVICE_CIDR%.0/*}.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  "IP:127.0.0.1,IP:$HOST_IP,IP:$KUBERNETES_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 gen_cert admin "/O=system:masters/CN=testbed-admin"
 gen_cert scheduler "/CN=system:kube-scheduler"
 gen_cert node "/O=system:nodes/CN=system:node:$NODE_NAME"
