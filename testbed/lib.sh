@@ -221,28 +221,71 @@ ensure_chart_tools() {
 }
 
 # ----------------------------------------------------------------- processes
+# A pid file holds the pid, the process's start time (field 22 of /proc/PID/stat, clock
+# ticks after boot) and the boot's id: a pid file that outlived its process (a crash, a
+# reboot) names whatever has that pid now, which is never signalled.
+proc_start() { # PID: its start time
+  local stat f
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  read -r -a f <<<"${stat##*) }"   # the fields after the command name, from field 3 on
+  echo "${f[19]}"
+}
+boot_id() { cat /proc/sys/kernel/random/boot_id; }
+
 # start NAME CMD...: run CMD in its own session (process group), log to $RUN/NAME.log.
 start() {
   local name=$1; shift
   setsid "$@" > "$RUN/$name.log" 2>&1 < /dev/null &
-  echo $! > "$RUN/$name.pid"
+  local pid=$!
+  # The start time is the fork's: the same before and after setsid execs CMD. (A process
+  # already gone leaves none, and its pid file then never matches.)
+  printf '%s\n%s\n%s\n' "$pid" "$(proc_start "$pid" || true)" "$(boot_id)" > "$RUN/$name.pid"
 }
 
-# stop NAME: TERM the process group, wait up to 10 s, then KILL it.
+# same_process PID START BOOT: PID is still the process that pid file recorded. A pid file
+# written before start times were (a bed started by an older lib.sh) has none: its
+# process must then name this tree, its cache or its node state on its command line.
+same_process() {
+  local pid=$1 start=$2 boot=$3
+  [[ "$pid" =~ ^[0-9]+$ && -e "/proc/$pid" ]] || return 1
+  if [[ -n "$start" ]]; then
+    [[ "$boot" == "$(boot_id)" && "$(proc_start "$pid")" == "$start" ]]
+  else
+    { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null \
+      | grep -qF -e "$ROOT/" -e "$CACHE/" -e "/run/cuc-$BED_ID/"
+  fi
+}
+
+# read_pidfile NAME: sets pid, start and boot from $RUN/NAME.pid (false without one).
+read_pidfile() {
+  pid="" start="" boot=""
+  [[ -f "$RUN/$1.pid" ]] || return 1
+  { read -r pid; read -r start; read -r boot; } < "$RUN/$1.pid" || true
+}
+
+# stop NAME: TERM the process group, wait up to 10 s, then KILL it; only when the pid
+# file still names the process we started.
 stop() {
-  local name=$1 pidfile="$RUN/$1.pid" pid
-  [[ -f "$pidfile" ]] || return 0
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  local name=$1 pid start boot
+  read_pidfile "$name" || return 0
+  if same_process "$pid" "$start" "$boot"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     local i
     for i in $(seq 100); do
-      kill -0 "$pid" 2>/dev/null || break
+      same_process "$pid" "$start" "$boot" || break
       sleep 0.1
     done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    # The group's stragglers too. Once the leader is gone its pid cannot be reused while
+    # any process of its group remains, so a pid that runs again is someone else's.
+    if same_process "$pid" "$start" "$boot" || [[ ! -e "/proc/$pid" ]]; then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+  elif [[ "$pid" =~ ^[0-9]+$ && -e "/proc/$pid" ]]; then
+    log "$name: not signalled: its pid file names pid $pid, now another process (ours is gone: a crash, a reboot)"
+  else
+    log "$name: was not running (a stale pid file)"
   fi
-  rm -f "$pidfile"
+  rm -f "$RUN/$name.pid"
 }
 
 # buildah with this tree's own storage (vfs: no daemon, no overlay mounts) and its own
@@ -258,7 +301,7 @@ buildah_local() {
 # Mount points and their file system types, from /proc/self/mountinfo.
 mounts() { awk '{for (i = 7; i <= NF; i++) if ($i == "-") {print $5, $(i + 1); break}}' /proc/self/mountinfo; }
 
-alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+alive() { local pid start boot; read_pidfile "$1" && same_process "$pid" "$start" "$boot"; }
 
 # write_kubeconfig FILE SERVER CA USER CERT KEY
 write_kubeconfig() {
