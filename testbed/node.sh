@@ -37,12 +37,68 @@ node_prereqs() {
     libseccomp-dev pkg-config gcc libc6-dev musl-tools
   need nsenter "Install util-linux: apt-get install -y util-linux"
   need ip "Install iproute2: apt-get install -y iproute2"
-  [[ -d /sys/fs/cgroup/memory ]] || die "the node needs cgroup v1 controllers under /sys/fs/cgroup (this machine kind has them)"
+  local why
+  why=$(cgroups_unusable)
+  [[ -z "$why" ]] || die "the node cannot use this machine's cgroups: $why"
 }
 
-# The v1 hierarchies (and the unified one) mounted under /sys/fs/cgroup.
+# 1 (v1 controllers under a tmpfs at /sys/fs/cgroup: this project's machines, tested) or
+# 2 (the unified hierarchy at /sys/fs/cgroup: written from the docs, not yet run here).
+cgroup_version() {
+  case "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" in
+    tmpfs) echo 1 ;;
+    cgroup2fs) echo 2 ;;
+    *) echo none ;;
+  esac
+}
+
+# The controllers the kubelet uses on cgroup v2 (getSupportedUnifiedControllers in
+# pkg/kubelet/cm/cgroup_v2_manager_linux.go) that this kernel has.
+cgroup2_controllers() {
+  local have c
+  have=" $(cat /sys/fs/cgroup/cgroup.controllers) "
+  for c in cpu cpuset memory pids hugetlb; do
+    [[ "$have" == *" $c "* ]] && printf '%s ' "$c"
+  done
+  true
+}
+
+# Why the node cannot use this machine's cgroups; nothing when it can. Reads only.
+cgroups_unusable() {
+  local c
+  case "$(cgroup_version)" in
+    1)
+      # What the kubelet requires on v1 (validateSystemRequirements in
+      # pkg/kubelet/cm/container_manager_linux.go), where it can write.
+      for c in cpu cpuacct cpuset memory; do
+        [[ -f "/sys/fs/cgroup/$c/cgroup.procs" ]] || { echo "cgroup v1 without the $c controller at /sys/fs/cgroup/$c"; return; }
+        [[ -w "/sys/fs/cgroup/$c" ]] || { echo "/sys/fs/cgroup/$c is read-only (a container without privileges?)"; return; }
+      done
+      ;;
+    2)
+      local want enabled missing=""
+      want=$(cgroup2_controllers 2>/dev/null) || { echo "cannot read /sys/fs/cgroup/cgroup.controllers"; return; }
+      for c in cpu memory pids; do
+        [[ " $want " == *" $c "* ]] || { echo "the cgroup v2 hierarchy has no $c controller"; return; }
+      done
+      [[ -w /sys/fs/cgroup ]] || { echo "/sys/fs/cgroup is read-only (a container without privileges?)"; return; }
+      enabled=" $(cat /sys/fs/cgroup/cgroup.subtree_control) "
+      for c in $want; do [[ "$enabled" == *" $c "* ]] || missing+=" $c"; done
+      # Only the real root may hold processes and enable controllers for its children: a
+      # container's root (it has a cgroup.type) with processes in it cannot, unless they
+      # are moved out first, which is this machine's business and not the bed's.
+      if [[ -n "$missing" && -e /sys/fs/cgroup/cgroup.type && -n "$(cat /sys/fs/cgroup/cgroup.procs)" ]]; then
+        echo "cgroup v2: /sys/fs/cgroup is a container's cgroup with processes in it, so the controllers the kubelet needs ($missing ) cannot be enabled for the node's cgroups"
+      fi
+      ;;
+    *) echo "no cgroup file system at /sys/fs/cgroup" ;;
+  esac
+}
+
+# The v1 hierarchies (and the unified one) mounted under /sys/fs/cgroup; on cgroup v2,
+# /sys/fs/cgroup itself.
 cgroup_hierarchies() {
-  mounts | awk '($2 == "cgroup" || $2 == "cgroup2") && $1 ~ /^\/sys\/fs\/cgroup\// {print $1}'
+  mounts | awk '($2 == "cgroup" || $2 == "cgroup2") && $1 ~ /^\/sys\/fs\/cgroup(\/|$)/ {print $1}'
 }
 
 # ---------------------------------------------------------------- network
@@ -252,8 +308,7 @@ JSON
   cat > "$NODE_DIR/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# This machine: cgroup v1 (kubelet >= 1.35 refuses it unless told), swap on, cgroupfs.
-failCgroupV1: false
+$(kubelet_cgroup_lines)
 cgroupDriver: cgroupfs
 cgroupRoot: $CGROUP_ROOT
 failSwapOn: false
@@ -310,7 +365,45 @@ YAML
 }
 
 # ---------------------------------------------------------------- cgroups
+# The kubelet's cgroup settings before cgroupDriver (cgroupfs on both versions).
+kubelet_cgroup_lines() {
+  if [[ "$(cgroup_version)" == 1 ]]; then
+    echo "# This machine: cgroup v1 (kubelet >= 1.35 refuses it unless told), swap on, cgroupfs."
+    echo "failCgroupV1: false"
+  else
+    # https://kubernetes.io/docs/concepts/architecture/cgroups/ : the kubelet and
+    # containerd (1.4+) use v2 by themselves on a unified hierarchy. The docs recommend
+    # the systemd driver where systemd is the init system
+    # (https://kubernetes.io/docs/setup/production-environment/container-runtimes/#cgroup-drivers);
+    # the bed keeps cgroupfs, which needs no systemd, and its own tree $CGROUP_ROOT.
+    echo "# This machine: cgroup v2 (written from the docs, not yet run on a v2 host), swap on, cgroupfs."
+  fi
+}
+
+# cgroup v2 (written from the docs, not yet run here): the kubelet accepts its cgroupRoot
+# only when every controller it uses that the kernel has is enabled in it, i.e. in the
+# parent's cgroup.subtree_control (cgroupV2impl.Validate in
+# pkg/kubelet/cm/cgroup_v2_manager_linux.go; the kernel's rules:
+# https://docs.kernel.org/admin-guide/cgroup-v2.html#enabling-and-disabling). Under the
+# root, which may hold processes and still enable controllers (ours is a direct child of
+# it), then in ours for the kubelet's kubepods (runc's libcontainer, fs2.CreateCgroupPath,
+# does the same along every path it makes). What the root had before is in
+# $NODE_HOSTSTATE (node_remember_host); make down puts it back.
+node_cgroup2_up() {
+  local want
+  want=$(cgroup2_controllers)
+  want="+${want% }"; want=${want// / +}
+  echo "$want" > /sys/fs/cgroup/cgroup.subtree_control \
+    || die "could not enable the controllers the kubelet uses ($want) in /sys/fs/cgroup/cgroup.subtree_control"
+  mkdir -p "/sys/fs/cgroup$CGROUP_ROOT"
+  echo "$want" > "/sys/fs/cgroup$CGROUP_ROOT/cgroup.subtree_control" \
+    || die "could not enable $want in /sys/fs/cgroup$CGROUP_ROOT/cgroup.subtree_control"
+  [[ ! -d /run/systemd/system ]] \
+    || log "cgroup v2 under systemd: the node uses the cgroupfs driver in its own $CGROUP_ROOT, beside systemd's tree (untested)"
+}
+
 node_cgroups_up() {
+  if [[ "$(cgroup_version)" == 2 ]]; then node_cgroup2_up; return; fi
   local h
   for h in $(cgroup_hierarchies); do
     mkdir -p "$h$CGROUP_ROOT"
@@ -379,6 +472,9 @@ node_remember_host() {
   for d in /run/netns /var/log/containers /var/lib/cni /var/lib/kubelet; do
     if [[ -d "$d" ]]; then echo "$d $(stat -c %a "$d")" >> "$NODE_HOSTSTATE"; else echo "$d absent" >> "$NODE_HOSTSTATE"; fi
   done
+  if [[ "$(cgroup_version)" == 2 ]]; then
+    echo "cgroup2_subtree_control $(cat /sys/fs/cgroup/cgroup.subtree_control)" >> "$NODE_HOSTSTATE"
+  fi
 }
 
 # ---------------------------------------------------------------- teardown
@@ -465,7 +561,9 @@ node_restore_host() {
   # The kubelet's device-plugin socket (no device plugins run here).
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   while read -r d state; do
-    if [[ "$d" != /* ]]; then
+    if [[ "$d" == cgroup2_subtree_control ]]; then
+      node_restore_cgroup2 "$state"
+    elif [[ "$d" != /* ]]; then
       continue
     elif [[ "$state" == absent ]]; then
       [[ -d "$d" ]] || continue
@@ -478,4 +576,16 @@ node_restore_host() {
     fi
   done < "$NODE_HOSTSTATE"
   rm -f "$NODE_HOSTSTATE"
+}
+
+# node_restore_cgroup2 "CONTROLLERS": disables in the root's cgroup.subtree_control what
+# was enabled since make up (by node_cgroup2_up, the kubelet, runc), our cgroups gone.
+node_restore_cgroup2() {
+  local before=" $1 " c now
+  read -r -a now < /sys/fs/cgroup/cgroup.subtree_control || true
+  for c in "${now[@]}"; do
+    [[ "$before" == *" $c "* ]] && continue
+    echo "-$c" 2>/dev/null > /sys/fs/cgroup/cgroup.subtree_control \
+      || log "could not disable the $c controller in /sys/fs/cgroup/cgroup.subtree_control again (a cgroup of another uses it now)"
+  done
 }
