@@ -15,6 +15,10 @@ source "$ROOT/testbed/node.sh"
 [[ -f "$LOCAL/env" ]] || die "no test bed is running: make up"
 # shellcheck disable=SC1091
 source "$LOCAL/env"
+if [[ "${CUC_NODE:-on}" == off ]]; then
+  log "node-check skipped: the test bed has no node ($CUC_NODE_REASON)"
+  exit 0
+fi
 passed=0
 failed=0
 ok() { passed=$((passed + 1)); log "ok: $*"; }

@@ -31,15 +31,43 @@ in_node() { nsenter --net="/run/netns/$NODE_NETNS" -- "$@"; }
 ctr_node() { "${cbin:-$(containerd_bin_dir)}/ctr" --address "$NODE_STATE/containerd.sock" -n k8s.io "$@"; }
 
 # Every Debian package the node and its images need, in one apt-get run (the image
-# builds run in the background, beside the Go builds: no second apt-get at once).
+# builds run in the background, beside the Go builds: no second apt-get at once). None
+# when the node is off.
 node_prereqs() {
+  node_select
+  [[ "$NODE_MODE" == on ]] || return 0
   ensure_debs iptables nftables containernetworking-plugins buildah debootstrap \
     libseccomp-dev pkg-config gcc libc6-dev musl-tools
   need nsenter "Install util-linux: apt-get install -y util-linux"
   need ip "Install iproute2: apt-get install -y iproute2"
-  local why
-  why=$(cgroups_unusable)
-  [[ -z "$why" ]] || die "the node cannot use this machine's cgroups: $why"
+}
+
+# ---------------------------------------------------------------- on or off
+# node_select: whether this bed has a node. NODE_MODE=on, or off with NODE_OFF_REASON.
+# CUC_NODE=off asks for none; CUC_NODE=on for one or a failure; unset, there is one when
+# the machine can run it (root, usable cgroups). A machine that can run it never goes on
+# without it: a node that fails to start fails make up.
+node_select() {
+  [[ -z "${NODE_MODE:-}" ]] || return 0
+  NODE_OFF_REASON=""
+  case "${CUC_NODE:-}" in
+    off) NODE_MODE=off NODE_OFF_REASON="CUC_NODE=off was asked for"; return 0 ;;
+    on|"") ;;
+    *) die "CUC_NODE=$CUC_NODE: set it to off (no node), on (a node, or a failure), or leave it unset (a node when this machine can run one)" ;;
+  esac
+  local why=""
+  if (( EUID != 0 )); then
+    why="not root (the node's network namespace, mounts and cgroups need root)"
+  else
+    why=$(cgroups_unusable)
+  fi
+  if [[ -z "$why" ]]; then
+    NODE_MODE=on
+  elif [[ "${CUC_NODE:-}" == on ]]; then
+    die "CUC_NODE=on, but this machine cannot run the node: $why"
+  else
+    NODE_MODE=off NODE_OFF_REASON=$why
+  fi
 }
 
 # 1 (v1 controllers under a tmpfs at /sys/fs/cgroup: this project's machines, tested) or
@@ -204,6 +232,18 @@ table inet $NFT_TABLE {
   }
 }
 NFT
+}
+
+# No node: the bed's /24 and service range still never take the machine's default route
+# (the API server calls an admission webhook's Service by its ClusterIP): as root, both
+# are unreachable routes until make down. Without root (or iproute2) none can be set;
+# nothing that would send there runs without the node.
+node_network_off() {
+  (( EUID == 0 )) && command -v ip >/dev/null 2>&1 || return 0
+  refuse_claimed "$BED_NET.0/24" "this bed's range"
+  refuse_claimed "$SERVICE_CIDR" "this bed's service range"
+  ip route add unreachable "$BED_NET.0/24"
+  ip route add unreachable "$SERVICE_CIDR"
 }
 
 # node_allow_port PORT: let the node and its pods reach PORT on $HOST_IP.
@@ -514,6 +554,8 @@ node_down() {
   #    rules with it; the host keeps nothing of ours.
   ip netns delete "$NODE_NETNS" 2>/dev/null || true
   ip link delete "$HOST_VETH" 2>/dev/null || true
+  ip route delete unreachable "$BED_NET.0/24" 2>/dev/null || true     # node_network_off's
+  ip route delete unreachable "$SERVICE_CIDR" 2>/dev/null || true
   nft delete table inet "$NFT_TABLE" 2>/dev/null || true
   # 6. Cgroups: ours, deepest first (the kubelet's kubepods/... under our root).
   local h
