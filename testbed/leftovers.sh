@@ -54,9 +54,17 @@ state() {
   done | sort
 }
 
-# Leaves out what belongs to another work tree's test bed (its id, its .local).
+# Leaves out what belongs to another work tree's test bed (its id, its .local, the whole
+# of its nft table) and, while another bed's node runs, the global paths every node
+# shares, whoever made them (the first `ip netns add` makes /run/netns and its bind
+# mount, the kubelet and the CNI plugins the others; the last bed's make down removes them).
 filtered_state() {
-  state | awk -v id="$BED_ID" -v mine="$ROOT/.local/" '
+  local others=0 ns
+  for ns in /run/netns/cuc-*; do
+    if [[ -e "$ns" && "$ns" != "/run/netns/$NODE_NETNS" ]]; then others=1; fi
+  done
+  state | awk -v id="$BED_ID" -v mine="$ROOT/.local/" -v others="$others" '
+    in_table { if ($0 == "}") in_table = 0; next }
     {
       other = 0; s = $0
       while (match(s, /cuc[-_][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]/)) {
@@ -64,6 +72,8 @@ filtered_state() {
         s = substr(s, RSTART + RLENGTH)
       }
       if (index($0, "/.local/") && !index($0, mine)) other = 1
+      if (other && /^table .*\{$/) in_table = 1
+      if (others && $1 ~ "^(/run/netns|/var/run/netns|/var/lib/cni|/var/log/containers|/var/lib/kubelet)(/|$)") other = 1
       if (!other) print
     }'
 }
