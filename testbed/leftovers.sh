@@ -6,10 +6,11 @@
 #   testbed/leftovers.sh compare FILE    # after make down: fails on any difference
 #
 # Network namespaces, links and addresses, routes, iptables (nft and legacy, v4 and v6)
-# and the whole nft ruleset, forwarding sysctls, mounts, cgroups, the global paths a
-# kubelet, containerd or the CNI plugins use by default, and (compare only) processes
-# of this bed. Lines that name another work tree's bed are left out, so a bed running
-# next to this one is no leftover of ours.
+# and the whole nft ruleset, forwarding sysctls, mounts, cgroups (and the controllers a
+# cgroup v2 root enables for its children), the global paths a kubelet, containerd or
+# the CNI plugins use by default, and (compare only) processes of this bed. Lines that
+# name another work tree's bed are left out, so a bed running next to this one is no
+# leftover of ours.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 state() {
@@ -40,6 +41,10 @@ state() {
   for h in $(mounts | awk '$2 == "cgroup" || $2 == "cgroup2" {print $1}'); do
     find "$h" -mindepth 1 -maxdepth 3 -type d 2>/dev/null
   done | { grep -v '/process_api' || true; } | sort   # not the sandbox's own per-command cgroups
+  # The controllers cgroup v2 hands down (the node enables some at the root on a v2 host).
+  for h in $(mounts | awk '$2 == "cgroup2" {print $1}'); do
+    echo "$h/cgroup.subtree_control: $(cat "$h/cgroup.subtree_control" 2>/dev/null)"
+  done
   echo "## paths"
   local p
   for p in /run/netns /var/run/netns /run/containerd /var/lib/containerd /opt/containerd /etc/containerd \
@@ -49,9 +54,17 @@ state() {
   done | sort
 }
 
-# Leaves out what belongs to another work tree's test bed (its id, its .local).
+# Leaves out what belongs to another work tree's test bed (its id, its .local, the whole
+# of its nft table) and, while another bed's node runs, the global paths every node
+# shares, whoever made them (the first `ip netns add` makes /run/netns and its bind
+# mount, the kubelet and the CNI plugins the others; the last bed's make down removes them).
 filtered_state() {
-  state | awk -v id="$BED_ID" -v mine="$ROOT/.local/" '
+  local others=0 ns
+  for ns in /run/netns/cuc-*; do
+    if [[ -e "$ns" && "$ns" != "/run/netns/$NODE_NETNS" ]]; then others=1; fi
+  done
+  state | awk -v id="$BED_ID" -v mine="$ROOT/.local/" -v others="$others" '
+    in_table { if ($0 == "}") in_table = 0; next }
     {
       other = 0; s = $0
       while (match(s, /cuc[-_][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]/)) {
@@ -59,6 +72,8 @@ filtered_state() {
         s = substr(s, RSTART + RLENGTH)
       }
       if (index($0, "/.local/") && !index($0, mine)) other = 1
+      if (other && /^table .*\{$/) in_table = 1
+      if (others && $1 ~ "^(/run/netns|/var/run/netns|/var/lib/cni|/var/log/containers|/var/lib/kubelet)(/|$)") other = 1
       if (!other) print
     }'
 }

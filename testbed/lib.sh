@@ -19,8 +19,9 @@ CACHE="${CUC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cognito-unauth-controlle
 # The node (testbed/node.sh) lives in a network namespace of its own, joined to the host
 # by one veth pair. What is machine-global (the namespace, the host-side veth, the host's
 # nft table, the cgroup root, the addresses) is named after a short hash of $ROOT, so the
-# test beds of two work trees never collide; up.sh refuses to start when another bed
-# already holds this bed's addresses (set CUC_BED_INDEX=2..251 to move it).
+# test beds of two work trees never collide; up.sh refuses to start when another bed (or
+# anything else) already holds this bed's addresses or its service range (set
+# CUC_BED_INDEX=2..251 to move both).
 BED_ID=$(printf '%s' "$ROOT" | sha256sum | cut -c1-6)
 BED_INDEX=${CUC_BED_INDEX:-$(( 16#$BED_ID % 250 + 2 ))}
 # shellcheck disable=SC2034  # none read here: the scripts that source lib.sh read them
@@ -35,7 +36,13 @@ BRIDGE_IP="$BED_NET.1"
 LINK_CIDR="$BED_NET.128/30"
 HOST_IP="$BED_NET.129"              # the API server and the Cognito proxy, as pods see them
 NODE_IP="$BED_NET.130"              # the node's InternalIP
-SERVICE_CIDR="10.96.0.0/24"         # exists only in the node's namespace (kube-proxy's rules)
+# The Services' range, per bed like its /24 and beside it (10.235/16, never 10.234/16): a
+# fixed one (Kubernetes' default 10.96.0.0/12, say) would shadow a cluster this machine
+# belongs to, since the host routes it to the node. Only kube-proxy's rules in the node's
+# namespace answer it.
+SERVICE_NET="10.235.$BED_INDEX"
+SERVICE_CIDR="$SERVICE_NET.0/24"
+KUBERNETES_SERVICE_IP="$SERVICE_NET.1"   # the kubernetes Service: the range's first address
 NODE_NAME="testbed-node"
 DEMO_LIFETIME_SECONDS=300          # the demo pool's credentials, set by `make run` (run.sh)
 NODE_DIR="$RUN/node"                # containerd's root and state, the kubelet's root, configs
@@ -237,27 +244,70 @@ ensure_chart_tools() {
 }
 
 # ----------------------------------------------------------------- processes
+# A pid file holds the pid, the process's start time (field 22 of /proc/PID/stat, clock
+# ticks after boot) and the boot's id: a pid file that outlived its process (a crash, a
+# reboot) names whatever has that pid now, which is never signalled.
+proc_start() { # PID: its start time
+  local stat f
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  read -r -a f <<<"${stat##*) }"   # the fields after the command name, from field 3 on
+  echo "${f[19]}"
+}
+boot_id() { cat /proc/sys/kernel/random/boot_id; }
+
 # start NAME CMD...: run CMD in its own session (process group), log to $RUN/NAME.log.
 start() {
   local name=$1; shift
   setsid "$@" > "$RUN/$name.log" 2>&1 < /dev/null &
-  echo $! > "$RUN/$name.pid"
+  local pid=$!
+  # The start time is the fork's: the same before and after setsid execs CMD. (A process
+  # already gone leaves none, and its pid file then never matches.)
+  printf '%s\n%s\n%s\n' "$pid" "$(proc_start "$pid" || true)" "$(boot_id)" > "$RUN/$name.pid"
 }
 
-# stop NAME: TERM the process group, wait up to 10 s, then KILL it.
+# same_process PID START BOOT: PID is still the process that pid file recorded. A pid file
+# written before start times were (a bed started by an older lib.sh) has none: its
+# process must then name this tree, its cache or its node state on its command line.
+same_process() {
+  local pid=$1 start=$2 boot=$3
+  [[ "$pid" =~ ^[0-9]+$ && -e "/proc/$pid" ]] || return 1
+  if [[ -n "$start" ]]; then
+    [[ "$boot" == "$(boot_id)" && "$(proc_start "$pid")" == "$start" ]]
+  else
+    { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null \
+      | grep -qF -e "$ROOT/" -e "$CACHE/" -e "/run/cuc-$BED_ID/"
+  fi
+}
+
+# read_pidfile NAME: sets pid, start and boot from $RUN/NAME.pid (false without one).
+read_pidfile() {
+  pid="" start="" boot=""
+  [[ -f "$RUN/$1.pid" ]] || return 1
+  { read -r pid; read -r start; read -r boot; } < "$RUN/$1.pid" || true
+}
+
+# stop NAME: TERM the process group, wait up to 10 s, then KILL it; only when the pid
+# file still names the process we started.
 stop() {
-  local name=$1 pidfile="$RUN/$1.pid" pid
-  [[ -f "$pidfile" ]] || return 0
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  local name=$1 pid start boot
+  read_pidfile "$name" || return 0
+  if same_process "$pid" "$start" "$boot"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do
-      kill -0 "$pid" 2>/dev/null || break
+      same_process "$pid" "$start" "$boot" || break
       sleep 0.1
     done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    # The group's stragglers too. Once the leader is gone its pid cannot be reused while
+    # any process of its group remains, so a pid that runs again is someone else's.
+    if same_process "$pid" "$start" "$boot" || [[ ! -e "/proc/$pid" ]]; then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+  elif [[ "$pid" =~ ^[0-9]+$ && -e "/proc/$pid" ]]; then
+    log "$name: not signalled: its pid file names pid $pid, now another process (ours is gone: a crash, a reboot)"
+  else
+    log "$name: was not running (a stale pid file)"
   fi
-  rm -f "$pidfile"
+  rm -f "$RUN/$name.pid"
 }
 
 # buildah with this tree's own storage (vfs: no daemon, no overlay mounts) and its own
@@ -273,7 +323,7 @@ buildah_local() {
 # Mount points and their file system types, from /proc/self/mountinfo.
 mounts() { awk '{for (i = 7; i <= NF; i++) if ($i == "-") {print $5, $(i + 1); break}}' /proc/self/mountinfo; }
 
-alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+alive() { local pid start boot; read_pidfile "$1" && same_process "$pid" "$start" "$boot"; }
 
 # write_kubeconfig FILE SERVER CA USER CERT KEY
 write_kubeconfig() {

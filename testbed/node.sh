@@ -31,26 +31,152 @@ in_node() { nsenter --net="/run/netns/$NODE_NETNS" -- "$@"; }
 ctr_node() { "${cbin:-$(containerd_bin_dir)}/ctr" --address "$NODE_STATE/containerd.sock" -n k8s.io "$@"; }
 
 # Every Debian package the node and its images need, in one apt-get run (the image
-# builds run in the background, beside the Go builds: no second apt-get at once).
+# builds run in the background, beside the Go builds: no second apt-get at once). None
+# when the node is off.
 node_prereqs() {
+  node_select
+  [[ "$NODE_MODE" == on ]] || return 0
   ensure_debs iptables nftables containernetworking-plugins buildah debootstrap \
     libseccomp-dev pkg-config gcc libc6-dev musl-tools
   need nsenter "Install util-linux: apt-get install -y util-linux"
   need ip "Install iproute2: apt-get install -y iproute2"
-  [[ -d /sys/fs/cgroup/memory ]] || die "the node needs cgroup v1 controllers under /sys/fs/cgroup (this machine kind has them)"
 }
 
-# The v1 hierarchies (and the unified one) mounted under /sys/fs/cgroup.
+# ---------------------------------------------------------------- on or off
+# node_select: whether this bed has a node. NODE_MODE=on, or off with NODE_OFF_REASON.
+# CUC_NODE=off asks for none; CUC_NODE=on for one or a failure; unset, there is one when
+# the machine can run it (root, usable cgroups). A machine that can run it never goes on
+# without it: a node that fails to start fails make up.
+node_select() {
+  [[ -z "${NODE_MODE:-}" ]] || return 0
+  NODE_OFF_REASON=""
+  case "${CUC_NODE:-}" in
+    off) NODE_MODE=off NODE_OFF_REASON="CUC_NODE=off was asked for"; return 0 ;;
+    on|"") ;;
+    *) die "CUC_NODE=$CUC_NODE: set it to off (no node), on (a node, or a failure), or leave it unset (a node when this machine can run one)" ;;
+  esac
+  local why=""
+  if (( EUID != 0 )); then
+    why="not root (the node's network namespace, mounts and cgroups need root)"
+  else
+    why=$(cgroups_unusable)
+  fi
+  if [[ -z "$why" ]]; then
+    NODE_MODE=on
+  elif [[ "${CUC_NODE:-}" == on ]]; then
+    die "CUC_NODE=on, but this machine cannot run the node: $why"
+  else
+    # shellcheck disable=SC2034  # read by up.sh, which sources this file
+    NODE_MODE=off NODE_OFF_REASON=$why
+  fi
+}
+
+# 1 (v1 controllers under a tmpfs at /sys/fs/cgroup: this project's machines, tested) or
+# 2 (the unified hierarchy at /sys/fs/cgroup: written from the docs, not yet run here).
+cgroup_version() {
+  case "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" in
+    tmpfs) echo 1 ;;
+    cgroup2fs) echo 2 ;;
+    *) echo none ;;
+  esac
+}
+
+# The controllers the kubelet uses on cgroup v2 (getSupportedUnifiedControllers in
+# pkg/kubelet/cm/cgroup_v2_manager_linux.go) that this kernel has.
+cgroup2_controllers() {
+  local have c
+  have=" $(cat /sys/fs/cgroup/cgroup.controllers) "
+  for c in cpu cpuset memory pids hugetlb; do
+    [[ "$have" == *" $c "* ]] && printf '%s ' "$c"
+  done
+  true
+}
+
+# Why the node cannot use this machine's cgroups; nothing when it can. Reads only.
+cgroups_unusable() {
+  local c
+  case "$(cgroup_version)" in
+    1)
+      # What the kubelet requires on v1 (validateSystemRequirements in
+      # pkg/kubelet/cm/container_manager_linux.go), where it can write.
+      for c in cpu cpuacct cpuset memory; do
+        [[ -f "/sys/fs/cgroup/$c/cgroup.procs" ]] || { echo "cgroup v1 without the $c controller at /sys/fs/cgroup/$c"; return; }
+        [[ -w "/sys/fs/cgroup/$c" ]] || { echo "/sys/fs/cgroup/$c is read-only (a container without privileges?)"; return; }
+      done
+      ;;
+    2)
+      local want enabled missing=""
+      want=$(cgroup2_controllers 2>/dev/null) || { echo "cannot read /sys/fs/cgroup/cgroup.controllers"; return; }
+      for c in cpu memory pids; do
+        [[ " $want " == *" $c "* ]] || { echo "the cgroup v2 hierarchy has no $c controller"; return; }
+      done
+      [[ -w /sys/fs/cgroup ]] || { echo "/sys/fs/cgroup is read-only (a container without privileges?)"; return; }
+      enabled=" $(cat /sys/fs/cgroup/cgroup.subtree_control) "
+      for c in $want; do [[ "$enabled" == *" $c "* ]] || missing+=" $c"; done
+      # Only the real root may hold processes and enable controllers for its children: a
+      # container's root (it has a cgroup.type) with processes in it cannot, unless they
+      # are moved out first, which is this machine's business and not the bed's.
+      if [[ -n "$missing" && -e /sys/fs/cgroup/cgroup.type && -n "$(cat /sys/fs/cgroup/cgroup.procs)" ]]; then
+        echo "cgroup v2: /sys/fs/cgroup is a container's cgroup with processes in it, so the controllers the kubelet needs ($missing ) cannot be enabled for the node's cgroups"
+      fi
+      ;;
+    *) echo "no cgroup file system at /sys/fs/cgroup" ;;
+  esac
+}
+
+# The v1 hierarchies (and the unified one) mounted under /sys/fs/cgroup; on cgroup v2,
+# /sys/fs/cgroup itself.
 cgroup_hierarchies() {
-  mounts | awk '($2 == "cgroup" || $2 == "cgroup2") && $1 ~ /^\/sys\/fs\/cgroup\// {print $1}'
+  mounts | awk '($2 == "cgroup" || $2 == "cgroup2") && $1 ~ /^\/sys\/fs\/cgroup(\/|$)/ {print $1}'
 }
 
 # ---------------------------------------------------------------- network
+# host_claims CIDR: the host's addresses inside CIDR, its routes to CIDR or to a part of
+# it (any table), and its iptables or nft rules naming an address of it (a cluster this
+# machine belongs to, programming its Services here); one line each. Routes that merely
+# contain CIDR (a LAN, a VPN's 10/8, the default route) are no claim: the bed's more
+# specific routes win for its own addresses only.
+host_claims() {
+  local cidr=$1 prefix=${1%.0/24}
+  { ip -o -4 addr show | awk '{print "address", $4, "on", $2}'
+    ip -4 route show table all | sed 's/^/route /'
+  } | python3 -c '
+import ipaddress, sys
+net = ipaddress.ip_network(sys.argv[1])
+types = {"unicast", "local", "broadcast", "multicast", "unreachable", "blackhole", "prohibit", "throw", "nat", "anycast"}
+for line in sys.stdin:
+    f = line.split()
+    if f[0] == "address":
+        hit = ipaddress.ip_interface(f[1]).ip in net
+    else:
+        dst = f[2] if f[1] in types else f[1]
+        if dst == "default":
+            continue
+        try:
+            hit = ipaddress.ip_network(dst, strict=False).subnet_of(net)
+        except ValueError:
+            continue
+    if hit:
+        print(line.strip())
+' "$cidr"
+  { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; nft list ruleset 2>/dev/null; } \
+    | grep -E "(^|[^0-9.])${prefix//./\\.}\.[0-9]" | sed 's/^/rule /' || true
+}
+
+# refuse_claimed CIDR WHAT: die, saying what holds it, when the host has a claim on CIDR.
+refuse_claimed() {
+  local claims
+  claims=$(host_claims "$1")
+  [[ -z "$claims" ]] && return 0
+  die "$2 $1 is in use on this machine (another test bed, or a cluster's Service range?):
+$claims
+'make down' in the work tree that owns it, or set CUC_BED_INDEX to another number in 2..251 (it moves this bed's /24 and its service range)"
+}
+
 node_network_up() {
   node_remember_host
-  if ip -o -4 addr show | grep -q " inet $BED_NET\." || ip -4 route show | grep -q "^$BED_NET\."; then
-    die "addresses in $BED_NET.0/24 are in use on this machine (another test bed?): 'make down' in the work tree that owns them, or set CUC_BED_INDEX to another number in 2..251"
-  fi
+  refuse_claimed "$BED_NET.0/24" "this bed's range"
+  refuse_claimed "$SERVICE_CIDR" "this bed's service range"
   [[ ! -e "/run/netns/$NODE_NETNS" ]] || die "network namespace $NODE_NETNS exists: run 'make down' here first"
   ip netns add "$NODE_NETNS"
   ip link add "$HOST_VETH" type veth peer name host0 netns "$NODE_NETNS"
@@ -107,6 +233,18 @@ table inet $NFT_TABLE {
   }
 }
 NFT
+}
+
+# No node: the bed's /24 and service range still never take the machine's default route
+# (the API server calls an admission webhook's Service by its ClusterIP): as root, both
+# are unreachable routes until make down. Without root (or iproute2) none can be set;
+# nothing that would send there runs without the node.
+node_network_off() {
+  (( EUID == 0 )) && command -v ip >/dev/null 2>&1 || return 0
+  refuse_claimed "$BED_NET.0/24" "this bed's range"
+  refuse_claimed "$SERVICE_CIDR" "this bed's service range"
+  ip route add unreachable "$BED_NET.0/24"
+  ip route add unreachable "$SERVICE_CIDR"
 }
 
 # node_allow_port PORT: let the node and its pods reach PORT on $HOST_IP.
@@ -211,8 +349,7 @@ JSON
   cat > "$NODE_DIR/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# This machine: cgroup v1 (kubelet >= 1.35 refuses it unless told), swap on, cgroupfs.
-failCgroupV1: false
+$(kubelet_cgroup_lines)
 cgroupDriver: cgroupfs
 cgroupRoot: $CGROUP_ROOT
 failSwapOn: false
@@ -250,6 +387,8 @@ YAML
   cat > "$NODE_DIR/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
+# No Service range to give: kube-proxy programs the ClusterIPs the API server allocates
+# from its --service-cluster-ip-range ($SERVICE_CIDR).
 clientConnection: {kubeconfig: $NODE_DIR/kube-proxy.kubeconfig}
 hostnameOverride: $NODE_NAME
 mode: iptables
@@ -267,7 +406,45 @@ YAML
 }
 
 # ---------------------------------------------------------------- cgroups
+# The kubelet's cgroup settings before cgroupDriver (cgroupfs on both versions).
+kubelet_cgroup_lines() {
+  if [[ "$(cgroup_version)" == 1 ]]; then
+    echo "# This machine: cgroup v1 (kubelet >= 1.35 refuses it unless told), swap on, cgroupfs."
+    echo "failCgroupV1: false"
+  else
+    # https://kubernetes.io/docs/concepts/architecture/cgroups/ : the kubelet and
+    # containerd (1.4+) use v2 by themselves on a unified hierarchy. The docs recommend
+    # the systemd driver where systemd is the init system
+    # (https://kubernetes.io/docs/setup/production-environment/container-runtimes/#cgroup-drivers);
+    # the bed keeps cgroupfs, which needs no systemd, and its own tree $CGROUP_ROOT.
+    echo "# This machine: cgroup v2 (written from the docs, not yet run on a v2 host), swap on, cgroupfs."
+  fi
+}
+
+# cgroup v2 (written from the docs, not yet run here): the kubelet accepts its cgroupRoot
+# only when every controller it uses that the kernel has is enabled in it, i.e. in the
+# parent's cgroup.subtree_control (cgroupV2impl.Validate in
+# pkg/kubelet/cm/cgroup_v2_manager_linux.go; the kernel's rules:
+# https://docs.kernel.org/admin-guide/cgroup-v2.html#enabling-and-disabling). Under the
+# root, which may hold processes and still enable controllers (ours is a direct child of
+# it), then in ours for the kubelet's kubepods (runc's libcontainer, fs2.CreateCgroupPath,
+# does the same along every path it makes). What the root had before is in
+# $NODE_HOSTSTATE (node_remember_host); make down puts it back.
+node_cgroup2_up() {
+  local want
+  want=$(cgroup2_controllers)
+  want="+${want% }"; want=${want// / +}
+  echo "$want" > /sys/fs/cgroup/cgroup.subtree_control \
+    || die "could not enable the controllers the kubelet uses ($want) in /sys/fs/cgroup/cgroup.subtree_control"
+  mkdir -p "/sys/fs/cgroup$CGROUP_ROOT"
+  echo "$want" > "/sys/fs/cgroup$CGROUP_ROOT/cgroup.subtree_control" \
+    || die "could not enable $want in /sys/fs/cgroup$CGROUP_ROOT/cgroup.subtree_control"
+  [[ ! -d /run/systemd/system ]] \
+    || log "cgroup v2 under systemd: the node uses the cgroupfs driver in its own $CGROUP_ROOT, beside systemd's tree (untested)"
+}
+
 node_cgroups_up() {
+  if [[ "$(cgroup_version)" == 2 ]]; then node_cgroup2_up; return; fi
   local h
   for h in $(cgroup_hierarchies); do
     mkdir -p "$h$CGROUP_ROOT"
@@ -315,7 +492,7 @@ node_up() { # PKI API_URL IMAGE_ARCHIVE...
 
 # Waits until the node is Ready and kube-proxy has programmed the kubernetes Service.
 node_registered() { "$(k8s_bin_dir)/kubectl" --kubeconfig "$LOCAL/kubeconfig" get node "$NODE_NAME"; }
-service_programmed() { in_node iptables -t nat -S KUBE-SERVICES | grep -q -- "-d ${SERVICE_CIDR%.0/*}.1/32"; }
+service_programmed() { in_node iptables -t nat -S KUBE-SERVICES | grep -q -- "-d $KUBERNETES_SERVICE_IP/32"; }
 node_wait_ready() {
   local kbin; kbin=$(k8s_bin_dir)
   wait_until 90 "the node to register" node_registered \
@@ -336,6 +513,9 @@ node_remember_host() {
   for d in /run/netns /var/log/containers /var/lib/cni /var/lib/kubelet; do
     if [[ -d "$d" ]]; then echo "$d $(stat -c %a "$d")" >> "$NODE_HOSTSTATE"; else echo "$d absent" >> "$NODE_HOSTSTATE"; fi
   done
+  if [[ "$(cgroup_version)" == 2 ]]; then
+    echo "cgroup2_subtree_control $(cat /sys/fs/cgroup/cgroup.subtree_control)" >> "$NODE_HOSTSTATE"
+  fi
 }
 
 # ---------------------------------------------------------------- teardown
@@ -375,6 +555,8 @@ node_down() {
   #    rules with it; the host keeps nothing of ours.
   ip netns delete "$NODE_NETNS" 2>/dev/null || true
   ip link delete "$HOST_VETH" 2>/dev/null || true
+  ip route delete unreachable "$BED_NET.0/24" 2>/dev/null || true     # node_network_off's
+  ip route delete unreachable "$SERVICE_CIDR" 2>/dev/null || true
   nft delete table inet "$NFT_TABLE" 2>/dev/null || true
   # 6. Cgroups: ours, deepest first (the kubelet's kubepods/... under our root).
   local h
@@ -422,7 +604,9 @@ node_restore_host() {
   # The kubelet's device-plugin socket (no device plugins run here).
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   while read -r d state; do
-    if [[ "$d" != /* ]]; then
+    if [[ "$d" == cgroup2_subtree_control ]]; then
+      node_restore_cgroup2 "$state"
+    elif [[ "$d" != /* ]]; then
       continue
     elif [[ "$state" == absent ]]; then
       [[ -d "$d" ]] || continue
@@ -435,4 +619,16 @@ node_restore_host() {
     fi
   done < "$NODE_HOSTSTATE"
   rm -f "$NODE_HOSTSTATE"
+}
+
+# node_restore_cgroup2 "CONTROLLERS": disables in the root's cgroup.subtree_control what
+# was enabled since make up (by node_cgroup2_up, the kubelet, runc), our cgroups gone.
+node_restore_cgroup2() {
+  local before=" $1 " c now
+  read -r -a now < /sys/fs/cgroup/cgroup.subtree_control || true
+  for c in "${now[@]}"; do
+    [[ "$before" == *" $c "* ]] && continue
+    echo "-$c" 2>/dev/null > /sys/fs/cgroup/cgroup.subtree_control \
+      || log "could not disable the $c controller in /sys/fs/cgroup/cgroup.subtree_control again (a cgroup of another uses it now)"
+  done
 }

@@ -15,6 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ -f "$LOCAL/env" ]] || die "no test bed is running: make up"
 # shellcheck disable=SC1091
 source "$LOCAL/env"
+[[ "${CUC_NODE:-on}" == on ]] || die "the test bed has no node, so no pod to measure in ($CUC_NODE_REASON)"
 pods=${1:-10}
 rounds=${2:-6}
 ns="propagation-$(date +%s)"

@@ -7,6 +7,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$ROOT/testbed/node.sh"
 [[ -f "$LOCAL/env" ]] || die "no test bed is running: make up"
+! grep -q '^export CUC_NODE="off"' "$LOCAL/env" || die "the test bed has no node: $(grep -o 'CUC_NODE_REASON=.*' "$LOCAL/env")"
 part=${1:?kubelet or containerd}
 alive "$part" || die "$part is not running"
 stop "$part"
