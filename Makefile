@@ -67,7 +67,7 @@ image-multiarch: ## The amd64 image, the arm64 one cross-built with zig and run 
 	testbed/image.sh
 	testbed/image-arm64.sh
 
-reproducible: ## Build the image's binary again from another path, cold, and compare hashes (ARCH=amd64|arm64)
+reproducible: ## Build the image's binary again from another path and target dir, and compare hashes (ARCH=amd64|arm64; REPRODUCIBLE_COLD=1: from scratch)
 	testbed/reproducible.sh $${ARCH:-amd64}
 
 sbom: ## CycloneDX SBOM of the crates in the image's binary, into .local/images/ (ARCH=amd64|arm64)
