@@ -131,7 +131,11 @@ pub struct CognitoUnauthCredentialSpec {
     pub role_session_name: Option<String>,
 
     /// Flow Enhanced only: IAM role ARN to request instead of the pool's default guest
-    /// role (CustomRoleArn of GetCredentialsForIdentity).
+    /// role (CustomRoleArn of GetCredentialsForIdentity). Unverified against AWS: AWS
+    /// documents CustomRoleArn for choosing among the roles an identity provider's token
+    /// carries, and a guest identity has no token, so Cognito may refuse it
+    /// (InvalidParameter) or ignore it. The test bed's emulator accepts any role here and
+    /// signs as it; only that is tested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 20, max = 2048),

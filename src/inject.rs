@@ -1,8 +1,8 @@
 //! Injection into pods by annotation: what a pod asks for, and the pod it becomes.
 //!
 //! Pure: the admission webhook ([`crate::webhook`]) reads the pod, its ServiceAccount's
-//! annotation and the named `CognitoUnauthCredential`, and calls [`requested`] then
-//! [`inject`]. The pod is handled as JSON, not as a typed `Pod`: a field this build does not
+//! annotation and the named `CognitoUnauthCredential`, and calls [`requested`], then
+//! [`Target::issued`] (only a Secret the controller wrote is mounted), then [`inject`]. The pod is handled as JSON, not as a typed `Pod`: a field this build does not
 //! know (a newer API server's) is never dropped, and the patch is the difference between
 //! the pod as submitted and as returned, so a pod that already has everything gets no patch.
 
@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::crd::{CognitoUnauthCredentialSpec, DEFAULT_MOUNT_PATH};
+use crate::crd::CognitoUnauthCredential;
 use crate::secret::{KEY_CONFIG_FILE, KEY_CREDENTIAL_PROCESS};
+use crate::status::{ready_of, reason};
 
 /// On a pod: the name of the `CognitoUnauthCredential` (in the pod's namespace) to inject.
 pub const ANN_INJECT: &str = "cognito.kubecred.io/inject";
@@ -30,6 +31,14 @@ pub const SIDECAR: &str = "cognito-credentials";
 pub const SIDECAR_ADDRESS: &str = "127.0.0.1:9911";
 /// The path the sidecar serves them on.
 pub const SIDECAR_PATH: &str = "/credentials";
+/// The in-memory volume where the sidecar writes the pod's random token, mounted
+/// (read-only) only in the containers the credentials are for.
+pub const TOKEN_VOLUME: &str = "cognito-credentials-token";
+/// Where that volume is mounted.
+pub const TOKEN_DIR: &str = "/var/run/secrets/cognito-credentials-token";
+/// The token file: the SDKs send its content as the Authorization header
+/// (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`); the sidecar answers nothing else.
+pub const TOKEN_FILE: &str = "/var/run/secrets/cognito-credentials-token/token";
 
 /// How the credentials reach the containers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,33 +81,60 @@ pub struct Ask {
     pub mode: Mode,
 }
 
-/// The named resource as the webhook found it.
+/// The named resource as the webhook found it: what the pod mounts and sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub secret_name: String,
     pub mount_path: String,
-    /// `None` when the resource does not exist yet (no region to set).
-    pub region: Option<String>,
-    pub exists: bool,
+    pub region: String,
 }
 
 impl Target {
-    /// From the resource named `name`, or the defaults when it does not exist.
-    pub fn new(name: &str, spec: Option<&CognitoUnauthCredentialSpec>) -> Self {
-        match spec {
-            Some(s) => Self {
-                secret_name: s.secret_name.clone().unwrap_or_else(|| name.to_string()),
-                mount_path: s.mount_path().to_string(),
-                region: Some(s.region().to_string()),
-                exists: true,
-            },
-            None => Self {
-                secret_name: name.to_string(),
-                mount_path: DEFAULT_MOUNT_PATH.to_string(),
-                region: None,
-                exists: false,
-            },
+    /// The resource `namespace/name` when the controller has issued its Secret, or a
+    /// refusal that says what to fix. Issued: the status names the Secret that
+    /// `spec.secretName` names now, credentials were written to it (`lastRotationTime`),
+    /// and `Ready` does not say `SecretConflict` (a Secret under that name that the
+    /// controller does not own: it could hold anything, such as a `credential_process`
+    /// command that every injected container would run).
+    pub fn issued(
+        namespace: &str,
+        name: &str,
+        cuc: Option<&CognitoUnauthCredential>,
+    ) -> Result<Self, Refusal> {
+        let Some(cuc) = cuc else {
+            return Err(Refusal(format!(
+                "no CognitoUnauthCredential {namespace}/{name}: create it (or fix the name); the pod is admitted once its Secret is written"
+            )));
+        };
+        let spec = &cuc.spec;
+        let secret_name = spec.secret_name.clone().unwrap_or_else(|| name.to_string());
+        let status = cuc.status.as_ref();
+        let ready = status.and_then(ready_of);
+        let said = || {
+            ready.map_or_else(
+                || "no status yet".to_string(),
+                |c| format!("Ready {}: {}: {}", c.status, c.reason, c.message),
+            )
+        };
+        if ready.is_some_and(|c| c.reason == reason::SECRET_CONFLICT) {
+            return Err(Refusal(format!(
+                "CognitoUnauthCredential {namespace}/{name}: the Secret {namespace}/{secret_name} is not the controller's (SecretConflict), and the webhook mounts only a Secret the controller wrote: delete that Secret or set spec.secretName to a free name"
+            )));
         }
+        let written = status.is_some_and(|s| {
+            s.secret_name.as_deref() == Some(secret_name.as_str()) && s.last_rotation_time.is_some()
+        });
+        if !written {
+            return Err(Refusal(format!(
+                "CognitoUnauthCredential {namespace}/{name} has not written its Secret {secret_name} yet ({}); the pod is admitted once it has (a Deployment's ReplicaSet retries on its own; see kubectl describe cognitounauthcredential {name})",
+                said()
+            )));
+        }
+        Ok(Self {
+            secret_name,
+            mount_path: spec.mount_path().to_string(),
+            region: spec.region().to_string(),
+        })
     }
 }
 
@@ -221,19 +257,12 @@ pub fn container_names(pod: &Value) -> Vec<String> {
 /// comes back equal. A container's own value of an injected variable wins (with a warning).
 pub fn inject(
     pod: &Value,
-    namespace: &str,
     ask: &Ask,
     target: &Target,
     sidecar: &SidecarImage,
 ) -> Result<Injected, Refusal> {
     let mut pod = pod.clone();
     let mut warnings = Vec::new();
-    if !target.exists {
-        warnings.push(format!(
-            "CognitoUnauthCredential {namespace}/{} does not exist yet: the pod waits for its Secret {} (the default name and mountPath {} assumed; no AWS_REGION set)",
-            ask.name, target.secret_name, target.mount_path
-        ));
-    }
     add_volume(&mut pod, target)?;
     let env = match ask.mode {
         Mode::CredentialProcess => {
@@ -248,11 +277,25 @@ pub fn inject(
             env
         }
         Mode::ContainerCredentials => {
+            // On the node's network namespace, the sidecar's loopback port would be every
+            // host-network process's to read.
+            if pod["spec"]["hostNetwork"] == true {
+                return Err(Refusal(format!(
+                    "annotation {ANN_MODE}: container-credentials serves the credentials on the pod's loopback, which for a hostNetwork pod is the node's: use credential-process (the default) for this pod"
+                )));
+            }
+            add_token_volume(&mut pod)?;
             add_sidecar(&mut pod, target, sidecar)?;
-            let mut env = vec![(
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                format!("http://{SIDECAR_ADDRESS}{SIDECAR_PATH}"),
-            )];
+            let mut env = vec![
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    format!("http://{SIDECAR_ADDRESS}{SIDECAR_PATH}"),
+                ),
+                (
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                    TOKEN_FILE.to_string(),
+                ),
+            ];
             region_env(&mut env, target);
             env
         }
@@ -271,8 +314,9 @@ pub fn inject(
             {
                 continue;
             }
-            if ask.mode == Mode::CredentialProcess {
-                add_mount(c, &name, target)?;
+            match ask.mode {
+                Mode::CredentialProcess => add_mount(c, &name, target)?,
+                Mode::ContainerCredentials => add_token_mount(c, &name, false)?,
             }
             for (var, value) in &env {
                 set_env(c, &name, var, value, &mut warnings);
@@ -294,10 +338,8 @@ pub fn inject(
 }
 
 fn region_env(env: &mut Vec<(&'static str, String)>, target: &Target) {
-    if let Some(r) = &target.region {
-        env.push(("AWS_REGION", r.clone()));
-        env.push(("AWS_DEFAULT_REGION", r.clone()));
-    }
+    env.push(("AWS_REGION", target.region.clone()));
+    env.push(("AWS_DEFAULT_REGION", target.region.clone()));
 }
 
 fn add_volume(pod: &mut Value, target: &Target) -> Result<(), Refusal> {
@@ -338,6 +380,43 @@ fn add_mount(c: &mut Value, name: &str, target: &Target) -> Result<(), Refusal> 
     }
 }
 
+/// The token's volume: in memory, a few bytes.
+fn add_token_volume(pod: &mut Value) -> Result<(), Refusal> {
+    let volumes = array_at(&mut pod["spec"], "volumes");
+    if let Some(v) = volumes.iter().find(|v| v["name"] == TOKEN_VOLUME) {
+        return if v["emptyDir"]["medium"] == "Memory" {
+            Ok(())
+        } else {
+            Err(Refusal(format!(
+                "the pod already has a volume named {TOKEN_VOLUME}: rename that volume"
+            )))
+        };
+    }
+    volumes.push(json!({
+        "name": TOKEN_VOLUME,
+        "emptyDir": {"medium": "Memory", "sizeLimit": "64Ki"},
+    }));
+    Ok(())
+}
+
+/// The token's mount: read-only in the containers the credentials are for, writable in
+/// the sidecar (which writes it).
+fn add_token_mount(c: &mut Value, name: &str, writable: bool) -> Result<(), Refusal> {
+    let mounts = array_at(c, "volumeMounts");
+    match mounts.iter().find(|m| m["mountPath"] == TOKEN_DIR) {
+        Some(m) if m["name"] == TOKEN_VOLUME => Ok(()),
+        Some(m) => Err(Refusal(format!(
+            "container {name} already mounts volume {} at {TOKEN_DIR}, where inject-mode container-credentials mounts its token: remove that mount",
+            m["name"].as_str().unwrap_or("?")
+        ))),
+        None => {
+            mounts
+                .push(json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": !writable}));
+            Ok(())
+        }
+    }
+}
+
 fn is_our_sidecar(c: &Value) -> bool {
     c["args"][0] == "serve-credentials"
 }
@@ -361,7 +440,7 @@ fn add_sidecar(pod: &mut Value, target: &Target, image: &SidecarImage) -> Result
             "image": image.image,
             "imagePullPolicy": image.pull_policy,
             "restartPolicy": "Always",
-            "args": ["serve-credentials", "--file", file, "--address", SIDECAR_ADDRESS],
+            "args": ["serve-credentials", "--file", file, "--address", SIDECAR_ADDRESS, "--token-file", TOKEN_FILE],
             // Started means serving: the app containers start after it (exec: no shell needed).
             "startupProbe": {
                 "exec": {"command": ["/cognito-unauth-controller", "serve-credentials", "--probe", "--address", SIDECAR_ADDRESS]},
@@ -376,7 +455,10 @@ fn add_sidecar(pod: &mut Value, target: &Target, image: &SidecarImage) -> Result
                 "capabilities": {"drop": ["ALL"]},
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "volumeMounts": [{"name": VOLUME, "mountPath": target.mount_path, "readOnly": true}],
+            "volumeMounts": [
+                {"name": VOLUME, "mountPath": target.mount_path, "readOnly": true},
+                {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR},
+            ],
         }),
     );
     Ok(())
@@ -411,6 +493,9 @@ fn array_at<'a>(obj: &'a mut Value, key: &str) -> &'a mut Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::{CognitoUnauthCredentialSpec, CognitoUnauthCredentialStatus};
+    use crate::status;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -438,14 +523,39 @@ mod tests {
         })
     }
 
-    fn target(exists: bool) -> Target {
-        let spec = CognitoUnauthCredentialSpec {
-            identity_pool_id: "us-east-1:0a1b2c3d-1111-2222-3333-444455556666".into(),
+    /// The resource `app`, its Secret `app-aws` written by the controller (Ready True).
+    fn issued() -> CognitoUnauthCredential {
+        let mut cuc = CognitoUnauthCredential::new(
+            "app",
+            CognitoUnauthCredentialSpec {
+                identity_pool_id: "us-east-1:0a1b2c3d-1111-2222-3333-444455556666".into(),
+                secret_name: Some("app-aws".into()),
+                mount_path: Some("/var/run/secrets/aws".into()),
+                ..Default::default()
+            },
+        );
+        cuc.status = Some(CognitoUnauthCredentialStatus {
             secret_name: Some("app-aws".into()),
-            mount_path: Some("/var/run/secrets/aws".into()),
+            last_rotation_time: Some(status::time(jiff::Timestamp::UNIX_EPOCH)),
+            conditions: vec![condition("True", reason::CREDENTIALS_ISSUED)],
             ..Default::default()
-        };
-        Target::new("app", exists.then_some(&spec))
+        });
+        cuc
+    }
+
+    fn condition(status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: status::READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "m".into(),
+            last_transition_time: status::time(jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        }
+    }
+
+    fn target() -> Target {
+        Target::issued("ns", "app", Some(&issued())).unwrap()
     }
 
     fn image() -> SidecarImage {
@@ -527,9 +637,8 @@ mod tests {
     fn credential_process_mode_adds_volume_mounts_and_env_and_keeps_the_users_values() {
         let out = inject(
             &pod(),
-            "ns",
             &ask(None, Mode::CredentialProcess),
-            &target(true),
+            &target(),
             &image(),
         )
         .unwrap();
@@ -569,12 +678,12 @@ mod tests {
     #[test]
     fn injecting_twice_changes_nothing() {
         let a = ask(None, Mode::CredentialProcess);
-        let once = inject(&pod(), "ns", &a, &target(true), &image()).unwrap();
-        let twice = inject(&once.pod, "ns", &a, &target(true), &image()).unwrap();
+        let once = inject(&pod(), &a, &target(), &image()).unwrap();
+        let twice = inject(&once.pod, &a, &target(), &image()).unwrap();
         assert_eq!(once.pod, twice.pod);
         let c = ask(None, Mode::ContainerCredentials);
-        let once = inject(&pod(), "ns", &c, &target(true), &image()).unwrap();
-        let twice = inject(&once.pod, "ns", &c, &target(true), &image()).unwrap();
+        let once = inject(&pod(), &c, &target(), &image()).unwrap();
+        let twice = inject(&once.pod, &c, &target(), &image()).unwrap();
         assert_eq!(once.pod, twice.pod);
     }
 
@@ -582,9 +691,8 @@ mod tests {
     fn only_the_listed_containers_are_injected() {
         let out = inject(
             &pod(),
-            "ns",
             &ask(Some(&["side"]), Mode::CredentialProcess),
-            &target(true),
+            &target(),
             &image(),
         )
         .unwrap();
@@ -599,9 +707,8 @@ mod tests {
     fn container_credentials_mode_adds_a_native_sidecar_first_and_no_config_file() {
         let out = inject(
             &pod(),
-            "ns",
             &ask(None, Mode::ContainerCredentials),
-            &target(true),
+            &target(),
             &image(),
         )
         .unwrap();
@@ -617,8 +724,14 @@ mod tests {
                 "--file",
                 "/var/run/secrets/aws/credential-process.json",
                 "--address",
-                SIDECAR_ADDRESS
+                SIDECAR_ADDRESS,
+                "--token-file",
+                TOKEN_FILE
             ])
+        );
+        assert_eq!(
+            side["volumeMounts"][1],
+            json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR})
         );
         assert_eq!(spec["initContainers"][1]["name"], "init");
         let app = &spec["containers"][1];
@@ -626,33 +739,103 @@ mod tests {
             env_value(app, "AWS_CONTAINER_CREDENTIALS_FULL_URI").unwrap()["value"],
             "http://127.0.0.1:9911/credentials"
         );
-        assert!(env_value(app, "AWS_CONFIG_FILE").is_none());
-        assert!(
-            app["volumeMounts"].is_null(),
-            "only the sidecar mounts the Secret"
+        assert_eq!(
+            env_value(app, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").unwrap()["value"],
+            TOKEN_FILE
         );
+        assert!(env_value(app, "AWS_CONFIG_FILE").is_none());
+        assert_eq!(
+            app["volumeMounts"],
+            json!([{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}]),
+            "only the sidecar mounts the Secret; the app gets the token, read-only"
+        );
+        assert!(spec["volumes"].as_array().unwrap().contains(
+            &json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "64Ki"}})
+        ));
     }
 
     #[test]
-    fn a_missing_resource_injects_the_defaults_with_a_warning() {
+    fn only_the_listed_containers_get_the_sidecars_token() {
         let out = inject(
             &pod(),
-            "ns",
-            &ask(None, Mode::CredentialProcess),
-            &target(false),
+            &ask(Some(&["side"]), Mode::ContainerCredentials),
+            &target(),
             &image(),
         )
         .unwrap();
-        assert_eq!(out.pod["spec"]["volumes"][0]["secret"]["secretName"], "app");
+        let spec = &out.pod["spec"];
+        let (app, side) = (&spec["containers"][0], &spec["containers"][1]);
+        assert!(app["volumeMounts"].is_null(), "{app}");
+        assert!(env_value(app, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_none());
+        assert_eq!(side["volumeMounts"][0]["name"], TOKEN_VOLUME);
+    }
+
+    #[test]
+    fn container_credentials_on_a_host_network_pod_is_refused() {
+        let mut p = pod();
+        p["spec"]["hostNetwork"] = json!(true);
+        let e = inject(
+            &p,
+            &ask(None, Mode::ContainerCredentials),
+            &target(),
+            &image(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("hostNetwork pod"), "{e}");
+        // The default mode is fine there: nothing listens.
+        assert!(inject(&p, &ask(None, Mode::CredentialProcess), &target(), &image()).is_ok());
+    }
+
+    #[test]
+    fn only_a_secret_the_controller_wrote_is_injected_else_a_refusal_says_what_to_fix() {
+        let ok = Target::issued("ns", "app", Some(&issued())).unwrap();
         assert_eq!(
-            out.pod["spec"]["containers"][1]["volumeMounts"][0]["mountPath"],
-            DEFAULT_MOUNT_PATH
+            ok,
+            Target {
+                secret_name: "app-aws".into(),
+                mount_path: "/var/run/secrets/aws".into(),
+                region: "us-east-1".into(),
+            }
         );
-        assert!(env_value(&out.pod["spec"]["containers"][1], "AWS_REGION").is_none());
+        // Ready False for a reason that keeps the Secret (throttled): still the
+        // controller's Secret, still injected.
+        let mut throttled = issued();
+        throttled.status.as_mut().unwrap().conditions = vec![condition("False", reason::THROTTLED)];
+        assert!(Target::issued("ns", "app", Some(&throttled)).is_ok());
+
+        let refused =
+            |cuc: Option<&CognitoUnauthCredential>| Target::issued("ns", "app", cuc).unwrap_err().0;
+        assert!(refused(None).contains("no CognitoUnauthCredential ns/app: create it"));
+        let mut fresh = issued();
+        fresh.status = None;
         assert!(
-            out.warnings[0].contains("ns/app does not exist yet"),
-            "{:?}",
-            out.warnings
+            refused(Some(&fresh))
+                .contains("has not written its Secret app-aws yet (no status yet)"),
+            "{}",
+            refused(Some(&fresh))
+        );
+        // secretName changed, the new Secret not written yet.
+        let mut renamed = issued();
+        renamed.spec.secret_name = Some("other".into());
+        assert!(refused(Some(&renamed)).contains("has not written its Secret other yet"));
+        // Status says the name, nothing written yet.
+        let mut pending = issued();
+        let st = pending.status.as_mut().unwrap();
+        st.last_rotation_time = None;
+        st.conditions = vec![condition("False", reason::PENDING)];
+        assert!(refused(Some(&pending)).contains("(Ready False: Pending: m)"));
+        // A Secret under that name that is not the controller's.
+        let mut conflict = issued();
+        conflict.status.as_mut().unwrap().conditions =
+            vec![condition("False", reason::SECRET_CONFLICT)];
+        let why = refused(Some(&conflict));
+        assert!(
+            why.contains("ns/app-aws is not the controller's (SecretConflict)"),
+            "{why}"
+        );
+        assert!(
+            why.contains("delete that Secret or set spec.secretName"),
+            "{why}"
         );
     }
 
@@ -661,12 +844,12 @@ mod tests {
         let a = ask(None, Mode::CredentialProcess);
         let mut p = pod();
         p["spec"]["volumes"] = json!([{"name": VOLUME, "emptyDir": {}}]);
-        let e = inject(&p, "ns", &a, &target(true), &image()).unwrap_err();
+        let e = inject(&p, &a, &target(), &image()).unwrap_err();
         assert!(e.0.contains("already has a volume named"), "{e}");
         let mut p = pod();
         p["spec"]["containers"][0]["volumeMounts"] =
             json!([{"name": "data", "mountPath": "/var/run/secrets/aws"}]);
-        let e = inject(&p, "ns", &a, &target(true), &image()).unwrap_err();
+        let e = inject(&p, &a, &target(), &image()).unwrap_err();
         assert!(
             e.0.contains("container app already mounts volume data"),
             "{e}"
@@ -674,7 +857,7 @@ mod tests {
         let mut p = pod();
         p["spec"]["initContainers"] = json!([{"name": SIDECAR, "image": "x"}]);
         let c = ask(None, Mode::ContainerCredentials);
-        let e = inject(&p, "ns", &c, &target(true), &image()).unwrap_err();
+        let e = inject(&p, &c, &target(), &image()).unwrap_err();
         assert!(e.0.contains("already has a container named"), "{e}");
     }
 
@@ -684,9 +867,8 @@ mod tests {
         p["spec"]["containers"][1]["env"] = json!([{"name": "AWS_ACCESS_KEY_ID", "value": "x"}]);
         let out = inject(
             &p,
-            "ns",
             &ask(Some(&["side"]), Mode::CredentialProcess),
-            &target(true),
+            &target(),
             &image(),
         )
         .unwrap();

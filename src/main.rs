@@ -119,12 +119,10 @@ struct WebhookArgs {
     /// The Secret that holds the serving certificate.
     #[arg(long, env = "WEBHOOK_TLS_SECRET")]
     tls_secret: String,
-    /// The MutatingWebhookConfiguration whose caBundle and match condition it keeps.
+    /// The MutatingWebhookConfiguration whose webhooks' caBundle it keeps (the chart owns
+    /// every other field of it).
     #[arg(long, env = "WEBHOOK_CONFIGURATION")]
     configuration: String,
-    /// The webhook's name in that configuration.
-    #[arg(long, env = "WEBHOOK_NAME", default_value = "pods.cognito.kubecred.io")]
-    webhook_name: String,
     /// The certificate is made by someone else (cert-manager): only load it from the Secret.
     #[arg(long, env = "WEBHOOK_EXTERNAL_CERTIFICATE", default_value_t = false)]
     external_certificate: bool,
@@ -144,6 +142,10 @@ struct WebhookArgs {
         default_value = "IfNotPresent"
     )]
     sidecar_image_pull_policy: String,
+    /// After SIGTERM: seconds the webhook stays unready but still answers, while the
+    /// endpoints drop it (a rolling update or a drain refuses no admission).
+    #[arg(long, env = "WEBHOOK_DRAIN_SECONDS", default_value_t = 5, value_parser = flags::whole_u64)]
+    drain_seconds: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -157,6 +159,10 @@ struct ServeArgs {
     /// Exit 0 if a server answers at --address, 1 if not (the sidecar's startup probe).
     #[arg(long)]
     probe: bool,
+    /// Write a random token here first, and answer only requests whose Authorization
+    /// header is that token (the SDKs read it from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -278,7 +284,7 @@ async fn serve_credentials(s: ServeArgs) -> anyhow::Result<()> {
         .file
         .ok_or_else(|| anyhow::anyhow!("--file is required"))?;
     tokio::select! {
-        r = sidecar::serve(file, s.address) => r?,
+        r = sidecar::serve(file, s.address, s.token_file) => r?,
         () = shutdown_signal() => {}
     }
     Ok(())
@@ -293,7 +299,6 @@ async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Res
         service: w.service,
         tls_secret: w.tls_secret,
         configuration: w.configuration,
-        webhook: w.webhook_name,
         manage_certificate: !w.external_certificate,
         lifetimes: Lifetimes {
             ca_seconds: w.ca_lifetime_seconds,
@@ -304,25 +309,41 @@ async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Res
             pull_policy: w.sidecar_image_pull_policy,
         },
     };
-    let shutdown = CancellationToken::new();
+    // SIGTERM: the configurator stops and the replica turns unready at once; it answers
+    // admissions for drain_seconds more (the endpoints drop it meanwhile), then stops.
+    let configuring = CancellationToken::new();
+    let draining = configuring.clone();
+    let serving = CancellationToken::new();
     tokio::spawn({
-        let shutdown = shutdown.clone();
+        let (configuring, serving, health) = (configuring.clone(), serving.clone(), health.clone());
+        let drain = std::time::Duration::from_secs(w.drain_seconds);
         async move {
             shutdown_signal().await;
-            shutdown.cancel();
+            configuring.cancel();
+            health.set_ready(false);
+            info!(
+                seconds = drain.as_secs(),
+                "draining: unready, still answering admissions"
+            );
+            tokio::time::sleep(drain).await;
+            serving.cancel();
         }
     });
     let slot = Arc::new(CertSlot::default());
-    let annotated = webhook::Annotated::default();
+    let caches = webhook::Caches::start(&client, &serving);
     let configurator = Configurator::new(
         client.clone(),
         settings.clone(),
         slot.clone(),
-        annotated.clone(),
         metrics.clone(),
     );
-    tokio::spawn(webhook::configure(configurator, health, shutdown.clone()));
-    webhook::serve(client, &settings, slot, annotated, metrics, shutdown).await?;
+    tokio::spawn(webhook::configure(
+        configurator,
+        caches.clone(),
+        health,
+        configuring,
+    ));
+    webhook::serve(client, &settings, slot, caches, metrics, draining, serving).await?;
     info!("exiting");
     Ok(())
 }

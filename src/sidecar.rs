@@ -7,13 +7,21 @@
 //!
 //! The file is read at every request: nothing is cached, nothing is logged but errors
 //! (never the file's content).
+//!
+//! With `--token-file` (what the webhook sets), the sidecar first writes a random token
+//! there (an in-memory volume mounted, read-only, only in the containers the credentials
+//! are for) and answers only requests whose `Authorization` header is that token, as the
+//! SDKs send it from `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: 401 without the header,
+//! 403 with another value. Other containers of the pod, and anything the app can be made
+//! to fetch from the loopback (an SSRF), get no credentials.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -42,7 +50,57 @@ fn convert(process_json: &[u8]) -> Result<String, serde_json::Error> {
     }))
 }
 
-async fn credentials(State(file): State<PathBuf>) -> Response {
+/// What the handler needs: the file, and the token a request must carry (if any).
+#[derive(Clone)]
+struct Served {
+    file: PathBuf,
+    token: Option<Arc<str>>,
+}
+
+/// Whether `given` is `token`, in time that does not depend on where they differ.
+fn same_token(given: &[u8], token: &[u8]) -> bool {
+    given.len() == token.len() && given.iter().zip(token).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+/// A fresh token: 32 random bytes, hex.
+fn new_token() -> Result<String, std::io::Error> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| std::io::Error::other("no random bytes for the token"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a fresh token to `path` (readable by the containers that mount it, whatever
+/// their user: the mount is the boundary) and returns it.
+async fn write_token(path: &Path) -> Result<String, std::io::Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let token = new_token()?;
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, &token).await?;
+    tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444)).await?;
+    tokio::fs::rename(&tmp, path).await?;
+    Ok(token)
+}
+
+async fn credentials(State(served): State<Served>, headers: HeaderMap) -> Response {
+    if let Some(token) = &served.token {
+        match headers.get(header::AUTHORIZATION) {
+            None => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    "the Authorization token is missing",
+                )
+                    .into_response();
+            }
+            Some(given) if !same_token(given.as_bytes(), token.as_bytes()) => {
+                return (StatusCode::FORBIDDEN, "wrong Authorization token").into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    let file = served.file;
     let bytes = match tokio::fs::read(&file).await {
         Ok(b) => b,
         Err(e) => {
@@ -63,14 +121,28 @@ async fn credentials(State(file): State<PathBuf>) -> Response {
     }
 }
 
-/// Serves `GET /credentials` (and `/healthz`) on `address` until the process ends.
-pub async fn serve(file: PathBuf, address: SocketAddr) -> std::io::Result<()> {
+/// Serves `GET /credentials` (and `/healthz`) on `address` until the process ends; with
+/// `token_file`, writes a fresh token there first and answers only requests that carry it.
+pub async fn serve(
+    file: PathBuf,
+    address: SocketAddr,
+    token_file: Option<PathBuf>,
+) -> std::io::Result<()> {
+    let token = match &token_file {
+        Some(path) => Some(Arc::from(write_token(path).await?)),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(address = %address, file = %file.display(), "serving container credentials");
+    tracing::info!(
+        address = %address,
+        file = %file.display(),
+        token = token.is_some(),
+        "serving container credentials"
+    );
     let app = Router::new()
         .route(SIDECAR_PATH, get(credentials))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(file);
+        .with_state(Served { file, token });
     axum::serve(listener, app).await
 }
 
@@ -96,6 +168,21 @@ pub async fn probe(address: SocketAddr) -> bool {
 mod tests {
     use super::*;
 
+    /// The sidecar on a free loopback port, once its probe sees it.
+    async fn started(file: PathBuf, token_file: Option<PathBuf>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        tokio::spawn(serve(file, addr, token_file));
+        for _ in 0..100 {
+            if probe(addr).await {
+                return addr;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the probe never saw the server");
+    }
+
     #[test]
     fn the_process_document_becomes_the_container_one() {
         let process = br#"{"Version":1,"AccessKeyId":"AK","SecretAccessKey":"SK","SessionToken":"ST","Expiration":"2026-11-27T20:00:00Z"}"#;
@@ -113,19 +200,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cuc-sidecar-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("credential-process.json");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        tokio::spawn(serve(file.clone(), addr));
-        let mut up = false;
-        for _ in 0..100 {
-            if probe(addr).await {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(up, "the probe never saw the server");
+        let addr = started(file.clone(), None).await;
         let url = format!("http://{addr}{SIDECAR_PATH}");
         let r = reqwest::get(&url).await.unwrap();
         assert_eq!(r.status(), 503, "no file yet");
@@ -139,5 +214,56 @@ mod tests {
             assert_eq!(v["AccessKeyId"], key);
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_a_token_file_only_requests_that_carry_the_token_are_answered() {
+        let dir = std::env::temp_dir().join(format!("cuc-sidecar-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("credential-process.json");
+        std::fs::write(
+            &file,
+            r#"{"Version":1,"AccessKeyId":"AK","SecretAccessKey":"s","SessionToken":"t","Expiration":"2026-11-27T20:00:00Z"}"#,
+        )
+        .unwrap();
+        let token_file = dir.join("token");
+        let addr = started(file, Some(token_file.clone())).await;
+        let token = std::fs::read_to_string(&token_file).unwrap();
+        assert_eq!(token.len(), 64, "32 random bytes, hex");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        let url = format!("http://{addr}{SIDECAR_PATH}");
+        let http = reqwest::Client::new();
+        let none = http.get(&url).send().await.unwrap();
+        assert_eq!(none.status(), 401);
+        assert!(!none.text().await.unwrap().contains("AK"));
+        let wrong = http
+            .get(&url)
+            .header("Authorization", "0".repeat(64))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 403);
+        let right = http
+            .get(&url)
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200);
+        let v: serde_json::Value = right.json().await.unwrap();
+        assert_eq!(v["AccessKeyId"], "AK");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_compare_whole_and_are_fresh_each_time() {
+        assert!(same_token(b"abc", b"abc"));
+        assert!(!same_token(b"abc", b"abd"));
+        assert!(!same_token(b"ab", b"abc"));
+        assert_ne!(new_token().unwrap(), new_token().unwrap());
     }
 }

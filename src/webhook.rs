@@ -6,12 +6,16 @@
 //!   the named `CognitoUnauthCredential` read from the API server, the pod it becomes
 //!   ([`inject::inject`]) as a JSON patch, warnings, or a refusal that says what to fix.
 //! - [`Configurator`]: the serving certificate ([`crate::certs`]) in its Secret, loaded into
-//!   the TLS server, and the MutatingWebhookConfiguration's `caBundle` and
-//!   `matchConditions`: the API server calls the webhook only for pods with the annotation
-//!   or whose ServiceAccount has one, so no other pod waits on it or fails with it.
+//!   the TLS server, and the `caBundle` of every webhook in its MutatingWebhookConfiguration:
+//!   the one field of that object it writes. The chart owns all the rest (rules, selectors,
+//!   match conditions, failure policy, client config), and a ValidatingAdmissionPolicy in
+//!   the chart refuses any other change by the webhook's ServiceAccount.
+//! - [`track_accounts`]: which ServiceAccounts carry `cognito.kubecred.io/credential`, from a
+//!   metadata-only watch: in a namespace labelled `cognito.kubecred.io/inject: enabled` the
+//!   API server calls the webhook for every pod, and this cache says which ones to inject.
 //! - [`serve`]: the HTTPS server.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -27,7 +31,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -45,13 +49,15 @@ use crate::metrics::Metrics;
 
 /// Field manager of what the webhook writes.
 const MANAGER: &str = "cognito-unauth-webhook";
-/// The name of the one match condition the webhook keeps.
-pub const MATCH_CONDITION: &str = "asks-for-cognito-credentials";
 /// The configuration is checked at least this often (a caBundle reset by hand, a missed event).
 const RECHECK: Duration = Duration::from_secs(60);
-/// An API call from the admission path gives up after this long (the API server's own
-/// timeout for the webhook is longer).
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
+/// What an admission may spend on API calls (a cache miss), all of them together: well
+/// inside the API server's timeout for the webhook (the chart's 5 s).
+const LOOKUP_BUDGET: Duration = Duration::from_secs(3);
+/// TLS handshakes in progress at once; more wait in the listen backlog.
+const MAX_HANDSHAKES: usize = 64;
+/// A handshake not done in this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -94,9 +100,8 @@ pub struct Settings {
     pub service: String,
     /// The Secret holding the serving certificate.
     pub tls_secret: String,
-    /// The MutatingWebhookConfiguration and the webhook in it.
+    /// The MutatingWebhookConfiguration whose webhooks' `caBundle` it keeps.
     pub configuration: String,
-    pub webhook: String,
     /// Make and renew the certificate and publish its CA (false: cert-manager does both,
     /// the webhook only loads the Secret).
     pub manage_certificate: bool,
@@ -149,28 +154,54 @@ impl CertSlot {
 /// ServiceAccounts with the annotation: "namespace/name" → the credential's name.
 pub type Annotated = Arc<RwLock<BTreeMap<String, String>>>;
 
-/// The CEL match condition: the pod has the annotation, or runs as one of `accounts`
-/// ("namespace/name"). Names are DNS labels and subdomains: no quoting is needed, and
-/// anything else is left out.
-pub fn match_expression(accounts: &BTreeSet<String>) -> String {
-    let pod = format!(
-        "(has(object.metadata.annotations) && '{ANN_INJECT}' in object.metadata.annotations)"
-    );
-    let listed: Vec<String> = accounts
-        .iter()
-        .filter(|a| {
-            a.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./".contains(&b))
-        })
-        .map(|a| format!("'{a}'"))
-        .collect();
-    if listed.is_empty() {
-        return pod;
+/// What the admission path reads instead of the API server: the annotated
+/// ServiceAccounts and the `CognitoUnauthCredential`s, each from a watch that backs off on
+/// errors. [`Caches::start`] runs both until shutdown.
+#[derive(Clone)]
+pub struct Caches {
+    pub accounts: Annotated,
+    pub credentials: reflector::Store<CognitoUnauthCredential>,
+    /// True once the ServiceAccounts have been listed.
+    accounts_synced: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Caches {
+    /// Starts both watches (cluster-wide) until `shutdown`.
+    pub fn start(client: &Client, shutdown: &CancellationToken) -> Self {
+        let accounts = Annotated::default();
+        let (synced_tx, accounts_synced) = tokio::sync::watch::channel(false);
+        let sas: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client.clone());
+        tokio::spawn(until(
+            shutdown.clone(),
+            track_accounts(sas, accounts.clone(), synced_tx),
+        ));
+        let (credentials, writer) = reflector::store();
+        let cucs: Api<CognitoUnauthCredential> = Api::all(client.clone());
+        tokio::spawn(until(
+            shutdown.clone(),
+            reflector(writer, watcher(cucs, watcher::Config::default()))
+                .default_backoff()
+                .for_each(|e| {
+                    if let Err(e) = e {
+                        warn!(error = %e, "watching CognitoUnauthCredentials");
+                    }
+                    std::future::ready(())
+                }),
+        ));
+        Self {
+            accounts,
+            credentials,
+            accounts_synced,
+        }
     }
-    format!(
-        "{pod} || (request.namespace + '/' + (has(object.spec.serviceAccountName) ? object.spec.serviceAccountName : 'default')) in [{}]",
-        listed.join(", ")
-    )
+
+    /// Returns once both caches hold a complete listing.
+    async fn synced(&self) {
+        let mut accounts = self.accounts_synced.clone();
+        // An Err means the tracker stopped (shutdown): nothing to wait for then.
+        let _ = accounts.wait_for(|s| *s).await;
+        let _ = self.credentials.wait_until_ready().await;
+    }
 }
 
 /// Keeps the certificate, the TLS server's copy of it, and the webhook configuration.
@@ -178,17 +209,16 @@ pub struct Configurator {
     client: Client,
     settings: Settings,
     slot: Arc<CertSlot>,
-    annotated: Annotated,
     metrics: Arc<Metrics>,
 }
 
-/// What the webhook configuration holds now for our webhook.
+/// What the webhook configuration holds now.
 #[derive(Debug, Default)]
 struct Observed {
     /// False while the configuration does not exist (not installed yet).
     exists: bool,
-    ca_bundle: Option<String>,
-    expression: Option<String>,
+    /// Each webhook's name and `caBundle`.
+    ca_bundles: Vec<(String, Option<String>)>,
     /// What we apply is conditional on it, so that a replica that read an older Secret
     /// can never put an older caBundle back over a newer one.
     version: Option<String>,
@@ -199,14 +229,12 @@ impl Configurator {
         client: Client,
         settings: Settings,
         slot: Arc<CertSlot>,
-        annotated: Annotated,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             client,
             settings,
             slot,
-            annotated,
             metrics,
         }
     }
@@ -228,23 +256,20 @@ impl Configurator {
         else {
             return Ok(Observed::default());
         };
-        let hook = mwc
-            .webhooks
-            .into_iter()
-            .flatten()
-            .find(|w| w.name == self.settings.webhook);
         Ok(Observed {
             exists: true,
-            ca_bundle: hook
-                .as_ref()
-                .and_then(|w| w.client_config.ca_bundle.clone())
-                .and_then(|b| String::from_utf8(b.0).ok()),
-            expression: hook
-                .and_then(|w| w.match_conditions)
+            ca_bundles: mwc
+                .webhooks
                 .into_iter()
                 .flatten()
-                .find(|c| c.name == MATCH_CONDITION)
-                .map(|c| c.expression),
+                .map(|w| {
+                    let bundle = w
+                        .client_config
+                        .ca_bundle
+                        .and_then(|b| String::from_utf8(b.0).ok());
+                    (w.name, bundle)
+                })
+                .collect(),
             version: mwc.metadata.resource_version,
         })
     }
@@ -271,12 +296,14 @@ impl Configurator {
                 self.publish(None, &observed).await?;
                 return Ok(next);
             }
+            // Published: every webhook trusts the newest CA.
             let is_published = |b: &Bundle| {
-                observed
-                    .ca_bundle
-                    .as_deref()
-                    .zip(b.cas.first())
-                    .is_some_and(|(p, ca)| certs::split_pem(p).contains(ca))
+                !observed.ca_bundles.is_empty()
+                    && observed.ca_bundles.iter().all(|(_, p)| {
+                        p.as_deref()
+                            .zip(b.cas.first())
+                            .is_some_and(|(p, ca)| certs::split_pem(p).contains(ca))
+                    })
             };
             let step = certs::next_step(
                 now,
@@ -406,36 +433,20 @@ impl Configurator {
         Ok(())
     }
 
-    /// Applies the caBundle (when we manage it) and the match condition where the
-    /// configuration differs from them; writes nothing when it holds them already.
+    /// Applies `ca_bundle` to every webhook of the configuration that does not hold it;
+    /// writes nothing when all do (or when the certificate is cert-manager's: its CA
+    /// injector writes the caBundle). The apply names only `caBundle`: the chart owns every
+    /// other field, and the webhook's field manager owns nothing else.
     async fn publish(
         &self,
         ca_bundle: Option<String>,
         observed: &Observed,
     ) -> Result<(), WebhookError> {
-        let accounts: BTreeSet<String> = crate::read(&self.annotated).keys().cloned().collect();
-        let expression = match_expression(&accounts);
-        let bundle_held = ca_bundle.is_none() || observed.ca_bundle == ca_bundle;
-        // Not installed (yet): nothing calls us; a watch event brings us back.
-        if !observed.exists
-            || (bundle_held && observed.expression.as_deref() == Some(expression.as_str()))
-        {
+        let Some(patch) =
+            ca_bundle.and_then(|b| ca_bundle_patch(&self.settings.configuration, observed, &b))
+        else {
             return Ok(());
-        }
-        let mut hook = json!({
-            "name": self.settings.webhook,
-            "matchConditions": [{"name": MATCH_CONDITION, "expression": expression}],
-        });
-        if let Some(b) = ca_bundle {
-            // ByteString serializes as base64, as the API wants caBundle.
-            hook["clientConfig"] = json!({"caBundle": k8s_openapi::ByteString(b.into_bytes())});
-        }
-        let patch = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": self.settings.configuration, "resourceVersion": observed.version},
-            "webhooks": [hook],
-        });
+        };
         self.configurations()
             .patch(
                 &self.settings.configuration,
@@ -447,34 +458,73 @@ impl Configurator {
     }
 }
 
-/// Runs the configurator until `shutdown`, woken by changes to its Secret, its
-/// configuration and annotated ServiceAccounts, and by its own schedule.
+/// The apply that puts `bundle` in every webhook of the configuration: `None` when each
+/// holds it already, or while the configuration does not exist (nothing calls us then; a
+/// watch event brings us back). It names `caBundle` and nothing else, conditional on the
+/// resourceVersion read, so a replica that read an older Secret never puts an older
+/// bundle back over a newer one.
+fn ca_bundle_patch(
+    configuration: &str,
+    observed: &Observed,
+    bundle: &str,
+) -> Option<serde_json::Value> {
+    if !observed.exists
+        || observed
+            .ca_bundles
+            .iter()
+            .all(|(_, b)| b.as_deref() == Some(bundle))
+    {
+        return None;
+    }
+    // ByteString serializes as base64, as the API wants caBundle.
+    let encoded = k8s_openapi::ByteString(bundle.as_bytes().to_vec());
+    let hooks: Vec<serde_json::Value> = observed
+        .ca_bundles
+        .iter()
+        .map(|(name, _)| json!({"name": name, "clientConfig": {"caBundle": encoded}}))
+        .collect();
+    Some(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": configuration, "resourceVersion": observed.version},
+        "webhooks": hooks,
+    }))
+}
+
+/// Runs the configurator until `shutdown`, woken by changes to its Secret and its
+/// configuration and by its own schedule. Every watch backs off on errors (a forbidden
+/// list or an API outage is not a hot loop) and stops at `shutdown`. The replica is ready
+/// once `caches` are synced and a serving certificate is loaded.
 pub async fn configure(
     mut configurator: Configurator,
+    caches: Caches,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     let client = configurator.client.clone();
     let settings = configurator.settings.clone();
     let wake = Arc::new(Notify::new());
-    let synced = Arc::new(Notify::new());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let sas: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client.clone());
     let by_name = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
-    tokio::spawn(watcher(secrets, by_name(&settings.tls_secret)).for_each(wake_on(wake.clone())));
-    // A change to the configuration (a helm upgrade resetting the match condition, a
-    // caBundle edited by hand) is applied over at once.
-    tokio::spawn(watcher(mwcs, by_name(&settings.configuration)).for_each(wake_on(wake.clone())));
-    tokio::spawn(track_accounts(
-        sas,
-        configurator.annotated.clone(),
-        wake.clone(),
-        synced.clone(),
+    tokio::spawn(until(
+        shutdown.clone(),
+        watcher(secrets, by_name(&settings.tls_secret))
+            .default_backoff()
+            .for_each(wake_on(wake.clone())),
     ));
-    // The first pass waits for the ServiceAccounts' first listing (the match condition).
+    // A caBundle reset (by hand, or by a tool that applies the chart's manifest with it)
+    // is put back at once.
+    tokio::spawn(until(
+        shutdown.clone(),
+        watcher(mwcs, by_name(&settings.configuration))
+            .default_backoff()
+            .for_each(wake_on(wake.clone())),
+    ));
+    // Ready (below) only once the caches are synced: before that, a pod in an opted-in
+    // namespace would be decided on an empty cache.
     tokio::select! {
-        () = synced.notified() => {}
+        () = caches.synced() => {}
         () = shutdown.cancelled() => return,
     }
     // A pass reads the Secret and the configuration (two GETs) and writes only what
@@ -488,7 +538,8 @@ pub async fn configure(
             let wait = match configurator.pass().await {
                 Ok(next) => {
                     failures = 0;
-                    health.set_ready(configurator.slot.is_loaded());
+                    // Once shutdown began, unready stays (the drain).
+                    health.set_ready(configurator.slot.is_loaded() && !shutdown.is_cancelled());
                     next
                 }
                 Err(e) => {
@@ -508,6 +559,14 @@ pub async fn configure(
     }
 }
 
+/// Runs `work` until it ends or `shutdown`.
+async fn until(shutdown: CancellationToken, work: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = work => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
 /// A watcher's consumer that wakes the configurator on every event.
 fn wake_on<K>(
     wake: Arc<Notify>,
@@ -518,52 +577,44 @@ fn wake_on<K>(
     }
 }
 
-/// Keeps `annotated` equal to the ServiceAccounts that carry the annotation.
+/// Keeps `annotated` equal to the ServiceAccounts that carry the annotation; sets
+/// `synced` after the first complete listing.
 async fn track_accounts(
     api: Api<PartialObjectMeta<ServiceAccount>>,
     annotated: Annotated,
-    wake: Arc<Notify>,
-    synced: Arc<Notify>,
+    synced: tokio::sync::watch::Sender<bool>,
 ) {
     // Only metadata: the annotation is all it needs, and a cluster has many accounts.
     type Meta = PartialObjectMeta<ServiceAccount>;
     let key = |sa: &Meta| format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any());
     let value = |sa: &Meta| sa.annotations().get(ANN_SA_CREDENTIAL).cloned();
     let mut fresh: Option<BTreeMap<String, String>> = None;
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     while let Some(event) = stream.next().await {
-        let changed = match event {
-            Ok(watcher::Event::Init) => {
-                fresh = Some(BTreeMap::new());
-                false
-            }
+        match event {
+            Ok(watcher::Event::Init) => fresh = Some(BTreeMap::new()),
             Ok(watcher::Event::InitApply(sa)) => {
                 if let (Some(f), Some(v)) = (fresh.as_mut(), value(&sa)) {
                     f.insert(key(&sa), v);
                 }
-                false
             }
             Ok(watcher::Event::InitDone) => {
-                let f = fresh.take().unwrap_or_default();
-                *crate::write(&annotated) = f;
-                synced.notify_one();
-                true
+                *crate::write(&annotated) = fresh.take().unwrap_or_default();
+                synced.send_replace(true);
             }
             Ok(watcher::Event::Apply(sa)) => {
                 let mut map = crate::write(&annotated);
                 match value(&sa) {
-                    Some(v) => map.insert(key(&sa), v.clone()) != Some(v),
-                    None => map.remove(&key(&sa)).is_some(),
-                }
+                    Some(v) => map.insert(key(&sa), v),
+                    None => map.remove(&key(&sa)),
+                };
             }
-            Ok(watcher::Event::Delete(sa)) => crate::write(&annotated).remove(&key(&sa)).is_some(),
-            Err(e) => {
-                warn!(error = %e, "watching ServiceAccounts");
-                false
+            Ok(watcher::Event::Delete(sa)) => {
+                crate::write(&annotated).remove(&key(&sa));
             }
-        };
-        if changed {
-            wake.notify_one();
+            Err(e) => warn!(error = %e, "watching ServiceAccounts"),
         }
     }
 }
@@ -573,18 +624,25 @@ async fn track_accounts(
 #[derive(Clone)]
 struct AppState {
     client: Client,
-    annotated: Annotated,
+    caches: Caches,
     sidecar: SidecarImage,
     metrics: Arc<Metrics>,
+    /// Cancelled when the replica drains: each answer then closes its connection, so the
+    /// API server opens its next one to a replica that stays.
+    draining: CancellationToken,
 }
 
-/// Answers one AdmissionReview for a pod.
+/// Answers one AdmissionReview for a pod. The ServiceAccount and the resource come from
+/// `caches`; the API server is asked only when the cache does not have them or the
+/// cached resource would be refused (it may have changed a moment ago), within one
+/// budget for the whole admission ([`LOOKUP_BUDGET`]).
 pub async fn admit(
     client: &Client,
-    annotated: &Annotated,
+    caches: &Caches,
     sidecar: &SidecarImage,
     req: &AdmissionRequest<DynamicObject>,
 ) -> (AdmissionResponse, &'static str) {
+    let deadline = tokio::time::Instant::now() + LOOKUP_BUDGET;
     let resp = AdmissionResponse::from(req);
     let Some(obj) = &req.object else {
         return (resp, "unchanged");
@@ -602,7 +660,7 @@ pub async fn admit(
     let sa_credential = if pod_annotations.contains_key(ANN_INJECT) {
         None
     } else {
-        match account_credential(client, annotated, &namespace, &sa_name).await {
+        match account_credential(client, &caches.accounts, &namespace, &sa_name, deadline).await {
             Ok(c) => c,
             Err(e) => {
                 return (
@@ -620,30 +678,21 @@ pub async fn admit(
         Ok(None) => return (resp, "unchanged"),
         Err(r) => return (resp.deny(r.0), "refused"),
     };
-    let api: Api<CognitoUnauthCredential> = Api::namespaced(client.clone(), &namespace);
-    let cuc = match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(&ask.name)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            return (
-                resp.deny(format!(
-                    "could not read CognitoUnauthCredential {namespace}/{}: {e}",
-                    ask.name
-                )),
-                "error",
-            );
-        }
-        Err(_) => {
-            return (
-                resp.deny(format!(
-                    "reading CognitoUnauthCredential {namespace}/{} timed out",
-                    ask.name
-                )),
-                "error",
-            );
-        }
-    };
-    let target = Target::new(&ask.name, cuc.as_ref().map(|c| &c.spec));
-    let injected = match inject::inject(&pod, &namespace, &ask, &target, sidecar) {
+    let target =
+        match credential(client, &caches.credentials, &namespace, &ask.name, deadline).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(r)) => return (resp.deny(r.0), "refused"),
+            Err(e) => {
+                return (
+                    resp.deny(format!(
+                        "could not read CognitoUnauthCredential {namespace}/{}: {e}",
+                        ask.name
+                    )),
+                    "error",
+                );
+            }
+        };
+    let injected = match inject::inject(&pod, &ask, &target, sidecar) {
         Ok(i) => i,
         Err(r) => return (resp.deny(r.0), "refused"),
     };
@@ -672,42 +721,93 @@ pub async fn admit(
     (resp, outcome)
 }
 
-/// The credential a ServiceAccount names: from the watched map, else (a pod created in the
-/// moment between the annotation and the watch event) read from the API server.
+/// Why a lookup on the admission path failed.
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+    #[error("no answer from the API server within the admission's budget")]
+    TimedOut,
+}
+
+/// One GET within the admission's budget.
+async fn get_by<T>(
+    deadline: tokio::time::Instant,
+    get: impl std::future::Future<Output = Result<Option<T>, kube::Error>>,
+) -> Result<Option<T>, LookupError> {
+    Ok(tokio::time::timeout_at(deadline, get)
+        .await
+        .map_err(|_| LookupError::TimedOut)??)
+}
+
+/// The credential a ServiceAccount names: from the cache, else (a pod created in the
+/// moment between the annotation and the watch event, or before the first listing) from
+/// the API server.
 async fn account_credential(
     client: &Client,
     annotated: &Annotated,
     namespace: &str,
     name: &str,
-) -> Result<Option<String>, kube::Error> {
+    deadline: tokio::time::Instant,
+) -> Result<Option<String>, LookupError> {
     if let Some(c) = crate::read(annotated).get(&format!("{namespace}/{name}")) {
         return Ok(Some(c.clone()));
     }
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let sa = tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name))
-        .await
-        .map_err(|_| {
-            kube::Error::Service(Box::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "timed out",
-            )))
-        })??;
+    let sa: Option<ServiceAccount> = get_by(deadline, api.get_opt(name)).await?;
     Ok(sa.and_then(|s| s.annotations().get(ANN_SA_CREDENTIAL).cloned()))
+}
+
+/// The resource's [`Target`] when the controller has issued its Secret (else the
+/// refusal): from the cache; from the API server when the cache does not have it or would
+/// refuse it (created or issued a moment ago, its watch event not here yet).
+async fn credential(
+    client: &Client,
+    cached: &reflector::Store<CognitoUnauthCredential>,
+    namespace: &str,
+    name: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Result<Target, inject::Refusal>, LookupError> {
+    let key = reflector::ObjectRef::new(name).within(namespace);
+    if let Some(cuc) = cached.get(&key)
+        && let Ok(t) = Target::issued(namespace, name, Some(&cuc))
+    {
+        return Ok(Ok(t));
+    }
+    let api: Api<CognitoUnauthCredential> = Api::namespaced(client.clone(), namespace);
+    let fresh: Option<CognitoUnauthCredential> = get_by(deadline, api.get_opt(name)).await?;
+    Ok(Target::issued(namespace, name, fresh.as_ref()))
 }
 
 async fn mutate(
     State(state): State<AppState>,
     axum::Json(review): axum::Json<AdmissionReview<DynamicObject>>,
-) -> axum::Json<AdmissionReview<DynamicObject>> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let answer = answer(&state, review).await;
+    let mut response = axum::Json(answer).into_response();
+    if state.draining.is_cancelled() {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+async fn answer(
+    state: &AppState,
+    review: AdmissionReview<DynamicObject>,
+) -> AdmissionReview<DynamicObject> {
     let started = Instant::now();
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
         Err(e) => {
             state.metrics.admission("error", started);
-            return axum::Json(AdmissionResponse::invalid(e.to_string()).into_review());
+            return AdmissionResponse::invalid(e.to_string()).into_review();
         }
     };
-    let (resp, outcome) = admit(&state.client, &state.annotated, &state.sidecar, &req).await;
+    let (resp, outcome) = admit(&state.client, &state.caches, &state.sidecar, &req).await;
     state.metrics.admission(outcome, started);
     if outcome == "refused" || outcome == "error" {
         info!(
@@ -715,16 +815,18 @@ async fn mutate(
             outcome, "pod admission refused"
         );
     }
-    axum::Json(resp.into_review())
+    resp.into_review()
 }
 
-/// Serves `POST /mutate` over TLS with whatever certificate `slot` holds, until `shutdown`.
+/// Serves `POST /mutate` over TLS with whatever certificate `slot` holds, until `shutdown`;
+/// from `draining` on, every answer closes its connection.
 pub async fn serve(
     client: Client,
     settings: &Settings,
     slot: Arc<CertSlot>,
-    annotated: Annotated,
+    caches: Caches,
     metrics: Arc<Metrics>,
+    draining: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -739,8 +841,17 @@ pub async fn serve(
     info!(address = %local, "serving the injection webhook (POST /mutate)");
     let (tx, rx) = mpsc::channel(64);
     let accepting = shutdown.clone();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            // No connection is taken while MAX_HANDSHAKES are in progress.
+            let permit = tokio::select! {
+                p = handshakes.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = accepting.cancelled() => return,
+            };
             let (stream, peer) = tokio::select! {
                 r = tcp.accept() => match r {
                     Ok(a) => a,
@@ -752,9 +863,9 @@ pub async fn serve(
             let tx = tx.clone();
             // Handshakes run apart: a slow client does not hold up the others.
             tokio::spawn(async move {
-                if let Ok(Ok(tls)) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                {
+                let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                drop(permit);
+                if let Ok(Ok(tls)) = done {
                     let _ = tx.send((tls, peer)).await;
                 }
             });
@@ -764,9 +875,10 @@ pub async fn serve(
         .route("/mutate", post(mutate))
         .with_state(AppState {
             client,
-            annotated,
+            caches,
             sidecar: settings.sidecar.clone(),
             metrics,
+            draining,
         });
     axum::serve(TlsListener { rx, local }, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -803,16 +915,43 @@ impl axum::serve::Listener for TlsListener {
 mod tests {
     use super::*;
 
+    fn observed(bundles: &[(&str, Option<&str>)]) -> Observed {
+        Observed {
+            exists: true,
+            ca_bundles: bundles
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.map(str::to_string)))
+                .collect(),
+            version: Some("42".into()),
+        }
+    }
+
     #[test]
-    fn the_match_condition_lists_annotated_accounts_only_when_there_are_some() {
-        let none = match_expression(&BTreeSet::new());
+    fn the_apply_names_only_the_ca_bundle_of_each_webhook() {
+        let o = observed(&[("pods.x", Some("old")), ("accounts.x", None)]);
+        let patch = ca_bundle_patch("cfg", &o, "new").expect("a change");
+        let b64 = "bmV3"; // base64("new")
         assert_eq!(
-            none,
-            "(has(object.metadata.annotations) && 'cognito.kubecred.io/inject' in object.metadata.annotations)"
+            patch,
+            json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": "cfg", "resourceVersion": "42"},
+                "webhooks": [
+                    {"name": "pods.x", "clientConfig": {"caBundle": b64}},
+                    {"name": "accounts.x", "clientConfig": {"caBundle": b64}},
+                ],
+            })
         );
-        let some: BTreeSet<String> = ["a/app".to_string(), "b/x'y".to_string()].into();
-        let expr = match_expression(&some);
-        assert!(expr.starts_with(&none));
-        assert!(expr.ends_with("in ['a/app']"), "{expr}");
+    }
+
+    #[test]
+    fn nothing_is_written_when_every_webhook_holds_the_bundle_or_there_is_no_configuration() {
+        let held = observed(&[("pods.x", Some("b")), ("accounts.x", Some("b"))]);
+        assert_eq!(ca_bundle_patch("cfg", &held, "b"), None);
+        assert_eq!(ca_bundle_patch("cfg", &Observed::default(), "b"), None);
+        // One webhook behind is enough to write (both named: the apply is the whole set).
+        let behind = observed(&[("pods.x", Some("b")), ("accounts.x", Some("a"))]);
+        assert!(ca_bundle_patch("cfg", &behind, "b").is_some());
     }
 }

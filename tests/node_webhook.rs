@@ -11,8 +11,10 @@
 //!   CLI in it prints the assumed-role ARN, and STS saw the Secret's key from it;
 //! - meanwhile pods are admitted (server dry-run) every 300 ms while the serving
 //!   certificate (60 s) and its CA (150 s) are renewed: not one admission fails;
-//! - a pod without the annotations is never sent to the webhook (its admission counter
-//!   does not move) and is stored as submitted;
+//! - a pod without the annotation, in a namespace that has not opted in, is never sent to
+//!   the webhook (its admission counter does not move) and is stored as submitted; in the
+//!   opted-in namespace (`cognito.kubecred.io/inject: enabled`) it is sent (the counter
+//!   moves by one) and stored as submitted too;
 //! - malformed annotations are refused, each with its message, and no such pod exists;
 //! - admission latency over 200 creations (p50/p99, beside the same pod without the
 //!   annotation) is printed, and written to docs/benchmarks.md by `make admission-latency`;
@@ -29,9 +31,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    BOTO3_LOOP, CHART, Proxy, TestNs, eventually, failed, helm_ok, install_crd, keys_used, kubectl,
-    kubectl_apply, rand_suffix, restricted, root, test_dir, testbed, ua_is_boto3, ua_is_cli,
-    ua_is_go, wait_ready, writers,
+    BOTO3_LOOP, CHART, Proxy, TestNs, eventually, failed, helm_ok, helm_uninstall, install_crd,
+    keys_used, kubectl, kubectl_apply, opt_in, rand_suffix, restricted, root, testbed, ua_is_boto3,
+    ua_is_cli, ua_is_go, wait_ready, webhook_values, writers,
 };
 
 const LIFETIME: u64 = 420;
@@ -100,6 +102,30 @@ fn aws_cli_loop(name: &str, credential: &str) -> Value {
     )
 }
 
+/// The excluded container's loop: what the sidecar answers it, every 5 s.
+const PEEK_LOOP: &str = r#"
+import os, time, urllib.request, urllib.error
+url = "http://127.0.0.1:9911/credentials"
+def status(headers):
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception as e:
+        return type(e).__name__
+while True:
+    token = "token-file" if os.path.exists(os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/secrets/cognito-credentials-token/token")) else "no-token-file"
+    print(status({}), status({"Authorization": "0" * 64}), token, flush=True)
+    time.sleep(5)
+"#;
+
+/// A call from boto3 in the container-credentials pod (its app id, AWS_SDK_UA_APP_ID).
+fn ua_is_tokened(c: &Value) -> bool {
+    c["user_agent"]
+        .as_str()
+        .is_some_and(|u| u.contains("Boto3/") && u.contains("app/tokened"))
+}
+
 fn pod(name: &str, annotations: Value, spec: Value) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -161,19 +187,6 @@ async fn admissions(slices: &Api<EndpointSlice>, service: &str) -> f64 {
     total
 }
 
-async fn match_expression(mwcs: &Api<MutatingWebhookConfiguration>, name: &str) -> String {
-    mwcs.get(name)
-        .await
-        .expect("the configuration")
-        .webhooks
-        .expect("webhooks")[0]
-        .match_conditions
-        .as_ref()
-        .and_then(|c| c.first())
-        .map(|c| c.expression.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     let proxy = Proxy::new();
@@ -181,30 +194,26 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     let (classic_pool, classic_role) = proxy.basic_pool(3600).await;
     let rel = TestNs::new("node-wh").await;
     let app = TestNs::new("node-wh-app").await;
+    // Pods here are not sent to the webhook unless annotated.
+    let other = TestNs::new("node-wh-other").await;
     restricted(&rel.name);
     restricted(&app.name);
+    restricted(&other.name);
+    // The ServiceAccount path: every pod of this namespace is sent to the webhook.
+    opt_in(&app.name);
     install_crd();
     let release = format!("w{}", rand_suffix());
     let full = format!("{release}-cognito-unauth-controller");
     let hook = format!("{full}-webhook");
     let mwc_name = format!("{hook}-{}", rel.name);
     let endpoint = testbed().in_cluster_endpoint.clone().expect("endpoint");
-    let dir = test_dir(&rel.name);
-    let values = dir.join("values.yaml");
-    std::fs::write(
-        &values,
-        format!(
-            "image: {{repository: localhost/cognito-unauth-controller, tag: dev, pullPolicy: Never}}\n\
-             crds: {{install: false}}\n\
-             watchNamespaces: [{app}]\n\
-             extraEnv:\n\
-             - {{name: AWS_ENDPOINT_URL_COGNITO_IDENTITY, value: \"{endpoint}\"}}\n\
-             sts: {{endpointUrl: \"{endpoint}\"}}\n\
-             webhook:\n  certificate: {{caLifetimeSeconds: {CA_LIFETIME}, certLifetimeSeconds: {CERT_LIFETIME}}}\n",
-            app = app.name
-        ),
-    )
-    .expect("values");
+    let values = webhook_values(
+        &rel.name,
+        &app.name,
+        CA_LIFETIME,
+        CERT_LIFETIME,
+        &format!("sts: {{endpointUrl: \"{endpoint}\"}}\n"),
+    );
     let t = Instant::now();
     helm_ok(&[
         "install",
@@ -213,7 +222,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "--namespace",
         &rel.name,
         "--values",
-        &values.display().to_string(),
+        &values,
         "--wait",
         "--timeout",
         "180s",
@@ -242,28 +251,40 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
          metadata: {{name: reader, namespace: {ns}, annotations: {{cognito.kubecred.io/credential: app}}}}\n",
         ns = app.name
     ));
+    wait_ready(&app.name, "app", 60);
+    wait_ready(&app.name, "classic", 60);
+    // The ServiceAccount's pods are injected from the moment the resource is issued
+    // (docs/usage.md).
     let t = Instant::now();
-    let listed = format!("'{}/reader'", app.name);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     eventually(
         Duration::from_secs(30),
-        "the ServiceAccount in the match condition",
+        "a pod of the annotated ServiceAccount injected",
         || async {
-            match_expression(&mwcs, &mwc_name)
-                .await
-                .contains(&listed)
+            let p = pod(
+                "by-account",
+                json!({}),
+                pod_spec("localhost/aws-client:dev", json!(["true"]), Some("reader")),
+            );
+            let created = pods.create(&dry, &p).await.ok()?;
+            created
+                .spec?
+                .volumes?
+                .iter()
+                .any(|v| v.name == "cognito-credentials")
                 .then_some(())
         },
     )
     .await;
     let listed_after = t.elapsed();
     println!(
-        "annotated ServiceAccount in the match condition after {:.2} s",
+        "a pod of the annotated ServiceAccount injected after {:.2} s",
         listed_after.as_secs_f64()
     );
-    // docs/usage.md: within seconds of the annotation.
     assert!(listed_after < Duration::from_secs(5), "{listed_after:?}");
-    wait_ready(&app.name, "app", 60);
-    wait_ready(&app.name, "classic", 60);
 
     // Admissions all along, while the certificate and its CA are renewed.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -336,7 +357,35 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     );
     // Flow Basic: the same injection, credentials of the role the resource names.
     let classic = aws_cli_loop("classic", "classic");
-    for d in [&cli, &boto, &noshell, &classic] {
+    // The sidecar's token: boto3 in the selected container (its calls marked app/tokened),
+    // and a container left out that asks the sidecar without the token and with a wrong
+    // one, and looks for the token file.
+    let tokened = {
+        let mut spec = pod_spec(
+            "localhost/aws-client:dev",
+            json!(["python3", "-u", "-c", BOTO3_LOOP]),
+            None,
+        );
+        spec["containers"][0]["env"]
+            .as_array_mut()
+            .expect("env")
+            .push(json!({"name": "AWS_SDK_UA_APP_ID", "value": "tokened"}));
+        let mut peek = spec["containers"][0].clone();
+        peek["name"] = json!("peek");
+        peek["command"] = json!(["python3", "-u", "-c", PEEK_LOOP]);
+        spec["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .push(peek);
+        deployment(
+            "tokened",
+            json!({"cognito.kubecred.io/inject": "app",
+                   "cognito.kubecred.io/inject-mode": "container-credentials",
+                   "cognito.kubecred.io/containers": "app"}),
+            spec,
+        )
+    };
+    for d in [&cli, &boto, &noshell, &classic, &tokened] {
         kubectl_apply(
             &serde_yaml::to_string(&{
                 let mut d = d.clone();
@@ -355,6 +404,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "deployment/boto",
         "deployment/noshell",
         "deployment/classic",
+        "deployment/tokened",
         "--timeout=180s",
     ]);
     let running = pods.list(&ListParams::default()).await.expect("pods").items;
@@ -427,10 +477,11 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     let start = Instant::now();
     let deadline = Duration::from_secs(ROTATIONS as u64 * 125 + 180);
     type Agent = (&'static str, fn(&Value) -> bool);
-    let agents: [Agent; 3] = [
+    let agents: [Agent; 4] = [
         ("aws CLI", ua_is_cli),
-        ("boto3", ua_is_boto3),
+        ("boto3", |c| ua_is_boto3(c) && !ua_is_tokened(c)),
         ("aws-sdk-go-v2", ua_is_go),
+        ("boto3 through the sidecar, with its token", ua_is_tokened),
     ];
     loop {
         let s = secrets.get("app").await.expect("Secret");
@@ -501,6 +552,17 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         failed(&classic_calls)
     );
     println!("flow Basic in a pod: the aws CLI signs as {want}");
+    // The container left out of the sidecar's token: refused without it (401) and with a
+    // wrong one (403), and the token file is not there.
+    let peeked = kubectl(&["-n", &app.name, "logs", "deployment/tokened", "-c", "peek"]);
+    assert!(
+        !peeked.is_empty() && peeked.lines().all(|l| l.trim() == "401 403 no-token-file"),
+        "the excluded container saw {peeked:?}"
+    );
+    println!(
+        "the excluded container of the container-credentials pod: {} requests, each refused (401 without the token, 403 with a wrong one)",
+        2 * peeked.lines().count()
+    );
     let (ok, errors) = admitting.await.expect("admission loop");
     let (leaves, cas) = renewals.await.expect("renewals");
     println!(
@@ -515,10 +577,10 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         leaves >= 4 && cas >= 2,
         "renewals seen: {leaves} certificates, {cas} CAs"
     );
-    // The configuration is written only when what it holds changes: the first caBundle and
-    // match condition, the ServiceAccount joining it, and per CA the new one joining the
-    // bundle and the old one leaving; a leaf renewal changes nothing there. Both replicas
-    // may try the same change (one is refused on its resourceVersion), hence twice that.
+    // The configuration is written only when its caBundle changes: the first one, and per
+    // CA the new one joining the bundle and the old one leaving; a leaf renewal changes
+    // nothing there. Both replicas may try the same change (one is refused on its
+    // resourceVersion), hence twice that.
     let hook_user = format!("system:serviceaccount:{}:{hook}", rel.name);
     let patches = writers("mutatingwebhookconfigurations", None, &mwc_name)
         .into_iter()
@@ -528,7 +590,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "{patches} writes of the webhook configuration for {leaves} certificates and {cas} CAs"
     );
     assert!(
-        patches <= 2 * (2 + 2 * cas),
+        patches <= 2 * (1 + 2 * cas),
         "{patches} writes of the webhook configuration for {leaves} certificates and {cas} CAs"
     );
 
@@ -540,11 +602,11 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         &mwc_name,
         "--type=json",
         "-p",
-        r#"[{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]"#,
+        r#"[{"op": "remove", "path": "/webhooks/1/clientConfig/caBundle"}]"#,
     ]);
     eventually(Duration::from_secs(10), "the caBundle back", || async {
         let m = mwcs.get(&mwc_name).await.ok()?;
-        m.webhooks?[0].client_config.ca_bundle.as_ref()?;
+        m.webhooks?[1].client_config.ca_bundle.as_ref()?;
         Some(())
     })
     .await;
@@ -553,32 +615,37 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         removed.elapsed().as_secs_f64()
     );
 
-    // A pod without the annotations: the webhook is not called, the pod is as submitted.
-    let before = admissions(&hook_slices, &hook).await;
+    // A pod without the annotation: outside the opted-in namespace the webhook is not
+    // called; inside it, it is (once) and leaves the pod as submitted.
+    let other_pods: Api<Pod> = other.api();
     let plain_spec = pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None);
-    let plain = pods
-        .create(
-            &PostParams::default(),
-            &pod("plain", json!({}), plain_spec.clone()),
-        )
-        .await
-        .expect("create");
-    let stored = serde_json::to_value(plain.spec.expect("spec")).expect("json");
-    assert!(
-        stored["volumes"]
-            .as_array()
-            .is_none_or(|v| v.iter().all(|v| v["name"] != "cognito-credentials"))
-    );
-    assert_eq!(
-        stored["containers"][0]["env"],
-        plain_spec["containers"][0]["env"]
-    );
-    assert!(stored["initContainers"].is_null());
-    assert_eq!(
-        admissions(&hook_slices, &hook).await,
-        before,
-        "the webhook was called for a plain pod"
-    );
+    for (what, api, calls) in [("not opted in", &other_pods, 0.0), ("opted in", &pods, 1.0)] {
+        let before = admissions(&hook_slices, &hook).await;
+        let plain = api
+            .create(
+                &PostParams::default(),
+                &pod("plain", json!({}), plain_spec.clone()),
+            )
+            .await
+            .expect("create");
+        let stored = serde_json::to_value(plain.spec.expect("spec")).expect("json");
+        assert!(
+            stored["volumes"]
+                .as_array()
+                .is_none_or(|v| v.iter().all(|v| v["name"] != "cognito-credentials")),
+            "{what}"
+        );
+        assert_eq!(
+            stored["containers"][0]["env"], plain_spec["containers"][0]["env"],
+            "{what}"
+        );
+        assert!(stored["initContainers"].is_null(), "{what}");
+        assert_eq!(
+            admissions(&hook_slices, &hook).await - before,
+            calls,
+            "{what}: webhook calls for a pod without the annotation"
+        );
+    }
 
     // Malformed annotations: refused with what to fix.
     let two = {
@@ -661,13 +728,9 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         .collect();
     assert!(left.is_empty(), "refused pods exist: {left:?}");
 
-    // Admission latency: the same pod with and without the annotation.
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let timed = |annotations: Value| {
-        let pods = pods.clone();
+    // Admission latency: the same pod with and without the annotation (the latter where
+    // the webhook is not called for it).
+    let timed = |annotations: Value, pods: Api<Pod>| {
         let dry = dry.clone();
         async move {
             let p = pod(
@@ -685,8 +748,8 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
             ms
         }
     };
-    let with = timed(json!({"cognito.kubecred.io/inject": "app"})).await;
-    let without = timed(json!({})).await;
+    let with = timed(json!({"cognito.kubecred.io/inject": "app"}), pods.clone()).await;
+    let without = timed(json!({}), other_pods.clone()).await;
     let row = |what: &str, ms: &[f64]| {
         format!(
             "| {what} | {:.1} | {:.1} | {:.1} |",
@@ -746,16 +809,17 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "{refused}"
     );
     let t = Instant::now();
-    pods.create(
-        &PostParams::default(),
-        &pod(
-            "plain-during",
-            json!({}),
-            pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None),
-        ),
-    )
-    .await
-    .expect("a plain pod while no webhook runs");
+    other_pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "plain-during",
+                json!({}),
+                pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None),
+            ),
+        )
+        .await
+        .expect("a plain pod while no webhook runs");
     let plain_ms = t.elapsed().as_secs_f64() * 1000.0;
     let late = deployment(
         "late",
@@ -845,15 +909,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     }
 
     // Uninstall: the configuration and the webhook's own Secret go.
-    helm_ok(&[
-        "uninstall",
-        &release,
-        "--namespace",
-        &rel.name,
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
+    helm_uninstall(&release, &rel.name);
     assert!(mwcs.get_opt(&mwc_name).await.expect("get").is_none());
     let rel_secrets: Api<Secret> = rel.api();
     eventually(
@@ -870,6 +926,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     )
     .await;
     app.cleanup().await;
+    other.cleanup().await;
     rel.cleanup().await;
 }
 

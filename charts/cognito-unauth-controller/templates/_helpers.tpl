@@ -130,3 +130,49 @@ app.kubernetes.io/component: webhook
 {{- printf "%v" . -}}
 {{- end -}}
 {{- end -}}
+
+{{/* What both webhooks of the configuration share. */}}
+{{- define "cuc.webhookCommon" -}}
+{{- $fullname := include "cuc.webhookName" . -}}
+admissionReviewVersions: ["v1"]
+sideEffects: None
+failurePolicy: {{ .Values.webhook.failurePolicy }}
+# Another webhook that adds a container after this one gets the mount too.
+reinvocationPolicy: IfNeeded
+timeoutSeconds: {{ include "cuc.int" .Values.webhook.timeoutSeconds }}
+clientConfig:
+  service:
+    name: {{ $fullname }}
+    namespace: {{ .Release.Namespace }}
+    path: /mutate
+    port: 443
+rules:
+  - operations: ["CREATE"]
+    apiGroups: [""]
+    apiVersions: ["v1"]
+    resources: ["pods"]
+    scope: Namespaced
+{{- end -}}
+
+{{/* The namespaces the webhooks are called for: with watchNamespaces only those (a team's
+release acts on its own namespaces only), never the release's own, kube-system or
+webhook.excludeNamespaces. */}}
+{{- define "cuc.webhookNamespaces" -}}
+- key: kubernetes.io/metadata.name
+  operator: NotIn
+  values:
+    {{- toYaml (concat (list .Release.Namespace "kube-system") .Values.webhook.excludeNamespaces | uniq) | nindent 4 }}
+{{- with .Values.watchNamespaces }}
+- key: kubernetes.io/metadata.name
+  operator: In
+  values:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- end -}}
+
+{{/* CEL, from (list A B FIELD): A.FIELD is the same as B.FIELD (both absent, or equal). */}}
+{{- define "cuc.sameField" -}}
+{{- $a := printf "%s.%s" (index . 0) (index . 2) -}}
+{{- $b := printf "%s.%s" (index . 1) (index . 2) -}}
+(has({{ $a }}) == has({{ $b }}) && (!has({{ $a }}) || {{ $a }} == {{ $b }}))
+{{- end -}}

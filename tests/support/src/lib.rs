@@ -926,6 +926,56 @@ while True:
     time.sleep(2)
 "#;
 
+/// `helm uninstall RELEASE --namespace NS --wait` (2 minutes at most).
+pub fn helm_uninstall(release: &str, ns: &str) {
+    helm_ok(&[
+        "uninstall",
+        release,
+        "--namespace",
+        ns,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+}
+
+/// Writes the values of a test release with the webhook (the local image, the CRD not
+/// installed, `watchNamespaces: [app_ns]`, the emulator's endpoint, the webhook's CA and
+/// certificate lifetimes, and `extra` YAML lines) under `test_dir(rel_ns)`; returns the
+/// file's path.
+pub fn webhook_values(rel_ns: &str, app_ns: &str, ca_s: i64, cert_s: i64, extra: &str) -> String {
+    let endpoint = testbed()
+        .in_cluster_endpoint
+        .clone()
+        .expect("IN_CLUSTER_AWS_ENDPOINT_URL: the test bed has no node");
+    let values = test_dir(rel_ns).join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "image: {{repository: localhost/cognito-unauth-controller, tag: dev, pullPolicy: Never}}\n\
+             crds: {{install: false}}\n\
+             watchNamespaces: [{app_ns}]\n\
+             extraEnv:\n\
+             - {{name: AWS_ENDPOINT_URL_COGNITO_IDENTITY, value: \"{endpoint}\"}}\n\
+             webhook:\n  certificate: {{caLifetimeSeconds: {ca_s}, certLifetimeSeconds: {cert_s}}}\n\
+             {extra}"
+        ),
+    )
+    .expect("values");
+    values.display().to_string()
+}
+
+/// Labels namespace `ns` `cognito.kubecred.io/inject: enabled`: the injection webhook is
+/// called for every pod there and injects those whose ServiceAccount names a credential.
+pub fn opt_in(ns: &str) {
+    kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "cognito.kubecred.io/inject=enabled",
+    ]);
+}
+
 /// Labels namespace `ns` to enforce (and warn about) Pod Security `restricted`.
 pub fn restricted(ns: &str) {
     kubectl(&[
@@ -937,10 +987,9 @@ pub fn restricted(ns: &str) {
     ]);
 }
 
-/// The API server's audit log entries for `resource` `namespace/name` (cluster-scoped:
-/// `namespace` None) with one of `verbs`, completed (a refused call counts: it is a call
-/// all the same), in order.
-fn audited(resource: &str, namespace: Option<&str>, name: &str, verbs: &[&str]) -> Vec<Value> {
+/// Every entry of the API server's audit log so far (testbed/audit-policy.yaml says
+/// which requests it records), in order.
+pub fn audit_log() -> Vec<Value> {
     let log = testbed()
         .kubeconfig
         .parent()
@@ -949,6 +998,15 @@ fn audited(resource: &str, namespace: Option<&str>, name: &str, verbs: &[&str]) 
     let text = std::fs::read_to_string(&log).expect("audit log");
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// The API server's audit log entries for `resource` `namespace/name` (cluster-scoped:
+/// `namespace` None) with one of `verbs`, completed (a refused call counts: it is a call
+/// all the same), in order.
+fn audited(resource: &str, namespace: Option<&str>, name: &str, verbs: &[&str]) -> Vec<Value> {
+    audit_log()
+        .into_iter()
         .filter(|e| {
             let o = &e["objectRef"];
             o["resource"] == resource

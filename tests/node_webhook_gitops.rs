@@ -1,0 +1,451 @@
+//! The injection webhook's configuration under what real clusters do to it (issue 20), on
+//! the test bed's node, installed by the chart (two replicas, its own certificate):
+//!
+//! - pods are admitted continuously, through a ServiceAccount's annotation in an opted-in
+//!   namespace (`cognito.kubecred.io/inject: enabled`) and through the pod annotation,
+//!   while 3 `helm upgrade`s roll the webhook and 3 server-side re-applies of
+//!   `helm get manifest` (what Argo CD and Flux do) run, and the CA is renewed: every one is
+//!   injected, none refused; afterwards `kubectl diff --server-side` of the configuration
+//!   shows nothing;
+//! - the 500 annotated ServiceAccounts those pods run as have 253-character names: nothing
+//!   in the configuration grows with them, and its caBundle still renews;
+//! - as the webhook's ServiceAccount (impersonated), changing the configuration's failure
+//!   policy, rules, selectors, match conditions or client config is refused, and deleting
+//!   it too; changing its caBundle is allowed;
+//! - a resource whose Secret name was taken first by a planted Secret (with a
+//!   `credential_process` command in its `config`) is refused, the refusal naming the
+//!   conflict, as is a resource that does not exist;
+//! - with the webhook's ClusterRoleBinding removed for 60 s, its requests to the API
+//!   server stay few (counted from the audit log) and it recovers: a ServiceAccount
+//!   annotated after the binding is back is injected.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use testbed_support::{
+    CHART, Proxy, TestNs, audit_log, eventually, helm_ok, helm_uninstall, install_crd, kubectl,
+    kubectl_apply, kubectl_stdin, opt_in, rand_suffix, restricted, testbed, wait_ready,
+    webhook_values,
+};
+
+const ACCOUNTS: usize = 500;
+const UPGRADES: usize = 3;
+const REAPPLIES: usize = 3;
+const CERT_LIFETIME: i64 = 45;
+const CA_LIFETIME: i64 = 90;
+
+/// The i-th annotated ServiceAccount: 253 characters, the longest name there is.
+fn account(i: usize) -> String {
+    let head = format!("sa-{i:03}-");
+    format!("{head}{}", "a".repeat(253 - head.len()))
+}
+
+/// A pod (for a server dry-run) that asks through `annotations` or runs as `sa`.
+fn pod(annotations: Value, sa: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe", "annotations": annotations},
+        "spec": {
+            "serviceAccountName": sa,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "app", "image": "localhost/aws-client:dev", "command": ["true"],
+                "securityContext": {"allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }))
+    .expect("a Pod")
+}
+
+fn injected(p: &Pod) -> bool {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.name == "cognito-credentials"))
+}
+
+/// The configuration's caBundle of each webhook.
+async fn bundles(mwcs: &Api<MutatingWebhookConfiguration>, name: &str) -> Vec<Option<String>> {
+    mwcs.get(name)
+        .await
+        .map(|m| {
+            m.webhooks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| {
+                    w.client_config
+                        .ca_bundle
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One document of `helm get manifest`, by kind and name, as YAML.
+fn manifest_doc(manifest: &str, kind: &str, name: &str) -> String {
+    manifest
+        .split("\n---")
+        .find(|d| {
+            let v: Value = serde_yaml::from_str(d).unwrap_or(Value::Null);
+            v["kind"] == kind && v["metadata"]["name"] == name
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name} in the release's manifest"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn upgrades_and_reapplies_leave_no_gap_and_the_webhook_may_change_only_its_ca_bundle() {
+    let proxy = Proxy::new();
+    let pool = proxy.realistic_pool(3600).await;
+    let rel = TestNs::new("node-gw").await;
+    let app = TestNs::new("node-gw-app").await;
+    restricted(&rel.name);
+    restricted(&app.name);
+    opt_in(&app.name);
+    install_crd();
+    let release = format!("g{}", rand_suffix());
+    let hook = format!("{release}-cognito-unauth-controller-webhook");
+    let mwc_name = format!("{hook}-{}", rel.name);
+    let hook_user = format!("system:serviceaccount:{}:{hook}", rel.name);
+    let values = webhook_values(&rel.name, &app.name, CA_LIFETIME, CERT_LIFETIME, "");
+    let run_helm = |verb: &str, extra: &[&str]| {
+        let mut args = vec![
+            verb,
+            &release,
+            CHART,
+            "--namespace",
+            &rel.name,
+            "--values",
+            &values,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--wait", "--timeout", "180s"]);
+        helm_ok(&args)
+    };
+    run_helm("install", &[]);
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(rel.client.clone());
+    eventually(Duration::from_secs(30), "both caBundles", || async {
+        let b = bundles(&mwcs, &mwc_name).await;
+        (b.len() == 2 && b.iter().all(Option::is_some)).then_some(())
+    })
+    .await;
+
+    // The planted Secret first, then the resources and the 500 ServiceAccounts.
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: planted, namespace: {ns}}}\n\
+         stringData: {{config: \"[default]\\ncredential_process = sh -c 'echo planted'\\n\"}}\n",
+        ns = app.name
+    ));
+    let mut docs = vec![format!(
+        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\n\
+         metadata: {{name: app, namespace: {ns}}}\nspec: {{identityPoolId: \"{pool}\"}}\n---\n\
+         apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\n\
+         metadata: {{name: planted, namespace: {ns}}}\nspec: {{identityPoolId: \"{pool}\"}}\n",
+        ns = app.name
+    )];
+    docs.extend((0..ACCOUNTS).map(|i| {
+        format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {}, namespace: {}, \
+             annotations: {{cognito.kubecred.io/credential: app}}}}\n",
+            account(i),
+            app.name
+        )
+    }));
+    kubectl_apply(&docs.join("---\n"));
+    wait_ready(&app.name, "app", 60);
+    kubectl(&[
+        "-n",
+        &app.name,
+        "wait",
+        "--for=jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}=SecretConflict",
+        "cuc/planted",
+        "--timeout=60s",
+    ]);
+    let pods: Api<Pod> = app.api();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+
+    // Refusals: a Secret the controller does not own, a resource that does not exist.
+    for (name, want) in [
+        ("planted", "is not the controller's (SecretConflict)"),
+        ("missing", "no CognitoUnauthCredential"),
+    ] {
+        let err = pods
+            .create(
+                &dry,
+                &pod(json!({"cognito.kubecred.io/inject": name}), "default"),
+            )
+            .await
+            .expect_err(name);
+        assert!(err.to_string().contains(want), "{name}: {err}");
+    }
+
+    // Admissions all along: each second one pod through a (long) ServiceAccount and one
+    // through the pod annotation.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let admitting = tokio::spawn({
+        let (pods, stop, dry) = (pods.clone(), stop.clone(), dry.clone());
+        async move {
+            let (mut ok, mut failures) = (0usize, Vec::new());
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let tick = tokio::time::Instant::now() + Duration::from_millis(1000);
+                let sa = account(i % ACCOUNTS);
+                for (what, p) in [
+                    ("ServiceAccount", pod(json!({}), &sa)),
+                    (
+                        "annotation",
+                        pod(json!({"cognito.kubecred.io/inject": "app"}), "default"),
+                    ),
+                ] {
+                    match pods.create(&dry, &p).await {
+                        Ok(created) if injected(&created) => ok += 1,
+                        Ok(_) => failures.push(format!("{what}: admitted without injection")),
+                        Err(e) => failures.push(format!("{what}: {e}")),
+                    }
+                }
+                i += 1;
+                tokio::time::sleep_until(tick).await;
+            }
+            (ok, failures)
+        }
+    });
+    let first_bundle = bundles(&mwcs, &mwc_name).await;
+
+    let t = Instant::now();
+    for n in 0..UPGRADES {
+        // A new pod template: the webhook's replicas roll (helm --wait: until they have).
+        let cpu = format!("webhook.resources.requests.cpu={}m", 11 + n);
+        run_helm("upgrade", &["--set", &cpu]);
+    }
+    let upgrades_s = t.elapsed().as_secs_f64();
+    let manifest = helm_ok(&["get", "manifest", &release, "--namespace", &rel.name]);
+    let t = Instant::now();
+    for _ in 0..REAPPLIES {
+        let out = kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager",
+                "argocd-controller",
+                "-f",
+                "-",
+            ],
+            &manifest,
+        );
+        assert!(
+            out.status.success(),
+            "re-apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let reapplies_s = t.elapsed().as_secs_f64();
+    // A CA renewal inside the window too (the CA lives CA_LIFETIME s, renewed at two
+    // thirds): both webhooks' caBundle changes, with 500 annotated accounts in the cluster.
+    eventually(
+        Duration::from_secs(CA_LIFETIME as u64 + 30),
+        "a CA renewal in both caBundles",
+        || async {
+            let now = bundles(&mwcs, &mwc_name).await;
+            (now.len() == 2 && now[0] == now[1] && now[0] != first_bundle[0]).then_some(())
+        },
+    )
+    .await;
+    stop.cancel();
+    let (ok, failures) = admitting.await.expect("admission loop");
+    println!(
+        "{ok} pods admitted and injected during {UPGRADES} helm upgrades ({upgrades_s:.0} s), \
+         {REAPPLIES} server-side re-applies ({reapplies_s:.0} s) and a CA renewal; {} refused or \
+         not injected",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(
+        ok >= 2 * (UPGRADES + REAPPLIES) * 5,
+        "only {ok} admissions in the window"
+    );
+    // The configuration is what the chart renders (caBundle aside): nothing to re-apply.
+    let doc = manifest_doc(&manifest, "MutatingWebhookConfiguration", &mwc_name);
+    let diff = kubectl_stdin(&["diff", "--server-side", "-f", "-"], &doc);
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "kubectl diff --server-side shows a difference:\n{}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let live =
+        serde_json::to_value(mwcs.get(&mwc_name).await.expect("configuration")).expect("json");
+    let conditions: Vec<&Value> = live["webhooks"]
+        .as_array()
+        .expect("webhooks")
+        .iter()
+        .map(|w| &w["matchConditions"])
+        .collect();
+    let size = serde_json::to_string(&conditions).expect("json").len();
+    assert!(
+        size < 1000,
+        "the match conditions grew with {ACCOUNTS} accounts: {size} bytes"
+    );
+
+    // As the webhook's ServiceAccount: only caBundle may change.
+    let as_hook = |args: &[&str]| {
+        let mut all = vec!["--as", &hook_user];
+        all.extend_from_slice(args);
+        let out = std::process::Command::new("kubectl")
+            .args(&all)
+            .envs(testbed().env())
+            .output()
+            .expect("kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let patch = |ops: &str| {
+        as_hook(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            &mwc_name,
+            "--type=json",
+            "-p",
+            ops,
+        ])
+    };
+    for (what, ops) in [
+        (
+            "failurePolicy",
+            r#"[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Ignore"}]"#,
+        ),
+        (
+            "rules",
+            r#"[{"op":"add","path":"/webhooks/0/rules/0/operations/-","value":"UPDATE"}]"#,
+        ),
+        (
+            "namespaceSelector",
+            r#"[{"op":"replace","path":"/webhooks/1/namespaceSelector","value":{}}]"#,
+        ),
+        (
+            "objectSelector",
+            r#"[{"op":"replace","path":"/webhooks/0/objectSelector","value":{"matchLabels":{"x":"y"}}}]"#,
+        ),
+        (
+            "matchConditions",
+            r#"[{"op":"remove","path":"/webhooks/0/matchConditions"}]"#,
+        ),
+        (
+            "clientConfig",
+            r#"[{"op":"replace","path":"/webhooks/0/clientConfig/service/name","value":"elsewhere"}]"#,
+        ),
+        (
+            "labels",
+            r#"[{"op":"add","path":"/metadata/labels/x","value":"y"}]"#,
+        ),
+    ] {
+        let (done, err) = patch(ops);
+        assert!(!done, "the webhook's ServiceAccount changed {what}");
+        assert!(
+            err.contains("may change only clientConfig.caBundle"),
+            "{what}: {err}"
+        );
+    }
+    let (done, err) = as_hook(&["delete", "mutatingwebhookconfiguration", &mwc_name]);
+    assert!(
+        !done,
+        "the webhook's ServiceAccount deleted its configuration"
+    );
+    println!("delete as the webhook: {}", err.trim());
+    let current = bundles(&mwcs, &mwc_name).await[0]
+        .clone()
+        .expect("a caBundle");
+    let b64 = base64_encode(current.as_bytes());
+    let (done, err) = patch(&format!(
+        r#"[{{"op":"replace","path":"/webhooks/0/clientConfig/caBundle","value":"{b64}"}}]"#
+    ));
+    assert!(
+        done,
+        "the webhook's ServiceAccount may not set caBundle: {err}"
+    );
+
+    // The webhook's ClusterRoleBinding gone for 60 s: few requests, then recovery.
+    let binding = format!("{hook}-{}", rel.name);
+    let binding_doc = manifest_doc(&manifest, "ClusterRoleBinding", &binding);
+    let removed_at = jiff::Timestamp::now();
+    kubectl(&["delete", "clusterrolebinding", &binding]);
+    // A fixed window on purpose: the request rate over it is what is measured.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let restored_at = jiff::Timestamp::now();
+    kubectl_apply(&binding_doc);
+    let requests = audit_log()
+        .into_iter()
+        .filter(|e| e["user"]["username"] == hook_user.as_str() && e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t >= removed_at && t < restored_at)
+        })
+        .count();
+    println!(
+        "webhook requests to the API server in the 60 s without its ClusterRoleBinding (2 replicas): {requests}"
+    );
+    assert!(
+        requests <= 120,
+        "{requests} requests in 60 s: the webhook's watches do not back off"
+    );
+    // Recovered: each replica lists the ServiceAccounts again (the watch's backoff is
+    // capped at 30 s), and a pod is injected.
+    let t = Instant::now();
+    eventually(
+        Duration::from_secs(90),
+        "the ServiceAccounts listed again",
+        || async {
+            audit_log()
+                .iter()
+                .any(|e| {
+                    e["user"]["username"] == hook_user.as_str()
+                        && e["objectRef"]["resource"] == "serviceaccounts"
+                        && (e["verb"] == "list" || e["verb"] == "watch")
+                        && e["responseStatus"]["code"] == 200
+                        && e["requestReceivedTimestamp"]
+                            .as_str()
+                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                            .is_some_and(|t| t >= restored_at)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let created = pods
+        .create(&dry, &pod(json!({}), &account(0)))
+        .await
+        .expect("a pod after the recovery");
+    assert!(injected(&created));
+    println!(
+        "binding back: the ServiceAccounts listed again after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    helm_uninstall(&release, &rel.name);
+    app.cleanup().await;
+    rel.cleanup().await;
+}
+
+/// Base64, as the API writes a `caBundle` (k8s-openapi's ByteString).
+fn base64_encode(bytes: &[u8]) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .expect("json")
+        .as_str()
+        .expect("a string")
+        .to_string()
+}
