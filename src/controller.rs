@@ -190,7 +190,7 @@ async fn run_controllers<C: Cognito>(
                 .labels(MANAGED_SELECTOR)
                 .any_semantic(),
         )
-        .default_backoff()
+        .backoff(crate::backoff::Watch::default())
         .map_ok(move |ev| {
             seen_ctx.seen.follow(seen_scope.as_deref(), &ev);
             ev
@@ -213,7 +213,7 @@ async fn run_controllers<C: Cognito>(
                 warn!(namespace = ns.unwrap_or("<all>"), wait = ?SECRETS_LISTED_WAIT, "our Secrets are not listed yet; reading each one instead");
             }
             watcher(cucs, watcher::Config::default().any_semantic())
-                .default_backoff()
+                .backoff(crate::backoff::Watch::default())
                 .modify(|o: &mut CognitoUnauthCredential| o.managed_fields_mut().clear())
                 .reflect(writer)
                 .touched_objects()

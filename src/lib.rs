@@ -8,7 +8,8 @@
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
 //! HTTP server ([`http`]); and the runtime wiring ([`controller`]) with its leader election
 //! ([`lease`]), events with compact series ([`events`]), and rollout restarts of the
-//! workloads that read the credentials ([`restart`]).
+//! workloads that read the credentials ([`restart`]); every watch backs off as
+//! client-go's reflectors do ([`backoff`]).
 //!
 //! The injection webhook (`cognito-unauth-controller webhook`) has its own: the pod it
 //! makes of an annotated pod ([`inject`], pure), its serving certificate ([`certs`], pure),
@@ -16,6 +17,7 @@
 //! ([`webhook`]); [`sidecar`] is the `serve-credentials` sidecar it adds to pods whose image
 //! has no shell.
 
+pub mod backoff;
 pub mod certs;
 pub mod cognito;
 pub mod controller;

@@ -180,7 +180,7 @@ impl Caches {
         tokio::spawn(until(
             shutdown.clone(),
             reflector(writer, watcher(cucs, watcher::Config::default()))
-                .default_backoff()
+                .backoff(crate::backoff::Watch::default())
                 .for_each(|e| {
                     if let Err(e) = e {
                         warn!(error = %e, "watching CognitoUnauthCredentials");
@@ -510,7 +510,7 @@ pub async fn configure(
     tokio::spawn(until(
         shutdown.clone(),
         watcher(secrets, by_name(&settings.tls_secret))
-            .default_backoff()
+            .backoff(crate::backoff::Watch::default())
             .for_each(wake_on(wake.clone())),
     ));
     // A caBundle reset (by hand, or by a tool that applies the chart's manifest with it)
@@ -518,7 +518,7 @@ pub async fn configure(
     tokio::spawn(until(
         shutdown.clone(),
         watcher(mwcs, by_name(&settings.configuration))
-            .default_backoff()
+            .backoff(crate::backoff::Watch::default())
             .for_each(wake_on(wake.clone())),
     ));
     // Ready (below) only once the caches are synced: before that, a pod in an opted-in
@@ -590,7 +590,7 @@ async fn track_accounts(
     let value = |sa: &Meta| sa.annotations().get(ANN_SA_CREDENTIAL).cloned();
     let mut fresh: Option<BTreeMap<String, String>> = None;
     let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::backoff::Watch::default())
         .boxed();
     while let Some(event) = stream.next().await {
         match event {

@@ -15,9 +15,9 @@
 //! - a resource whose Secret name was taken first by a planted Secret (with a
 //!   `credential_process` command in its `config`) is refused, the refusal naming the
 //!   conflict, as is a resource that does not exist;
-//! - with the webhook's ClusterRoleBinding removed for 60 s, its requests to the API
-//!   server stay few (counted from the audit log) and it recovers: a ServiceAccount
-//!   annotated after the binding is back is injected.
+//! - with the webhook's ClusterRoleBinding removed for 60 s and its pods replaced meanwhile
+//!   (their first lists are refused), its requests to the API server stay few (counted
+//!   from the audit log), and once the binding is back its replicas turn ready and inject.
 
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,8 @@ use testbed_support::{
 const ACCOUNTS: usize = 500;
 const UPGRADES: usize = 3;
 const REAPPLIES: usize = 3;
-const CERT_LIFETIME: i64 = 45;
-const CA_LIFETIME: i64 = 90;
+const CERT_LIFETIME: i64 = 60;
+const CA_LIFETIME: i64 = 120;
 
 /// The i-th annotated ServiceAccount: 253 characters, the longest name there is.
 fn account(i: usize) -> String {
@@ -191,6 +191,7 @@ async fn upgrades_and_reapplies_leave_no_gap_and_the_webhook_may_change_only_its
     // Admissions all along: each second one pod through a (long) ServiceAccount and one
     // through the pod annotation.
     let stop = tokio_util::sync::CancellationToken::new();
+    let window = Instant::now();
     let admitting = tokio::spawn({
         let (pods, stop, dry) = (pods.clone(), stop.clone(), dry.clone());
         async move {
@@ -263,16 +264,18 @@ async fn upgrades_and_reapplies_leave_no_gap_and_the_webhook_may_change_only_its
     .await;
     stop.cancel();
     let (ok, failures) = admitting.await.expect("admission loop");
+    let window_s = window.elapsed().as_secs_f64();
     println!(
-        "{ok} pods admitted and injected during {UPGRADES} helm upgrades ({upgrades_s:.0} s), \
-         {REAPPLIES} server-side re-applies ({reapplies_s:.0} s) and a CA renewal; {} refused or \
-         not injected",
+        "{ok} pods admitted and injected in {window_s:.0} s, during {UPGRADES} helm upgrades \
+         ({upgrades_s:.0} s), {REAPPLIES} server-side re-applies ({reapplies_s:.0} s) and a CA \
+         renewal; {} refused or not injected",
         failures.len()
     );
     assert!(failures.is_empty(), "{failures:#?}");
+    // Two a second were asked for (one per path); at least one a second were made.
     assert!(
-        ok >= 2 * (UPGRADES + REAPPLIES) * 5,
-        "only {ok} admissions in the window"
+        ok as f64 >= window_s,
+        "only {ok} admissions in {window_s:.0} s"
     );
     // The configuration is what the chart renders (caBundle aside): nothing to re-apply.
     let doc = manifest_doc(&manifest, "MutatingWebhookConfiguration", &mwc_name);
@@ -377,11 +380,22 @@ async fn upgrades_and_reapplies_leave_no_gap_and_the_webhook_may_change_only_its
         "the webhook's ServiceAccount may not set caBundle: {err}"
     );
 
-    // The webhook's ClusterRoleBinding gone for 60 s: few requests, then recovery.
+    // The webhook's ClusterRoleBinding gone for 60 s, and its pods replaced meanwhile (a
+    // watch already open outlives a lost permission; a new replica's first lists do not):
+    // few requests, then recovery once the binding is back.
     let binding = format!("{hook}-{}", rel.name);
     let binding_doc = manifest_doc(&manifest, "ClusterRoleBinding", &binding);
     let removed_at = jiff::Timestamp::now();
     kubectl(&["delete", "clusterrolebinding", &binding]);
+    kubectl(&[
+        "-n",
+        &rel.name,
+        "delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/component=webhook",
+        "--wait=false",
+    ]);
     // A fixed window on purpose: the request rate over it is what is measured.
     tokio::time::sleep(Duration::from_secs(60)).await;
     let restored_at = jiff::Timestamp::now();
@@ -397,42 +411,30 @@ async fn upgrades_and_reapplies_leave_no_gap_and_the_webhook_may_change_only_its
         })
         .count();
     println!(
-        "webhook requests to the API server in the 60 s without its ClusterRoleBinding (2 replicas): {requests}"
+        "webhook requests to the API server in the 60 s without its ClusterRoleBinding (2 new replicas): {requests}"
     );
     assert!(
         requests <= 120,
         "{requests} requests in 60 s: the webhook's watches do not back off"
     );
-    // Recovered: each replica lists the ServiceAccounts again (the watch's backoff is
-    // capped at 30 s), and a pod is injected.
+    // Recovered: the new replicas list what they need (their watches' backoff is capped
+    // at 30 s), turn ready, and inject.
     let t = Instant::now();
-    eventually(
-        Duration::from_secs(90),
-        "the ServiceAccounts listed again",
-        || async {
-            audit_log()
-                .iter()
-                .any(|e| {
-                    e["user"]["username"] == hook_user.as_str()
-                        && e["objectRef"]["resource"] == "serviceaccounts"
-                        && (e["verb"] == "list" || e["verb"] == "watch")
-                        && e["responseStatus"]["code"] == 200
-                        && e["requestReceivedTimestamp"]
-                            .as_str()
-                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                            .is_some_and(|t| t >= restored_at)
-                })
-                .then_some(())
-        },
-    )
-    .await;
+    kubectl(&[
+        "-n",
+        &rel.name,
+        "rollout",
+        "status",
+        &format!("deployment/{hook}"),
+        "--timeout=120s",
+    ]);
     let created = pods
         .create(&dry, &pod(json!({}), &account(0)))
         .await
         .expect("a pod after the recovery");
     assert!(injected(&created));
     println!(
-        "binding back: the ServiceAccounts listed again after {:.1} s",
+        "binding back: the webhook's replicas ready and injecting after {:.1} s",
         t.elapsed().as_secs_f64()
     );
 
