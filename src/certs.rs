@@ -99,8 +99,8 @@ pub enum Step {
     Publish,
 }
 
-/// Two thirds of the way from `nb` to `na`.
-fn renew_at(nb: i64, na: i64) -> i64 {
+/// Two thirds of the way from `nb` to `na`: when a certificate is renewed.
+pub fn renew_at(nb: i64, na: i64) -> i64 {
     nb + (na - nb) * 2 / 3
 }
 

@@ -332,9 +332,33 @@ pub fn inject(
                     ));
                 }
             }
+            warn_other_identity(c, &name, ask.mode, &mut warnings);
         }
     }
     Ok(Injected { pod, warnings })
+}
+
+/// Another way of giving the pod an AWS identity, already in the container (IRSA's web
+/// identity, EKS Pod Identity's container endpoint; another webhook may have added them,
+/// and this one runs again after it): the SDKs pick one, so say which.
+fn warn_other_identity(c: &Value, name: &str, mode: Mode, warnings: &mut Vec<String>) {
+    for var in ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"] {
+        if env_value(c, var).is_some() {
+            warnings.push(format!(
+                "container {name} has {var} (IAM roles for service accounts): most AWS SDKs take the web identity credentials before the injected ones; remove the role annotation from the ServiceAccount, or do not inject this pod"
+            ));
+        }
+    }
+    // In container-credentials mode the variable is ours: set_env warns when the
+    // container's own value wins.
+    if mode == Mode::CredentialProcess
+        && let Some(e) = env_value(c, "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    {
+        warnings.push(format!(
+            "container {name} has AWS_CONTAINER_CREDENTIALS_FULL_URI ({}; EKS Pod Identity sets it): the AWS SDKs use the injected credential_process first, that endpoint's credentials not at all",
+            e["value"].as_str().unwrap_or("from a reference")
+        ));
+    }
 }
 
 fn region_env(env: &mut Vec<(&'static str, String)>, target: &Target) {
@@ -768,6 +792,34 @@ mod tests {
         assert!(app["volumeMounts"].is_null(), "{app}");
         assert!(env_value(app, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_none());
         assert_eq!(side["volumeMounts"][0]["name"], TOKEN_VOLUME);
+    }
+
+    #[test]
+    fn another_aws_identity_in_a_container_is_warned_about() {
+        let mut p = pod();
+        p["spec"]["containers"][0]["env"] = json!([
+            {"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::123456789012:role/irsa"},
+            {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"},
+            {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"},
+        ]);
+        let out = inject(&p, &ask(None, Mode::CredentialProcess), &target(), &image()).unwrap();
+        let w = out.warnings.join("\n");
+        assert!(w.contains("container app has AWS_ROLE_ARN (IAM roles for service accounts)"), "{w}");
+        assert!(w.contains("container app has AWS_WEB_IDENTITY_TOKEN_FILE"), "{w}");
+        assert!(
+            w.contains("container app has AWS_CONTAINER_CREDENTIALS_FULL_URI (http://169.254.170.23/v1/credentials; EKS Pod Identity"),
+            "{w}"
+        );
+        assert!(!w.contains("container side"), "{w}");
+        // container-credentials: Pod Identity's endpoint is the one the container keeps
+        // (set_env says so), warned about once.
+        let out = inject(&p, &ask(None, Mode::ContainerCredentials), &target(), &image()).unwrap();
+        let full_uri = out
+            .warnings
+            .iter()
+            .filter(|w| w.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+            .count();
+        assert_eq!(full_uri, 1, "{:?}", out.warnings);
     }
 
     #[test]

@@ -315,12 +315,18 @@ async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Res
     let draining = configuring.clone();
     let serving = CancellationToken::new();
     tokio::spawn({
-        let (configuring, serving, health) = (configuring.clone(), serving.clone(), health.clone());
+        let (configuring, serving, health, metrics) = (
+            configuring.clone(),
+            serving.clone(),
+            health.clone(),
+            metrics.clone(),
+        );
         let drain = std::time::Duration::from_secs(w.drain_seconds);
         async move {
             shutdown_signal().await;
             configuring.cancel();
             health.set_ready(false);
+            metrics.webhook_ready(false);
             info!(
                 seconds = drain.as_secs(),
                 "draining: unready, still answering admissions"

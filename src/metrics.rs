@@ -96,6 +96,11 @@ pub struct Metrics {
     admissions: Family<OutcomeLabels, Counter>,
     admission_latency: Histogram,
     webhook_certificate_expiration: FloatGauge,
+    webhook_certificate_renewal: FloatGauge,
+    webhook_ca_expiration: FloatGauge,
+    webhook_ca_renewal: FloatGauge,
+    webhook_ready: Gauge,
+    webhook_configured: FloatGauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +135,11 @@ impl Metrics {
             // From 0.5 ms: an admission answered from memory takes well under a millisecond.
             admission_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             webhook_certificate_expiration: FloatGauge::default(),
+            webhook_certificate_renewal: FloatGauge::default(),
+            webhook_ca_expiration: FloatGauge::default(),
+            webhook_ca_renewal: FloatGauge::default(),
+            webhook_ready: Gauge::default(),
+            webhook_configured: FloatGauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -206,6 +216,31 @@ impl Metrics {
             "webhook_certificate_expiration_timestamp_seconds",
             "When the webhook's serving certificate expires (Unix time)",
             m.webhook_certificate_expiration.clone(),
+        );
+        registry.register(
+            "webhook_certificate_renewal_timestamp_seconds",
+            "When the webhook renews its serving certificate (Unix time; 0 with cert-manager's)",
+            m.webhook_certificate_renewal.clone(),
+        );
+        registry.register(
+            "webhook_ca_expiration_timestamp_seconds",
+            "When the webhook's own CA expires (Unix time; 0 with cert-manager's)",
+            m.webhook_ca_expiration.clone(),
+        );
+        registry.register(
+            "webhook_ca_renewal_timestamp_seconds",
+            "When the webhook renews its own CA (Unix time; 0 with cert-manager's)",
+            m.webhook_ca_renewal.clone(),
+        );
+        registry.register(
+            "webhook_ready",
+            "1 while this webhook replica reports ready (a serving certificate loaded, its caches synced), else 0",
+            m.webhook_ready.clone(),
+        );
+        registry.register(
+            "webhook_configuration_success_timestamp_seconds",
+            "When this webhook replica last found its certificate and configuration as they should be (Unix time)",
+            m.webhook_configured.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -332,6 +367,24 @@ impl Metrics {
     pub fn webhook_certificate(&self, unix: i64) {
         // Unix seconds fit an f64 exactly.
         self.webhook_certificate_expiration.set(unix as f64);
+    }
+
+    /// When the webhook's own certificate and CA are due for renewal, and when the CA
+    /// expires (Unix seconds).
+    pub fn webhook_schedule(&self, cert_renewal: i64, ca_renewal: i64, ca_expiration: i64) {
+        self.webhook_certificate_renewal.set(cert_renewal as f64);
+        self.webhook_ca_renewal.set(ca_renewal as f64);
+        self.webhook_ca_expiration.set(ca_expiration as f64);
+    }
+
+    /// This webhook replica reports ready, or not.
+    pub fn webhook_ready(&self, ready: bool) {
+        self.webhook_ready.set(i64::from(ready));
+    }
+
+    /// A configuration pass found everything as it should be at `unix` seconds.
+    pub fn webhook_configured(&self, unix: i64) {
+        self.webhook_configured.set(unix as f64);
     }
 
     pub fn reconciled(&self) {
@@ -548,6 +601,9 @@ mod names {
         m.leading(true);
         m.admission("injected", Instant::now());
         m.webhook_certificate(1_800_000_000);
+        m.webhook_schedule(1_799_000_000, 1_900_000_000, 1_950_000_000);
+        m.webhook_ready(true);
+        m.webhook_configured(1_700_000_000);
         m.render().unwrap()
     }
 

@@ -414,6 +414,11 @@ impl Configurator {
             info!(not_after = b.cert_not_after, "serving certificate loaded");
         }
         self.metrics.webhook_certificate(b.cert_not_after);
+        self.metrics.webhook_schedule(
+            certs::renew_at(b.cert_not_before, b.cert_not_after),
+            certs::renew_at(b.ca_not_before, b.ca_not_after),
+            b.ca_not_after,
+        );
         Ok(())
     }
 
@@ -538,8 +543,13 @@ pub async fn configure(
             let wait = match configurator.pass().await {
                 Ok(next) => {
                     failures = 0;
+                    configurator
+                        .metrics
+                        .webhook_configured(jiff::Timestamp::now().as_second());
                     // Once shutdown began, unready stays (the drain).
-                    health.set_ready(configurator.slot.is_loaded() && !shutdown.is_cancelled());
+                    let ready = configurator.slot.is_loaded() && !shutdown.is_cancelled();
+                    health.set_ready(ready);
+                    configurator.metrics.webhook_ready(ready);
                     next
                 }
                 Err(e) => {

@@ -76,6 +76,7 @@ build_binary() {
 ensure_zig() {
   local zb zv="$CACHE/tools/ziglang-$ZIGLANG_VERSION"
   zb=$(cargo_tool cargo-zigbuild "$CARGO_ZIGBUILD_VERSION" 19)
+  [[ -f "$zv/.complete" ]] || cache_lock "$zv"
   if [[ ! -f "$zv/.complete" ]]; then
     log "installing zig (PyPI ziglang==$ZIGLANG_VERSION) into $zv (first time only)"
     rm -rf "$zv"
@@ -84,6 +85,7 @@ ensure_zig() {
       || die "could not install zig: pip install ziglang==$ZIGLANG_VERSION"
     touch "$zv/.complete"
   fi
+  [[ -z "${FD_LOCK:-}" ]] || cache_unlock
   # cargo-zigbuild finds zig as `python3 -m ziglang` with the venv's python3 first on PATH.
   export PATH="$zb:$zv/bin:$PATH"
 }

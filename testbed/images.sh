@@ -129,6 +129,9 @@ ensure_image() {
   key=$(image_key "$fn" "$@")
   out="$IMAGE_CACHE/$name-$key.tar"
   if [[ ! -f "$out" ]]; then
+    cache_lock "$out"
+  fi
+  if [[ ! -f "$out" ]]; then
     mkdir -p "$IMAGE_CACHE"
     local start; start=$(date +%s)
     rm -f "$out.partial"
@@ -140,6 +143,7 @@ ensure_image() {
       [[ "$old" == "$out" ]] || [[ -n "$(find "$old" -mtime -1 2>/dev/null)" ]] || rm -f "$old"
     done
   fi
+  [[ -z "${FD_LOCK:-}" ]] || cache_unlock
   touch "$out"
   echo "$out"
 }

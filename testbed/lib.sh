@@ -165,10 +165,27 @@ runc_bin_dir() { echo "$CACHE/runc-$(go_key "$ROOT/testbed/runc")"; }
 kubeconform_bin_dir() { echo "$CACHE/kubeconform-$(go_key "$ROOT/testbed/kubeconform")"; }
 helm_docs_bin_dir() { echo "$CACHE/helm-docs-$(go_key "$ROOT/testbed/helm-docs")"; }
 
+# cache_lock PATH: holds PATH.lock (an open descriptor, in FD_LOCK) until the calling
+# shell exits or cache_unlock: two clones' make test building the same tool at the same
+# time on one machine take turns, and the second finds the first's result (each would
+# otherwise delete the other's half-built .partial directory).
+cache_lock() {
+  mkdir -p "$(dirname "$1")"
+  exec {FD_LOCK}>"$1.lock"
+  flock "$FD_LOCK"
+}
+cache_unlock() { exec {FD_LOCK}>&-; }
+
 # build_go DIR OUT PKG...: build PKGs of the Go module in DIR into OUT, once per key.
 build_go() {
   local dir=$1 out=$2; shift 2
   if [[ -f "$out/.complete" ]]; then
+    touch "$out/.used"
+    return 0
+  fi
+  cache_lock "$out"
+  if [[ -f "$out/.complete" ]]; then
+    cache_unlock
     touch "$out/.used"
     return 0
   fi
@@ -177,9 +194,10 @@ build_go() {
   rm -rf "$out.partial"
   mkdir -p "$out.partial"
   (cd "$dir" && go build -buildvcs=false -trimpath -tags "$(go_tags "$dir")" \
-    -ldflags "$(go_ldflags "$dir")" -o "$out.partial/" "$@")
+    -ldflags "$(go_ldflags "$dir")" -o "$out.partial/" "$@") \
+    || die "go build of $* failed (module $dir)"
   rm -rf "$out"
-  mv "$out.partial" "$out"
+  mv "$out.partial" "$out" || die "could not move $out.partial to $out"
   touch "$out/.used"
   # Builds for an older pin are dead weight; but another work tree of this project (a
   # branch on another pin) may still use one: drop those unused for a week.
@@ -191,6 +209,7 @@ build_go() {
     fi
   done
   echo "$(( $(date +%s) - start ))" > "$out/.complete"
+  cache_unlock
   log "built in $(cat "$out/.complete")s"
 }
 
@@ -354,11 +373,15 @@ KC
 cargo_tool() {
   local name=$1 version=$2 dir="$CACHE/tools/$1-$2"
   if [[ ! -x "$dir/bin/$name" ]]; then
-    log "installing $name $version from crates.io into $dir (first time only)"
-    rm -rf "$dir.partial"
-    nice -n "${3:-0}" cargo install --locked --quiet "$name" --version "$version" --root "$dir.partial" >&2 \
-      || die "could not install $name: cargo install --locked $name --version $version"
-    rm -rf "$dir" && mv "$dir.partial" "$dir"
+    cache_lock "$dir"
+    if [[ ! -x "$dir/bin/$name" ]]; then
+      log "installing $name $version from crates.io into $dir (first time only)"
+      rm -rf "$dir.partial"
+      nice -n "${3:-0}" cargo install --locked --quiet "$name" --version "$version" --root "$dir.partial" >&2 \
+        || die "could not install $name: cargo install --locked $name --version $version"
+      { rm -rf "$dir" && mv "$dir.partial" "$dir"; } || die "could not move $dir.partial to $dir"
+    fi
+    cache_unlock
   fi
   echo "$dir/bin"
 }

@@ -68,13 +68,31 @@ PY
   } >&2
 }
 
+# tree_of PID: PID and all its descendants.
+tree_of() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1" 2>/dev/null); do tree_of "$child"; done
+}
+# kill_tree PID: PID and every descendant stopped, then sent TERM: none starts another
+# process in between, and none is missed because its parent died first.
+kill_tree() {
+  local pids
+  mapfile -t pids < <(tree_of "$1")
+  kill -STOP "${pids[@]}" 2>/dev/null || true
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  kill -CONT "${pids[@]}" 2>/dev/null || true
+}
+
 started_here=0
 before="$LOCAL/machine-before-up.txt"
 cleanup() {
   local rc=$?
-  # Background jobs still running (a step failed before awaiting them): stop them.
+  # Background jobs still running (a step failed before awaiting them): stop them and
+  # everything they started (a cargo build of the arm64 image went on after a failed run,
+  # holding the target dir's lock against the next one).
   local pid
-  for pid in "${BG_PID[@]}"; do kill -- "$pid" 2>/dev/null || true; done
+  for pid in "${BG_PID[@]}"; do kill_tree "$pid"; done
   wait 2>/dev/null || true
   if (( started_here )); then
     testbed/down.sh || rc=1

@@ -97,6 +97,9 @@ fn grid(t: f64) -> u64 {
 }
 
 /// promtool's check that exactly `alerts` (name, severity) fire for the resource at `at`.
+/// The injection webhook's alerts are left out: this run has no webhook (no series from its
+/// job, so CognitoUnauthWebhookNotReady would fire on absence); the chart's hand-written
+/// cases check them.
 fn firing(at: u64, alerts: &[(&str, &str)], resource: &BTreeMap<String, String>) -> Value {
     let samples: Vec<Value> = alerts
         .iter()
@@ -109,7 +112,7 @@ fn firing(at: u64, alerts: &[(&str, &str)], resource: &BTreeMap<String, String>)
         })
         .collect();
     json!({
-        "expr": "ALERTS{alertstate=\"firing\"}",
+        "expr": "ALERTS{alertstate=\"firing\", alertname!~\"CognitoUnauthWebhook.*\"}",
         "eval_time": format!("{at}s"),
         "exp_samples": samples,
     })
