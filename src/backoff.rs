@@ -12,13 +12,8 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::DefaultBackoff;
 
 /// A watch's backoff that a successful item does not reset; see the module docs.
+#[derive(Default)]
 pub struct Watch(DefaultBackoff);
-
-impl Default for Watch {
-    fn default() -> Self {
-        Self(DefaultBackoff::default())
-    }
-}
 
 impl Iterator for Watch {
     type Item = Duration;
@@ -49,7 +44,9 @@ mod tests {
     async fn a_list_that_keeps_failing_is_retried_ever_later_though_init_events_come_between() {
         // What kube's watcher yields when every list is refused: Init, then the error.
         let items = futures::stream::iter(
-            std::iter::repeat_with(|| [Ok(0u8), Err(())]).take(9).flatten(),
+            std::iter::repeat_with(|| [Ok(0u8), Err(())])
+                .take(9)
+                .flatten(),
         );
         let start = tokio::time::Instant::now();
         let mut at = Vec::new();
@@ -72,7 +69,9 @@ mod tests {
         }
         // kube's own default, for contrast: reset by each Init, it never grows.
         let items = futures::stream::iter(
-            std::iter::repeat_with(|| [Ok(0u8), Err(())]).take(9).flatten(),
+            std::iter::repeat_with(|| [Ok(0u8), Err(())])
+                .take(9)
+                .flatten(),
         );
         let start = tokio::time::Instant::now();
         let mut s = std::pin::pin!(items.default_backoff());

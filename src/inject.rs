@@ -804,8 +804,14 @@ mod tests {
         ]);
         let out = inject(&p, &ask(None, Mode::CredentialProcess), &target(), &image()).unwrap();
         let w = out.warnings.join("\n");
-        assert!(w.contains("container app has AWS_ROLE_ARN (IAM roles for service accounts)"), "{w}");
-        assert!(w.contains("container app has AWS_WEB_IDENTITY_TOKEN_FILE"), "{w}");
+        assert!(
+            w.contains("container app has AWS_ROLE_ARN (IAM roles for service accounts)"),
+            "{w}"
+        );
+        assert!(
+            w.contains("container app has AWS_WEB_IDENTITY_TOKEN_FILE"),
+            "{w}"
+        );
         assert!(
             w.contains("container app has AWS_CONTAINER_CREDENTIALS_FULL_URI (http://169.254.170.23/v1/credentials; EKS Pod Identity"),
             "{w}"
@@ -813,7 +819,13 @@ mod tests {
         assert!(!w.contains("container side"), "{w}");
         // container-credentials: Pod Identity's endpoint is the one the container keeps
         // (set_env says so), warned about once.
-        let out = inject(&p, &ask(None, Mode::ContainerCredentials), &target(), &image()).unwrap();
+        let out = inject(
+            &p,
+            &ask(None, Mode::ContainerCredentials),
+            &target(),
+            &image(),
+        )
+        .unwrap();
         let full_uri = out
             .warnings
             .iter()
