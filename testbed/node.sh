@@ -192,6 +192,11 @@ node_network_up() {
   in_node sysctl -qw net.ipv6.conf.host0.disable_ipv6=1
   in_node ip addr add "$NODE_IP/30" dev host0
   in_node ip link set host0 up
+  # Processes on the node's own network (host-network pods: a webhook with
+  # webhook.hostNetwork) reach Services as pods do: connect() needs a route before
+  # kube-proxy's OUTPUT rules rewrite the address to an endpoint. On the link only (no
+  # gateway): an address without a Service finds no one there and fails.
+  in_node ip route add "$SERVICE_CIDR" dev host0
   # The bridge exists before the first pod, with the address the CNI config names as
   # gateway (the bridge plugin reuses both).
   in_node ip link add cni0 type bridge
