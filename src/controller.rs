@@ -54,6 +54,8 @@ pub struct LeaderElection {
 pub struct Settings {
     /// Namespaces to watch; all namespaces when empty.
     pub namespaces: Vec<String>,
+    /// When all namespaces are watched: those left alone (a team's, with its own release).
+    pub exclude_namespaces: Vec<String>,
     /// Reconciles running at once (per watched namespace).
     pub concurrency: u16,
     /// Identifies this replica in events.
@@ -67,6 +69,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             namespaces: Vec::new(),
+            exclude_namespaces: Vec::new(),
             concurrency: 8,
             instance: None,
             leader_election: None,
@@ -173,6 +176,15 @@ async fn run_controllers<C: Cognito>(
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
+        // Watching every namespace: the excluded ones are left out by the API server.
+        let fields = scope
+            .is_none()
+            .then(|| excluding(&settings.exclude_namespaces))
+            .flatten();
+        let scoped = move |c: watcher::Config| match &fields {
+            Some(f) => c.fields(f),
+            None => c,
+        };
         let (cucs, secrets): (Api<CognitoUnauthCredential>, Api<Secret>) = match &scope {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
@@ -186,7 +198,7 @@ async fn run_controllers<C: Cognito>(
         let seen_scope = scope.clone();
         let owned = watcher(
             secrets,
-            watcher::Config::default()
+            scoped(watcher::Config::default())
                 .labels(MANAGED_SELECTOR)
                 .any_semantic(),
         )
@@ -207,12 +219,13 @@ async fn run_controllers<C: Cognito>(
         let (reader, writer) = reflector::store();
         let listed_ctx = ctx.clone();
         let listed_scope = scope.clone();
+        let cuc_config = scoped(watcher::Config::default()).any_semantic();
         let trigger = futures::stream::once(async move {
             let ns = listed_scope.as_deref();
             if !listed_ctx.seen.wait_listed(ns, SECRETS_LISTED_WAIT).await {
                 warn!(namespace = ns.unwrap_or("<all>"), wait = ?SECRETS_LISTED_WAIT, "our Secrets are not listed yet; reading each one instead");
             }
-            watcher(cucs, watcher::Config::default().any_semantic())
+            watcher(cucs, cuc_config)
                 .backoff(crate::backoff::Watch::default())
                 .modify(|o: &mut CognitoUnauthCredential| o.managed_fields_mut().clear())
                 .reflect(writer)
@@ -287,4 +300,27 @@ async fn run_controllers<C: Cognito>(
     }
     tasks.abort_all();
     info!("controller stopped");
+}
+
+/// The field selector that leaves `namespaces` out of a cluster-wide watch (`None`: none).
+pub fn excluding(namespaces: &[String]) -> Option<String> {
+    let parts: Vec<String> = namespaces
+        .iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| format!("metadata.namespace!={n}"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn excluded_namespaces_become_one_field_selector() {
+        assert_eq!(super::excluding(&[]), None);
+        assert_eq!(super::excluding(&[String::new()]), None);
+        assert_eq!(
+            super::excluding(&["team-a".into(), "team-b".into()]).as_deref(),
+            Some("metadata.namespace!=team-a,metadata.namespace!=team-b")
+        );
+    }
 }

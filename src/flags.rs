@@ -13,6 +13,7 @@
 /// of the variable's value names the key, so the fix is in the values the user wrote.
 pub const CHART_KEYS: &[(&str, &str)] = &[
     ("WATCH_NAMESPACES", "watchNamespaces"),
+    ("EXCLUDE_NAMESPACES", "excludeNamespaces"),
     (
         "METRICS_ADDRESS",
         "metrics.port (webhook.metricsPort for the webhook)",
@@ -47,7 +48,7 @@ pub const CHART_KEYS: &[(&str, &str)] = &[
         "sts.assumeRoleWithWebIdentityRatePerSecond",
     ),
     ("CONCURRENCY", "concurrency"),
-    ("WEBHOOK_ADDRESS", "webhook.port"),
+    ("WEBHOOK_ADDRESS", "webhook.securePort"),
     ("WEBHOOK_EXTERNAL_CERTIFICATE", "webhook.certificate.source"),
     (
         "WEBHOOK_CA_LIFETIME_SECONDS",

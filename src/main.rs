@@ -29,6 +29,14 @@ struct Args {
     /// Namespaces to watch, comma-separated (default: all namespaces).
     #[arg(long = "namespaces", env = "WATCH_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
+    /// When watching all namespaces: namespaces to leave alone, comma-separated (those of
+    /// teams with a release of their own).
+    #[arg(
+        long = "exclude-namespaces",
+        env = "EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    exclude_namespaces: Vec<String>,
     /// Address of the HTTP server for /livez, /readyz and /metrics.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
     metrics_address: SocketAddr,
@@ -187,9 +195,24 @@ async fn main() -> anyhow::Result<()> {
         fmt.init();
     }
 
+    if args.namespaces.iter().any(|n| !n.is_empty())
+        && args.exclude_namespaces.iter().any(|n| !n.is_empty())
+    {
+        anyhow::bail!(
+            "WATCH_NAMESPACES (watchNamespaces) and EXCLUDE_NAMESPACES (excludeNamespaces) are both set: exclusions apply only when all namespaces are watched; set one"
+        );
+    }
     match args.command.take() {
         Some(Command::ServeCredentials(s)) => return serve_credentials(s).await,
-        Some(Command::Webhook(w)) => return run_webhook(args.metrics_address, w).await,
+        Some(Command::Webhook(w)) => {
+            return run_webhook(
+                args.metrics_address,
+                &args.namespaces,
+                &args.exclude_namespaces,
+                w,
+            )
+            .await;
+        }
         None => {}
     }
     let client = kube_client().await?;
@@ -223,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
             .into_iter()
             .filter(|n| !n.is_empty())
             .collect(),
+        exclude_namespaces: args.exclude_namespaces,
         concurrency: args.concurrency,
         instance: pod,
         leader_election,
@@ -290,7 +314,14 @@ async fn serve_credentials(s: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Result<()> {
+/// The injection webhook; with `namespaces` (the chart's watchNamespaces) it reads and
+/// injects only there.
+async fn run_webhook(
+    metrics_address: SocketAddr,
+    namespaces: &[String],
+    exclude_namespaces: &[String],
+    w: WebhookArgs,
+) -> anyhow::Result<()> {
     let client = kube_client().await?;
     let (metrics, health) = serve_admin(metrics_address).await?;
     let settings = webhook::Settings {
@@ -336,7 +367,12 @@ async fn run_webhook(metrics_address: SocketAddr, w: WebhookArgs) -> anyhow::Res
         }
     });
     let slot = Arc::new(CertSlot::default());
-    let caches = webhook::Caches::start(&client, &serving);
+    let namespaces: Vec<String> = namespaces
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
+    let caches = webhook::Caches::start(&client, &namespaces, exclude_namespaces, &serving);
     let configurator = Configurator::new(
         client.clone(),
         settings.clone(),

@@ -156,30 +156,112 @@ pub type Annotated = Arc<RwLock<BTreeMap<String, String>>>;
 
 /// What the admission path reads instead of the API server: the annotated
 /// ServiceAccounts and the `CognitoUnauthCredential`s, each from a watch that backs off on
-/// errors. [`Caches::start`] runs both until shutdown.
+/// errors, per watched namespace (or one for the cluster). [`Caches::start`] runs them
+/// until shutdown.
 #[derive(Clone)]
 pub struct Caches {
-    pub accounts: Annotated,
-    pub credentials: reflector::Store<CognitoUnauthCredential>,
+    scopes: Vec<Scope>,
+    /// Left to other releases (cluster-wide scope only).
+    excluded: Vec<String>,
+}
+
+/// The caches of one namespace (`None`: every namespace).
+#[derive(Clone)]
+struct Scope {
+    namespace: Option<String>,
+    accounts: Annotated,
+    credentials: reflector::Store<CognitoUnauthCredential>,
     /// True once the ServiceAccounts have been listed.
     accounts_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Caches {
-    /// Starts both watches (cluster-wide) until `shutdown`.
-    pub fn start(client: &Client, shutdown: &CancellationToken) -> Self {
+    /// Starts the watches until `shutdown`: in each of `namespaces` (a release with
+    /// watchNamespaces has Roles there and nothing cluster-wide), or cluster-wide when
+    /// there are none, without the `excluded` namespaces (other releases' teams).
+    pub fn start(
+        client: &Client,
+        namespaces: &[String],
+        excluded: &[String],
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().cloned().map(Some).collect()
+        };
+        let fields = crate::controller::excluding(excluded);
+        let scopes = scopes
+            .into_iter()
+            .map(|namespace| {
+                let fields = if namespace.is_none() {
+                    fields.clone()
+                } else {
+                    None
+                };
+                Scope::start(client, namespace, fields, shutdown)
+            })
+            .collect();
+        Self {
+            scopes,
+            excluded: excluded.to_vec(),
+        }
+    }
+
+    /// The caches that cover `namespace`; none when the release does not watch it.
+    fn scope(&self, namespace: &str) -> Option<&Scope> {
+        if self.excluded.iter().any(|n| n == namespace) {
+            return None;
+        }
+        self.scopes
+            .iter()
+            .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
+    }
+
+    /// Returns once every cache holds a complete listing.
+    async fn synced(&self) {
+        for scope in &self.scopes {
+            let mut accounts = scope.accounts_synced.clone();
+            // An Err means the tracker stopped (shutdown): nothing to wait for then.
+            let _ = accounts.wait_for(|s| *s).await;
+            let _ = scope.credentials.wait_until_ready().await;
+        }
+    }
+}
+
+impl Scope {
+    fn start(
+        client: &Client,
+        namespace: Option<String>,
+        fields: Option<String>,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+            <K as Resource>::DynamicType: Default,
+        {
+            match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
         let accounts = Annotated::default();
         let (synced_tx, accounts_synced) = tokio::sync::watch::channel(false);
-        let sas: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client.clone());
+        let sas: Api<PartialObjectMeta<ServiceAccount>> = api(client, namespace.as_deref());
+        let config = || match &fields {
+            Some(f) => watcher::Config::default().fields(f),
+            None => watcher::Config::default(),
+        };
         tokio::spawn(until(
             shutdown.clone(),
-            track_accounts(sas, accounts.clone(), synced_tx),
+            track_accounts(sas, config(), accounts.clone(), synced_tx),
         ));
         let (credentials, writer) = reflector::store();
-        let cucs: Api<CognitoUnauthCredential> = Api::all(client.clone());
+        let cucs: Api<CognitoUnauthCredential> = api(client, namespace.as_deref());
         tokio::spawn(until(
             shutdown.clone(),
-            reflector(writer, watcher(cucs, watcher::Config::default()))
+            reflector(writer, watcher(cucs, config()))
                 .backoff(crate::backoff::Watch::default())
                 .for_each(|e| {
                     if let Err(e) = e {
@@ -189,18 +271,11 @@ impl Caches {
                 }),
         ));
         Self {
+            namespace,
             accounts,
             credentials,
             accounts_synced,
         }
-    }
-
-    /// Returns once both caches hold a complete listing.
-    async fn synced(&self) {
-        let mut accounts = self.accounts_synced.clone();
-        // An Err means the tracker stopped (shutdown): nothing to wait for then.
-        let _ = accounts.wait_for(|s| *s).await;
-        let _ = self.credentials.wait_until_ready().await;
     }
 }
 
@@ -288,14 +363,15 @@ impl Configurator {
                     s.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()),
                 )
             });
-            let observed = self.observe().await?;
+            // cert-manager's: load it; its CA injector keeps caBundle (the webhook then
+            // needs no access to its configuration at all).
             if !self.settings.manage_certificate {
                 if let Some(s) = &secret {
                     self.load_external(s)?;
                 }
-                self.publish(None, &observed).await?;
                 return Ok(next);
             }
+            let observed = self.observe().await?;
             // Published: every webhook trusts the newest CA.
             let is_published = |b: &Bundle| {
                 !observed.ca_bundles.is_empty()
@@ -519,13 +595,15 @@ pub async fn configure(
             .for_each(wake_on(wake.clone())),
     ));
     // A caBundle reset (by hand, or by a tool that applies the chart's manifest with it)
-    // is put back at once.
-    tokio::spawn(until(
-        shutdown.clone(),
-        watcher(mwcs, by_name(&settings.configuration))
-            .backoff(crate::backoff::Watch::default())
-            .for_each(wake_on(wake.clone())),
-    ));
+    // is put back at once. With cert-manager's certificate, its CA injector keeps it.
+    if settings.manage_certificate {
+        tokio::spawn(until(
+            shutdown.clone(),
+            watcher(mwcs, by_name(&settings.configuration))
+                .backoff(crate::backoff::Watch::default())
+                .for_each(wake_on(wake.clone())),
+        ));
+    }
     // Ready (below) only once the caches are synced: before that, a pod in an opted-in
     // namespace would be decided on an empty cache.
     tokio::select! {
@@ -591,6 +669,7 @@ fn wake_on<K>(
 /// `synced` after the first complete listing.
 async fn track_accounts(
     api: Api<PartialObjectMeta<ServiceAccount>>,
+    config: watcher::Config,
     annotated: Annotated,
     synced: tokio::sync::watch::Sender<bool>,
 ) {
@@ -599,7 +678,7 @@ async fn track_accounts(
     let key = |sa: &Meta| format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any());
     let value = |sa: &Meta| sa.annotations().get(ANN_SA_CREDENTIAL).cloned();
     let mut fresh: Option<BTreeMap<String, String>> = None;
-    let mut stream = watcher(api, watcher::Config::default())
+    let mut stream = watcher(api, config)
         .backoff(crate::backoff::Watch::default())
         .boxed();
     while let Some(event) = stream.next().await {
@@ -667,10 +746,24 @@ pub async fn admit(
         .unwrap_or("default")
         .to_string();
     let pod_annotations = obj.annotations().clone();
+    // The chart's namespaceSelector sends only the namespaces the release serves; a
+    // configuration changed by hand could send others, which this release cannot read:
+    // a pod that asked (annotation) is refused, any other passes unchanged.
+    let Some(scope) = caches.scope(&namespace) else {
+        if !pod_annotations.contains_key(ANN_INJECT) {
+            return (resp, "unchanged");
+        }
+        return (
+            resp.deny(format!(
+                "namespace {namespace} is not one this release of the webhook serves (the chart's watchNamespaces, excludeNamespaces): its pods get credentials from the release that serves it"
+            )),
+            "refused",
+        );
+    };
     let sa_credential = if pod_annotations.contains_key(ANN_INJECT) {
         None
     } else {
-        match account_credential(client, &caches.accounts, &namespace, &sa_name, deadline).await {
+        match account_credential(client, &scope.accounts, &namespace, &sa_name, deadline).await {
             Ok(c) => c,
             Err(e) => {
                 return (
@@ -688,20 +781,20 @@ pub async fn admit(
         Ok(None) => return (resp, "unchanged"),
         Err(r) => return (resp.deny(r.0), "refused"),
     };
-    let target =
-        match credential(client, &caches.credentials, &namespace, &ask.name, deadline).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(r)) => return (resp.deny(r.0), "refused"),
-            Err(e) => {
-                return (
-                    resp.deny(format!(
-                        "could not read CognitoUnauthCredential {namespace}/{}: {e}",
-                        ask.name
-                    )),
-                    "error",
-                );
-            }
-        };
+    let target = match credential(client, &scope.credentials, &namespace, &ask.name, deadline).await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(r)) => return (resp.deny(r.0), "refused"),
+        Err(e) => {
+            return (
+                resp.deny(format!(
+                    "could not read CognitoUnauthCredential {namespace}/{}: {e}",
+                    ask.name
+                )),
+                "error",
+            );
+        }
+    };
     let injected = match inject::inject(&pod, &ask, &target, sidecar) {
         Ok(i) => i,
         Err(r) => return (resp.deny(r.0), "refused"),
@@ -924,6 +1017,34 @@ impl axum::serve::Listener for TlsListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scope(namespace: Option<&str>) -> Scope {
+        let (credentials, _writer) = reflector::store();
+        let (_synced, accounts_synced) = tokio::sync::watch::channel(false);
+        Scope {
+            namespace: namespace.map(str::to_string),
+            accounts: Annotated::default(),
+            credentials,
+            accounts_synced,
+        }
+    }
+
+    #[test]
+    fn a_release_serves_its_namespaces_and_no_excluded_one() {
+        let team = Caches {
+            scopes: vec![scope(Some("a")), scope(Some("b"))],
+            excluded: vec![],
+        };
+        let served = |c: &Caches, ns: &str| c.scope(ns).map(|s| s.namespace.clone());
+        assert_eq!(served(&team, "b"), Some(Some("b".into())));
+        assert_eq!(served(&team, "c"), None);
+        let cluster = Caches {
+            scopes: vec![scope(None)],
+            excluded: vec!["team-a".into()],
+        };
+        assert_eq!(served(&cluster, "anything"), Some(None));
+        assert_eq!(served(&cluster, "team-a"), None);
+    }
 
     fn observed(bundles: &[(&str, Option<&str>)]) -> Observed {
         Observed {

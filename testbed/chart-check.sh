@@ -117,6 +117,8 @@ refused "minAvailable 100% of two replicas" "would block every node drain" \
   "$CHART" --set podDisruptionBudget.enabled=true --set replicaCount=2 --set podDisruptionBudget.minAvailable=100%
 refused "an unknown value" "additional properties" "$CHART" --set imageTag=1
 refused "a malformed digest" "/image/digest" "$CHART" --set image.digest=latest
+refused "excludeNamespaces beside watchNamespaces" "set one" \
+  "$CHART" --set 'watchNamespaces={a}' --set 'excludeNamespaces={b}'
 
 # ---------------------------------------------------------------- NOTES.txt
 # helm template does not render NOTES.txt (helm install --dry-run needs a cluster): a

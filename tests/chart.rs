@@ -1136,3 +1136,96 @@ subjects: [{{kind: User, name: {viewer}, apiGroup: rbac.authorization.k8s.io}}]
     delete_cluster_rbac(&release);
     ns.cleanup().await;
 }
+
+/// With watchNamespaces the webhook reads through a Role in each watched namespace and is
+/// called for those namespaces only; cluster-wide it may touch its own configuration
+/// (caBundle), and with cert-manager's certificate nothing at all (issue 20).
+#[test]
+fn a_namespaced_webhook_reads_only_its_namespaces() {
+    let release = "nw";
+    let hook = "nw-cognito-unauth-controller-webhook";
+    for (source, cluster_rules) in [
+        (
+            "self",
+            vec![json!({
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "resourceNames": [format!("{hook}-rel")],
+                "verbs": ["get", "list", "watch", "patch"],
+            })],
+        ),
+        ("certManager", vec![]),
+    ] {
+        let source = format!("webhook.certificate.source={source}");
+        let rendered = template(
+            release,
+            "rel",
+            &[
+                "watchNamespaces={team-a,team-b}",
+                "crds.install=false",
+                "webhook.enabled=true",
+                &source,
+            ],
+        )
+        .expect("render");
+        let docs = documents(&rendered);
+        let granted: Vec<serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" && !aggregated(d))
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(granted, cluster_rules, "{source}: cluster-wide grants");
+        let bound: Vec<&serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRoleBinding")
+            .collect();
+        assert_eq!(
+            bound.len(),
+            usize::from(!cluster_rules.is_empty()),
+            "{source}"
+        );
+        for ns in ["team-a", "team-b"] {
+            let role = docs
+                .iter()
+                .find(|d| {
+                    d["kind"] == "Role"
+                        && d["metadata"]["name"] == format!("{hook}-reader")
+                        && d["metadata"]["namespace"] == ns
+                })
+                .unwrap_or_else(|| panic!("{source}: the webhook's Role in {ns}"));
+            assert_eq!(
+                role["rules"],
+                json!([
+                    {"apiGroups": ["cognito.kubecred.io"], "resources": ["cognitounauthcredentials"], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch"]},
+                ]),
+                "{source}: {ns}"
+            );
+        }
+        let mwc = docs
+            .iter()
+            .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+            .expect("the configuration");
+        for w in mwc["webhooks"].as_array().expect("webhooks") {
+            let exprs = w["namespaceSelector"]["matchExpressions"]
+                .as_array()
+                .expect("matchExpressions");
+            assert!(
+                exprs.contains(&json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]})),
+                "{source}: {} is called for other namespaces: {exprs:?}",
+                w["name"]
+            );
+        }
+        let env = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == hook)
+            .map(|d| d["spec"]["template"]["spec"]["containers"][0]["env"].clone())
+            .expect("the webhook's Deployment");
+        assert!(
+            env.as_array().is_some_and(
+                |e| e.contains(&json!({"name": "WATCH_NAMESPACES", "value": "team-a,team-b"}))
+            ),
+            "{source}: {env}"
+        );
+    }
+}

@@ -16,20 +16,77 @@
 //!    examples/demo.yaml` with a pool id put in, `kubectl wait`, `get`, `describe`):
 //!    the resource is Ready and its Secret holds credentials;
 //! 4. a pod annotated `cognito.kubecred.io/inject: demo` is injected by the default
-//!    webhook, and runs.
+//!    webhook, and runs;
+//! 5. the README's team release beside it (`excludeNamespaces` on this one,
+//!    `watchNamespaces` on the team's): the team's resource is written by the team's
+//!    controller alone, and each annotated pod is mutated by exactly one webhook, the one
+//!    of the release that serves its namespace (the audit log names every webhook the API
+//!    server called for a pod).
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
+use serde_json::Value;
 use testbed_support::{
-    Proxy, client, eventually, helm, kubectl, kubectl_apply, kubectl_stdin, pod_ready, root,
-    testbed,
+    Proxy, audit_log, client, eventually, helm, kubectl, kubectl_apply, kubectl_stdin, pod_ready,
+    root, testbed,
 };
 
 const RELEASE: &str = "cuc";
 const NAMESPACE: &str = "cognito-unauth-controller";
 const README_IMAGE: &str = "registry.example.com/cognito-unauth-controller:0.1.0";
+/// The README's team release, and the namespace it watches.
+const TEAM_RELEASE: &str = "cuc-team-b";
+const TEAM_RELEASE_NS: &str = "team-b-system";
+const TEAM_NS: &str = "team-b";
+
+/// The configurations whose webhooks the API server called for the pod `ns/name`'s
+/// creation (a server-side apply: a `patch` that creates), from the audit log's
+/// `mutation.webhook.admission.k8s.io` annotations, each with whether it mutated the pod.
+fn webhooks_called(ns: &str, name: &str, since: jiff::Timestamp) -> Vec<(String, bool)> {
+    audit_log()
+        .into_iter()
+        .filter(|e| {
+            e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t >= since)
+        })
+        .filter(|e| {
+            (e["verb"] == "create" || e["verb"] == "patch")
+                && e["objectRef"]["subresource"].is_null()
+                && e["stage"] == "ResponseComplete"
+                && e["objectRef"]["resource"] == "pods"
+                && e["objectRef"]["namespace"] == ns
+                && e["objectRef"]["name"] == name
+        })
+        .flat_map(|e| {
+            e["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("mutation.webhook.admission.k8s.io/"))
+                .filter_map(|(_, v)| serde_json::from_str::<Value>(v.as_str()?).ok())
+                .map(|v| {
+                    (
+                        v["configuration"].as_str().unwrap_or_default().to_string(),
+                        v["mutated"] == true,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// An annotated pod in `ns`, which must be injected (it is not run).
+fn annotated_pod(ns: &str, name: &str) {
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+         \x20 annotations: {{cognito.kubecred.io/inject: demo}}\nspec:\n  containers:\n\
+         \x20 - {{name: app, image: \"registry.k8s.io/pause:3.10.2\", imagePullPolicy: Never}}\n"
+    ));
+}
 
 /// The commands of README.md's `## Installing on a cluster` section: its `sh` blocks,
 /// with continuation lines joined.
@@ -83,8 +140,31 @@ fn sh(script: &str) -> String {
     text
 }
 
-/// The release, the demo resource and the pod, as a rerun on the same bed must not find them.
+/// Cleans up when dropped, also when the test fails: a cluster-wide release left behind
+/// would reconcile every other test's resources.
+struct CleanUp(String);
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        clean_up(&self.0);
+    }
+}
+
+/// The releases, the demo resources and the pods, as a rerun on the same bed (or the
+/// tests after this one) must not find them.
 fn clean_up(helm_env: &str) {
+    let _ = kubectl_stdin(
+        &[
+            "delete",
+            "pod",
+            "team-injected",
+            "-n",
+            TEAM_NS,
+            "--ignore-not-found",
+            "--wait=false",
+        ],
+        "",
+    );
     let _ = kubectl_stdin(
         &[
             "delete",
@@ -108,9 +188,29 @@ fn clean_up(helm_env: &str) {
         ],
         "",
     );
-    sh(&format!(
-        "{helm_env} helm uninstall {RELEASE} -n {NAMESPACE} --ignore-not-found --wait --timeout 120s"
-    ));
+    // Not asserted: this also runs when the test failed (a panic in a panic aborts).
+    for (release, ns) in [(TEAM_RELEASE, TEAM_RELEASE_NS), (RELEASE, NAMESPACE)] {
+        let _ = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "{helm_env} helm uninstall {release} -n {ns} --ignore-not-found --wait --timeout 120s"
+            ))
+            .current_dir(root())
+            .envs(testbed().env())
+            .output();
+    }
+    // The README creates the team's namespace: a rerun must find it gone.
+    let _ = kubectl_stdin(
+        &[
+            "delete",
+            "namespace",
+            TEAM_NS,
+            TEAM_RELEASE_NS,
+            "--ignore-not-found",
+            "--timeout=120s",
+        ],
+        "",
+    );
     let _ = kubectl_stdin(
         &[
             "delete",
@@ -161,6 +261,9 @@ async fn the_readmes_install_commands_run_on_the_node_with_the_chart_defaults() 
          ctr_node images tag --force localhost/cognito-unauth-controller:dev {README_IMAGE} 2>/dev/null"
     ));
     clean_up(&helm_env);
+    let _clean_up = CleanUp(helm_env.clone());
+    // What the audit log says from here on is this run's.
+    let started = jiff::Timestamp::now();
 
     // 1. The README's line, as it stands, plus what this bed needs.
     let t = std::time::Instant::now();
@@ -282,5 +385,81 @@ async fn the_readmes_install_commands_run_on_the_node_with_the_chart_defaults() 
         "--timeout=120s",
     ]);
 
-    clean_up(&helm_env);
+    // 5. The README's team release beside this one.
+    let cluster_hook = format!("{RELEASE}-cognito-unauth-controller-webhook-{NAMESPACE}");
+    let team_hook = format!("{TEAM_RELEASE}-cognito-unauth-controller-webhook-{TEAM_RELEASE_NS}");
+    assert_eq!(
+        webhooks_called("default", "readme-injected", started),
+        vec![(cluster_hook.clone(), true)],
+        "the default release's pod"
+    );
+    let team_commands: Vec<&String> = commands
+        .iter()
+        .skip_while(|c| *c != "kubectl create namespace team-b")
+        .take(3)
+        .collect();
+    assert!(
+        team_commands.len() == 3
+            && team_commands[1].starts_with(&format!("helm upgrade {RELEASE} "))
+            && team_commands[2].starts_with(&format!("helm install {TEAM_RELEASE} ")),
+        "the README's team release commands changed: {team_commands:?}"
+    );
+    sh(team_commands[0]);
+    sh(&format!(
+        "{helm_env} {} --wait --timeout 240s",
+        team_commands[1]
+    ));
+    sh(&format!(
+        "{helm_env} {} --set cognito.endpointUrl={endpoint} --set sts.endpointUrl={endpoint} \
+         --wait --timeout 240s",
+        team_commands[2]
+    ));
+    let team_demo = std::fs::read_to_string(dir.join("examples/demo.yaml")).expect("demo.yaml");
+    let out = kubectl_stdin(&["apply", "-n", TEAM_NS, "-f", "-"], &team_demo);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kubectl(&[
+        "wait",
+        "-n",
+        TEAM_NS,
+        "--for=condition=Ready",
+        "cuc/demo",
+        "--timeout=120s",
+    ]);
+    annotated_pod(TEAM_NS, "team-injected");
+    assert_eq!(
+        webhooks_called(TEAM_NS, "team-injected", started),
+        vec![(team_hook.clone(), true)],
+        "the team's pod: mutated by the team's webhook alone"
+    );
+    // The cluster-wide controller left the team's resource and Secret alone: every write
+    // in the team's namespace came from the team's controller.
+    let cluster_sa =
+        format!("system:serviceaccount:{NAMESPACE}:{RELEASE}-cognito-unauth-controller");
+    let team_sa =
+        format!("system:serviceaccount:{TEAM_RELEASE_NS}:{TEAM_RELEASE}-cognito-unauth-controller");
+    let writers: std::collections::BTreeSet<String> = audit_log()
+        .into_iter()
+        .filter(|e| {
+            e["objectRef"]["namespace"] == TEAM_NS
+                && e["stage"] == "ResponseComplete"
+                && ["create", "update", "patch", "delete"]
+                    .contains(&e["verb"].as_str().unwrap_or_default())
+                && ["secrets", "cognitounauthcredentials"]
+                    .contains(&e["objectRef"]["resource"].as_str().unwrap_or_default())
+        })
+        .filter_map(|e| e["user"]["username"].as_str().map(str::to_string))
+        .filter(|u| u.starts_with("system:serviceaccount:"))
+        .collect();
+    assert!(
+        writers.contains(&team_sa) && !writers.contains(&cluster_sa),
+        "writers of the team's Secret and resource: {writers:?}"
+    );
+    println!(
+        "a team release beside the defaults: the team's pod mutated by {team_hook} alone, \
+         the default release's by {cluster_hook} alone; writers in {TEAM_NS}: {writers:?}"
+    );
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    CHART, Proxy, TestNs, helm_ok, kubectl, kubectl_apply, rand_suffix, record_fault, root,
+    Proxy, TestNs, helm_install, helm_ok, kubectl, kubectl_apply, rand_suffix, record_fault, root,
     test_dir, testbed, wait_ready,
 };
 
@@ -149,19 +149,12 @@ async fn node_faults_controller_pod_killed_kubelet_and_containerd_restarted() {
         ),
     )
     .expect("values");
-    helm_ok(&[
-        "install",
+    helm_install(
         &release,
-        CHART,
-        "--namespace",
         &rel.name,
-        "--values",
         &values.display().to_string(),
-        "--take-ownership",
-        "--wait",
-        "--timeout",
-        "180s",
-    ]);
+        &["--take-ownership"],
+    );
     kubectl_apply(&format!(
         "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\n\
          metadata: {{name: app, namespace: {}}}\nspec:\n  identityPoolId: {pool}\n  renewBefore: 5m\n",

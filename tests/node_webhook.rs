@@ -31,7 +31,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    BOTO3_LOOP, CHART, Proxy, TestNs, eventually, failed, helm_ok, helm_uninstall, install_crd,
+    BOTO3_LOOP, Proxy, TestNs, eventually, failed, helm_install, helm_uninstall, install_crd,
     keys_used, kubectl, kubectl_apply, opt_in, rand_suffix, restricted, root, testbed, ua_is_boto3,
     ua_is_cli, ua_is_go, wait_ready, webhook_values, writers,
 };
@@ -215,18 +215,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         &format!("sts: {{endpointUrl: \"{endpoint}\"}}\n"),
     );
     let t = Instant::now();
-    helm_ok(&[
-        "install",
-        &release,
-        CHART,
-        "--namespace",
-        &rel.name,
-        "--values",
-        &values,
-        "--wait",
-        "--timeout",
-        "180s",
-    ]);
+    helm_install(&release, &rel.name, &values, &[]);
     println!("helm install --wait: {:.1} s", t.elapsed().as_secs_f64());
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(rel.client.clone());
     eventually(Duration::from_secs(30), "the caBundle", || async {
@@ -655,7 +644,17 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         s["volumes"] = json!([{"name": "x", "emptyDir": {}}]);
         s
     };
+    let host_network = {
+        let mut s = pod_spec("localhost/aws-client:dev", json!(["true"]), None);
+        s["hostNetwork"] = json!(true);
+        s
+    };
     let cases: Vec<(Value, Value, &str)> = vec![
+        (
+            json!({"cognito.kubecred.io/inject": "app", "cognito.kubecred.io/inject-mode": "container-credentials"}),
+            host_network,
+            "for a hostNetwork pod is the node's",
+        ),
         (
             json!({"cognito.kubecred.io/inject": ""}),
             Value::Null,

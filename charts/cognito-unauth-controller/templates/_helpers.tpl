@@ -109,9 +109,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end -}}
 
-{{/* Every object's labels (commonLabels included), with the webhook's name and component. */}}
-{{- define "cuc.webhookLabels" -}}
-{{- toYaml (merge (include "cuc.webhookSelectorLabels" . | fromYaml) (include "cuc.labels" . | fromYaml)) -}}
+{{/* A webhook object's metadata: "cuc.metadata" with the webhook's name and component
+    labels. Called with a dict: root, name, and optionally namespace, annotations. */}}
+{{- define "cuc.webhookMetadata" -}}
+{{- include "cuc.metadata" (dict "root" .root "name" .name "namespace" .namespace "labels" (include "cuc.webhookSelectorLabels" .root | fromYaml) "annotations" .annotations) -}}
 {{- end -}}
 
 {{/* A number as our binary and the API server read it. Helm reads every number in
@@ -152,16 +153,23 @@ rules:
     apiVersions: ["v1"]
     resources: ["pods"]
     scope: Namespaced
+{{- with .Values.webhook.objectSelector }}
+objectSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
-{{/* The namespaces the webhooks are called for: with watchNamespaces only those (a team's
-release acts on its own namespaces only), never the release's own, kube-system or
+{{/* The namespaces the webhooks are called for (a namespaceSelector's matchExpressions):
+webhook.namespaceSelector's own, then: with watchNamespaces only those (a team's release
+acts on its own namespaces only), never the release's own, kube-system or
 webhook.excludeNamespaces. */}}
 {{- define "cuc.webhookNamespaces" -}}
+{{- with (.Values.webhook.namespaceSelector | default dict).matchExpressions }}{{ toYaml . }}
+{{ end -}}
 - key: kubernetes.io/metadata.name
   operator: NotIn
   values:
-    {{- toYaml (concat (list .Release.Namespace "kube-system") .Values.webhook.excludeNamespaces | uniq) | nindent 4 }}
+    {{- toYaml (concat (list .Release.Namespace "kube-system") (.Values.excludeNamespaces | default list) .Values.webhook.excludeNamespaces | uniq) | nindent 4 }}
 {{- with .Values.watchNamespaces }}
 - key: kubernetes.io/metadata.name
   operator: In

@@ -926,6 +926,23 @@ while True:
     time.sleep(2)
 "#;
 
+/// `helm install RELEASE CHART --namespace NS --values VALUES EXTRA... --wait` (3 minutes
+/// at most); helm's output.
+pub fn helm_install(release: &str, ns: &str, values: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "install",
+        release,
+        CHART,
+        "--namespace",
+        ns,
+        "--values",
+        values,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--wait", "--timeout", "180s"]);
+    helm_ok(&args)
+}
+
 /// `helm uninstall RELEASE --namespace NS --wait` (2 minutes at most).
 pub fn helm_uninstall(release: &str, ns: &str) {
     helm_ok(&[
