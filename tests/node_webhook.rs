@@ -760,7 +760,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     let table = format!(
         "| pod creation (server dry-run), 200 each | p50 ms | p99 ms | max ms |\n| --- | --- | --- | --- |\n{}\n{}\n",
         row(
-            "annotated: through the webhook (TLS, a GET of the resource, the patch)",
+            "annotated: through the webhook (TLS, the resource from its watch cache, the patch)",
             &with
         ),
         row("not annotated: the webhook is not called", &without)
