@@ -5,6 +5,7 @@
 # machine), then the API server, the emulator and etcd.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$ROOT/testbed/node.sh"
+bed_lock
 quiet=${1:-}
 if [[ -d "$RUN" || -e "/run/netns/$NODE_NETNS" || -d "$NODE_STATE" ]]; then
   mkdir -p "$RUN"

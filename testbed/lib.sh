@@ -176,6 +176,21 @@ cache_lock() {
 }
 cache_unlock() { exec {FD_LOCK}>&-; }
 
+# bed_lock: holds .local/bed.lock (an open descriptor, in FD_BED) until the calling script
+# exits. up.sh, down.sh and the fault matrix's restart scripts take it: a test starting
+# while node_faults has the kubelet stopped (or apiserver_restart the API server) waits
+# for the part to come back, instead of finding a bed with a part missing and replacing
+# the whole bed under every test that runs beside it (CI saw seven tests fail at once so).
+# A script run by one that holds it (CUC_BED_LOCKED) does not take it again. The bed's
+# processes never inherit it (start closes it).
+bed_lock() {
+  [[ -z "${CUC_BED_LOCKED:-}" ]] || return 0
+  mkdir -p "$LOCAL"
+  exec {FD_BED}>"$LOCAL/bed.lock"
+  flock -w 900 "$FD_BED" || die "another script held $LOCAL/bed.lock for 15 minutes (up.sh, down.sh or a restart-*.sh of this tree)"
+  export CUC_BED_LOCKED=1
+}
+
 # build_go DIR OUT PKG...: build PKGs of the Go module in DIR into OUT, once per key.
 build_go() {
   local dir=$1 out=$2; shift 2
@@ -277,7 +292,11 @@ boot_id() { cat /proc/sys/kernel/random/boot_id; }
 # start NAME CMD...: run CMD in its own session (process group), log to $RUN/NAME.log.
 start() {
   local name=$1; shift
-  setsid "$@" > "$RUN/$name.log" 2>&1 < /dev/null &
+  if [[ -n "${FD_BED:-}" ]]; then
+    setsid "$@" > "$RUN/$name.log" 2>&1 < /dev/null {FD_BED}>&- &
+  else
+    setsid "$@" > "$RUN/$name.log" 2>&1 < /dev/null &
+  fi
   local pid=$!
   # The start time is the fork's: the same before and after setsid execs CMD. (A process
   # already gone leaves none, and its pid file then never matches.)

@@ -2,6 +2,7 @@
 # Restarts the test bed's kube-apiserver in place (same port, same flags): for the fault
 # matrix. Stops it (SIGTERM), waits DOWN_SECONDS (default 3), starts it, waits for /readyz.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bed_lock
 [[ -f "$RUN/kube-apiserver.cmd" ]] || die "no running test bed (testbed/up.sh first)"
 mapfile -t cmd < "$RUN/kube-apiserver.cmd"
 stop kube-apiserver

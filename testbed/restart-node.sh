@@ -6,6 +6,7 @@
 # with the same configuration, and waits until the node is Ready again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$ROOT/testbed/node.sh"
+bed_lock
 [[ -f "$LOCAL/env" ]] || die "no test bed is running: make up"
 ! grep -q '^export CUC_NODE="off"' "$LOCAL/env" || die "the test bed has no node: $(grep -o 'CUC_NODE_REASON=.*' "$LOCAL/env")"
 part=${1:?kubelet or containerd}
