@@ -8,7 +8,7 @@
 //! `AWS_ENDPOINT_URL`). The SDK's own retries are off: the controller owns the retry
 //! schedule, so every call it makes is one call on the wire.
 
-use std::collections::HashMap;
+use crate::bounded::Bounded;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -217,16 +217,21 @@ pub async fn load_sdk_config(timeouts: Timeouts, endpoint: Option<&str>) -> SdkC
 #[derive(Clone)]
 pub struct SdkCognito {
     base: SdkConfig,
-    clients: Arc<Mutex<HashMap<String, Client>>>,
-    sts: Arc<Mutex<HashMap<String, aws_sdk_sts::Client>>>,
+    clients: Arc<Mutex<Bounded<String, Client>>>,
+    sts: Arc<Mutex<Bounded<String, aws_sdk_sts::Client>>>,
 }
+
+/// Regions with a client kept (the least recently used goes): a cluster's resources name
+/// a handful, but any string of a region's shape is accepted, and each would otherwise
+/// add a client kept for ever.
+pub const REGIONS_KEPT: usize = 32;
 
 impl SdkCognito {
     pub fn new(base: SdkConfig) -> Self {
         Self {
             base,
-            clients: Arc::default(),
-            sts: Arc::default(),
+            clients: Arc::new(Mutex::new(Bounded::new(REGIONS_KEPT))),
+            sts: Arc::new(Mutex::new(Bounded::new(REGIONS_KEPT))),
         }
     }
 
@@ -235,8 +240,7 @@ impl SdkCognito {
     fn sts(&self, region: &str) -> aws_sdk_sts::Client {
         let mut clients = crate::lock(&self.sts);
         clients
-            .entry(region.to_string())
-            .or_insert_with(|| {
+            .get_or_insert_with(&region.to_string(), || {
                 let conf = aws_sdk_sts::config::Builder::from(&self.base)
                     .region(Region::new(region.to_string()))
                     .build();
@@ -248,8 +252,7 @@ impl SdkCognito {
     fn client(&self, region: &str) -> Client {
         let mut clients = crate::lock(&self.clients);
         clients
-            .entry(region.to_string())
-            .or_insert_with(|| {
+            .get_or_insert_with(&region.to_string(), || {
                 let conf = aws_sdk_cognitoidentity::config::Builder::from(&self.base)
                     .region(Region::new(region.to_string()))
                     .build();

@@ -1,5 +1,5 @@
 //! Runtime wiring: the kube-runtime Controller over CognitoUnauthCredentials and the
-//! Secrets they own (only ours, by label: each is kept as a fingerprint, see `seen`),
+//! Secrets they own (by label, metadata only: each is kept as a fingerprint, see `seen`),
 //! driving `reconcile`;
 //! one Controller per watched namespace (or one for all); optional leader election on a
 //! coordination.k8s.io Lease, with only the leader reconciling.
@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::watch;
@@ -185,15 +185,17 @@ async fn run_controllers<C: Cognito>(
             Some(f) => c.fields(f),
             None => c,
         };
-        let (cucs, secrets): (Api<CognitoUnauthCredential>, Api<Secret>) = match &scope {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-        // Our Secrets, whole (the data is needed to tell an intact one), each kept only
-        // as a fingerprint; the controller gets their owner references.
+        let (cucs, secrets): (Api<CognitoUnauthCredential>, Api<PartialObjectMeta<Secret>>) =
+            match &scope {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+                None => (Api::all(client.clone()), Api::all(client.clone())),
+            };
+        // Our Secrets' metadata, each kept only as a fingerprint (`seen`); the controller
+        // gets their owner references. Metadata only: anyone who may create a Secret can
+        // put our label on it, and its data never enters this process.
         let seen_ctx = ctx.clone();
         let seen_scope = scope.clone();
         let owned = watcher(
@@ -207,13 +209,10 @@ async fn run_controllers<C: Cognito>(
             seen_ctx.seen.follow(seen_scope.as_deref(), &ev);
             ev
         })
-        .touched_objects()
-        .map_ok(|mut s: Secret| {
-            s.data = None;
-            s
-        });
-        // Our own cache of the resources, without managedFields: they are most of a cached
-        // object's size and the controller never reads them. Listed once the Secrets
+        .touched_objects();
+        // Our own cache of the resources, slimmed (crd::slim): without managedFields,
+        // labels and other tools' annotations, which the controller never reads and
+        // whose size the schema cannot bound. Listed once the Secrets
         // are (or after SECRETS_LISTED_WAIT), so that the first reconciles know them
         // without reading each one.
         let (reader, writer) = reflector::store();
@@ -227,7 +226,7 @@ async fn run_controllers<C: Cognito>(
             }
             watcher(cucs, cuc_config)
                 .backoff(crate::backoff::Watch::default())
-                .modify(|o: &mut CognitoUnauthCredential| o.managed_fields_mut().clear())
+                .modify(crate::crd::slim)
                 .reflect(writer)
                 .touched_objects()
         })

@@ -183,7 +183,7 @@ pub struct CognitoUnauthCredentialSpec {
     /// variables): the controller sets their pod template's
     /// `cognito.kubecred.io/restartedAt` annotation, once per rotation. Never on the first
     /// issue, on a controller restart or on a status-only change. The controller needs
-    /// `patch` on these kinds (the chart's `rolloutRestart.enabled`).
+    /// `patch` on these kinds (the chart's `rolloutRestart.enabled`). At most 32.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
@@ -258,12 +258,68 @@ pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/cognito";
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretTemplate {
-    /// Labels added to the Secret. The controller's own labels win on a clash.
+    /// Labels added to the Secret: at most 16, each key at most 128 characters and each
+    /// value at most 63. The controller's own labels win on a clash.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 16,
+        "x-kubernetes-validations" = [{
+            "rule": "self.all(k, size(k) <= 128 && size(self[k]) <= 63)",
+            "message": "secretTemplate.labels: each key at most 128 characters, each value at most 63"
+        }]
+    ))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret. The controller's own annotations win on a clash.
+    /// Annotations added to the Secret: at most 16, each key at most 128 characters and
+    /// each value at most 256. The controller's own annotations win on a clash.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 16,
+        "x-kubernetes-validations" = [{
+            "rule": "self.all(k, size(k) <= 128 && size(self[k]) <= 256)",
+            "message": "secretTemplate.annotations: each key at most 128 characters, each value at most 256"
+        }]
+    ))]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// The limits the schema puts on what a namespace user writes into a resource (its
+/// `spec`), so that one resource costs the shared controller a bounded amount of memory.
+pub mod limits {
+    /// Entries in `secretTemplate.labels`, and in `secretTemplate.annotations`.
+    pub const TEMPLATE_ENTRIES: usize = 16;
+    /// Characters in a template label or annotation key.
+    pub const TEMPLATE_KEY: usize = 128;
+    /// Characters in a template label value (Kubernetes' own limit).
+    pub const LABEL_VALUE: usize = 63;
+    /// Characters in a template annotation value.
+    pub const ANNOTATION_VALUE: usize = 256;
+    /// Entries in `rolloutRestartTargets`.
+    pub const ROLLOUT_TARGETS: usize = 32;
+    /// The largest `spec` the limits allow, serialized as JSON, in bytes (a unit test
+    /// builds it).
+    pub const SPEC_BYTES: usize = 24 * 1024;
+}
+
+/// The annotations of a resource the controller and the webhook read: their own
+/// (`cognito.kubecred.io/...`).
+fn ours(key: &str) -> bool {
+    key.strip_prefix(GROUP)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// What the caches keep of a resource: its spec, status and the metadata the controller
+/// reads. Labels, other annotations (`kubectl.kubernetes.io/last-applied-configuration`,
+/// anyone's up to the API server's 256 KiB) and managedFields are not kept: a resource's
+/// size in memory is bounded by the schema's limits, whatever its owner adds.
+pub fn slim(o: &mut CognitoUnauthCredential) {
+    o.metadata.managed_fields = None;
+    o.metadata.labels = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.retain(|k, _| ours(k));
+        if a.is_empty() {
+            o.metadata.annotations = None;
+        }
+    }
 }
 
 /// What the controller last did and saw.
@@ -419,6 +475,107 @@ mod tests {
         let conds =
             &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
         assert_eq!(conds["x-kubernetes-list-type"], "map");
+    }
+
+    /// Every user string, list and map of the spec has a limit, and the largest spec they
+    /// allow stays within `limits::SPEC_BYTES`.
+    #[test]
+    fn the_largest_spec_the_schema_allows_is_bounded() {
+        use super::limits::*;
+        let crd = serde_json::to_value(CognitoUnauthCredential::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let props = spec["properties"].as_object().unwrap();
+        // Each property: a string with maxLength, a bounded list, a bounded map, or a
+        // closed set (bool, enum).
+        for (name, p) in props {
+            let bounded = p["maxLength"].is_u64()
+                || p["maxItems"].is_u64()
+                || p["enum"].is_array()
+                || p["type"] == "boolean"
+                || name == "secretTemplate";
+            assert!(bounded, "spec.{name} has no limit: {p}");
+        }
+        let template = &props["secretTemplate"]["properties"];
+        for (field, value) in [("labels", LABEL_VALUE), ("annotations", ANNOTATION_VALUE)] {
+            let t = &template[field];
+            assert_eq!(t["maxProperties"], TEMPLATE_ENTRIES, "{field}");
+            let rule = t["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+            assert_eq!(
+                rule,
+                format!("self.all(k, size(k) <= {TEMPLATE_KEY} && size(self[k]) <= {value})")
+            );
+        }
+        let targets = &props["rolloutRestartTargets"];
+        assert_eq!(targets["maxItems"], ROLLOUT_TARGETS);
+        assert!(targets["items"]["properties"]["name"]["maxLength"].is_u64());
+
+        // The largest spec: every string at its maxLength, every list and map full.
+        let max = |p: &serde_json::Value| "a".repeat(p["maxLength"].as_u64().unwrap() as usize);
+        let entries = |value: usize| -> BTreeMap<String, String> {
+            (0..TEMPLATE_ENTRIES)
+                .map(|i| (format!("{i:0>TEMPLATE_KEY$}"), "v".repeat(value)))
+                .collect()
+        };
+        let largest = CognitoUnauthCredentialSpec {
+            identity_pool_id: max(&props["identityPoolId"]),
+            region: Some(max(&props["region"])),
+            flow: Flow::Basic,
+            // roleArn and customRoleArn exclude each other (the flow's rules).
+            role_arn: Some(max(&props["roleArn"])),
+            session_duration: Some(max(&props["sessionDuration"])),
+            role_session_name: Some(max(&props["roleSessionName"])),
+            custom_role_arn: None,
+            secret_name: Some(max(&props["secretName"])),
+            secret_template: Some(SecretTemplate {
+                labels: entries(LABEL_VALUE),
+                annotations: entries(ANNOTATION_VALUE),
+            }),
+            renew_before: Some(max(&props["renewBefore"])),
+            suspend: Some(false),
+            mount_path: Some(max(&props["mountPath"])),
+            rollout_restart_targets: (0..ROLLOUT_TARGETS)
+                .map(|i| RolloutRestartTarget {
+                    kind: WorkloadKind::StatefulSet,
+                    name: format!("{i:0>253}"),
+                })
+                .collect(),
+            verify: Some(true),
+        };
+        let bytes = serde_json::to_vec(&largest).unwrap().len();
+        assert!(bytes <= SPEC_BYTES, "{bytes} bytes");
+        assert!(
+            bytes > SPEC_BYTES * 3 / 4,
+            "{bytes} bytes: lower SPEC_BYTES to it"
+        );
+    }
+
+    #[test]
+    fn the_caches_keep_only_what_is_read() {
+        let mut o = CognitoUnauthCredential::new("app", CognitoUnauthCredentialSpec::default());
+        let big = "x".repeat(200_000);
+        o.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        o.metadata.annotations = Some(
+            [
+                (FORCE_ROTATE_ANNOTATION.to_string(), "1".to_string()),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    big.clone(),
+                ),
+                ("cognito.kubecred.io.evil.example/x".to_string(), big),
+            ]
+            .into(),
+        );
+        o.metadata.managed_fields = Some(vec![Default::default()]);
+        slim(&mut o);
+        assert_eq!(o.metadata.labels, None);
+        assert_eq!(o.metadata.managed_fields, None);
+        assert_eq!(
+            o.metadata.annotations,
+            Some([(FORCE_ROTATE_ANNOTATION.to_string(), "1".to_string())].into())
+        );
+        o.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
+        slim(&mut o);
+        assert_eq!(o.metadata.annotations, None);
     }
 
     /// crds/ is what these types generate (`make crds` writes it; the chart's copy is

@@ -8,8 +8,9 @@
 //! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
 //! HTTP server ([`http`]); and the runtime wiring ([`controller`]) with its leader election
 //! ([`lease`]), events with compact series ([`events`]), and rollout restarts of the
-//! workloads that read the credentials ([`restart`]); every watch backs off as
-//! client-go's reflectors do ([`backoff`]).
+//! workloads that read the credentials ([`restart`]); what reaches the logs ([`logging`]); every watch backs off as
+//! client-go's reflectors do ([`backoff`]); state keyed by user input is bounded
+//! ([`bounded`]).
 //!
 //! The injection webhook (`cognito-unauth-controller webhook`) has its own: the pod it
 //! makes of an annotated pod ([`inject`], pure), its serving certificate ([`certs`], pure),
@@ -18,6 +19,7 @@
 //! has no shell.
 
 pub mod backoff;
+pub mod bounded;
 pub mod certs;
 pub mod cognito;
 pub mod controller;
@@ -27,6 +29,7 @@ pub mod flags;
 pub mod http;
 pub mod inject;
 pub mod lease;
+pub mod logging;
 pub mod metrics;
 pub mod plan;
 #[cfg(test)]

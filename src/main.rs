@@ -17,6 +17,7 @@ use cognito_unauth_controller::sidecar;
 use cognito_unauth_controller::webhook::{self, CertSlot, Configurator};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+use tracing_subscriber::prelude::*;
 
 /// Keeps Amazon Cognito guest (unauthenticated) credentials fresh in Kubernetes Secrets.
 ///
@@ -176,23 +177,22 @@ struct ServeArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::try_parse().unwrap_or_else(|e| refuse(e));
-    // At debug level the SDK's endpoint resolution logs the identity that signs a request:
-    // with spec.verify, the access key id of the credentials being verified. Capped at
-    // info whatever the filter asks (a more specific directive wins), so no credential
-    // material reaches the logs at any level.
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{},aws_smithy_runtime::client::orchestrator::endpoints=info",
-        args.log_level
-    ))?;
+    // The SDK and the HTTP stack stay at info whatever LOG_LEVEL asks: at debug and trace
+    // they log what crosses the wire, credentials and tokens included (logging.rs).
+    let filter = cognito_unauth_controller::logging::filter(&args.log_level)?;
     if args.check_config {
         check_config(&args);
         return Ok(());
     }
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    let layer = tracing_subscriber::fmt::layer();
     if args.log_format == "json" {
-        fmt.json().init();
+        tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .init();
     } else {
-        fmt.init();
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .init();
     }
 
     if args.namespaces.iter().any(|n| !n.is_empty())

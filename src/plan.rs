@@ -1021,7 +1021,7 @@ mod tests {
         // Issued at sub-second precision, as rotations are.
         prov.issued_at = at(0) + jiff::SignedDuration::from_millis(250);
         prov.force_token = Some("2".into());
-        let secret = render(
+        let secret = crate::secret::tests::written(render(
             "app",
             "ns",
             &owner,
@@ -1029,8 +1029,8 @@ mod tests {
             &creds,
             &prov,
             "/creds",
-        );
-        let seen = secret::seen(&secret).expect("an intact Secret has a fingerprint");
+        ));
+        let seen = secret::seen(&secret.metadata).expect("an intact Secret has a fingerprint");
         assert_eq!(seen.issued_at, prov.issued_at);
         let status = issued_status(&prov, creds.expiration);
         let known_with =
@@ -1157,7 +1157,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("x".into(), "y".into());
-        let seen_labelled = secret::seen(&labelled).unwrap();
+        let seen_labelled = secret::seen(&labelled.metadata).unwrap();
         assert_eq!(
             known(
                 seen_labelled,
@@ -1169,22 +1169,27 @@ mod tests {
             ),
             None
         );
-        let mut edited = secret.clone();
-        edited.data.as_mut().unwrap().insert(
-            secret::KEY_ACCESS_KEY_ID.into(),
-            k8s_openapi::ByteString(b"ASIAOTHER".to_vec()),
+        // Edited data and immutable show in managedFields (the watch never sees data).
+        let edited = crate::secret::tests::touched(
+            secret.clone(),
+            "kubectl-edit",
+            serde_json::json!({"f:data": {"f:AWS_ACCESS_KEY_ID": {}}}),
         );
-        assert_eq!(secret::seen(&edited), None);
-        let mut immutable = secret.clone();
-        immutable.immutable = Some(true);
-        assert_eq!(secret::seen(&immutable), None);
-        // A Secret in an older layout (no config file) is read, and repaired.
+        assert_eq!(secret::seen(&edited.metadata), None);
+        let immutable = crate::secret::tests::touched(
+            secret.clone(),
+            "kubectl-edit",
+            serde_json::json!({"f:immutable": {}}),
+        );
+        assert_eq!(secret::seen(&immutable.metadata), None);
+        // A Secret written before the mount path was recorded is read (and kept).
         let mut legacy = secret.clone();
         legacy
-            .data
+            .metadata
+            .annotations
             .as_mut()
             .unwrap()
-            .remove(secret::KEY_CONFIG_FILE);
-        assert_eq!(secret::seen(&legacy), None);
+            .remove(secret::ANN_MOUNT_PATH);
+        assert_eq!(secret::seen(&legacy.metadata), None);
     }
 }

@@ -9,13 +9,13 @@
 //! operation with its own quota) and STS AssumeRoleWithWebIdentity (STS's quota, shared
 //! with every other STS caller of the account, so our default takes a modest share).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cognito::{Assumed, Cognito, CognitoError, OpenIdToken};
+use crate::bounded::Bounded;
+use crate::cognito::{Assumed, Cognito, CognitoError, OpenIdToken, REGIONS_KEPT};
 use crate::secret::{Credentials, RoleSession};
 
 /// Requests per second allowed per region and operation.
@@ -87,7 +87,7 @@ impl Bucket {
 pub struct Paced<C> {
     inner: C,
     quotas: Quotas,
-    buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
+    buckets: Mutex<Bounded<(String, &'static str), Bucket>>,
 }
 
 impl<C> Paced<C> {
@@ -95,7 +95,8 @@ impl<C> Paced<C> {
         Self {
             inner,
             quotas,
-            buckets: Mutex::default(),
+            // Four operations for each region with a client kept.
+            buckets: Mutex::new(Bounded::new(4 * REGIONS_KEPT)),
         }
     }
 
@@ -111,8 +112,7 @@ impl<C> Paced<C> {
             let mut buckets = crate::lock(&self.buckets);
             let now = Instant::now();
             buckets
-                .entry((region.to_string(), operation))
-                .or_insert_with(|| Bucket::new(rate, now))
+                .get_or_insert_with(&(region.to_string(), operation), || Bucket::new(rate, now))
                 .reserve(now)
         };
         if !wait.is_zero() {

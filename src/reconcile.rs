@@ -37,7 +37,7 @@ use crate::seen::SeenSecrets;
 use crate::status::{self, Builder, reason, show, time};
 
 /// Field manager for every write, and the events' reporting controller.
-pub const MANAGER: &str = "cognito-unauth-controller";
+pub const MANAGER: &str = crate::secret::FIELD_MANAGER;
 
 /// Failures that make a reconcile return an error (and retry with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,9 @@ pub enum Error {
     Kube(#[source] kube::Error),
     #[error("the resource has no {0}")]
     MissingField(&'static str),
+    /// The Secret read just before a write is not ours (replaced since the watch saw it).
+    #[error("the Secret was replaced by one this resource does not own")]
+    SecretTaken,
 }
 
 impl Error {
@@ -55,6 +58,7 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) if s.code == 409 => "kube_conflict",
             Error::Kube(_) => "kube_api",
             Error::MissingField(_) => "invalid_object",
+            Error::SecretTaken => "secret_conflict",
         }
     }
 }
@@ -716,7 +720,10 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             None
         };
         if repair && let Some(c) = &creds {
-            self.write_secret(c, &k.provenance).await?;
+            match self.write_secret(c, &k.provenance).await {
+                Err(Error::SecretTaken) => return Ok(self.conflict().await),
+                r => r?,
+            }
         }
         self.status.issued(&k.provenance, k.expiration, k.renewal);
         let mut retry = None;
@@ -786,6 +793,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         };
         if let Err(e) = self.write_secret(&creds, &prov).await {
             return match e {
+                Error::SecretTaken => Ok(self.conflict().await),
                 // Someone created it meanwhile: the next reconcile sees whose it is.
                 Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
                     Err(Error::Kube(kube::Error::Api(s)))
@@ -1030,6 +1038,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             prov,
             self.obj.spec.mount_path(),
         );
+        let uid = self.uid.clone();
         let written = match self.read().await? {
             None => {
                 let pp = PostParams {
@@ -1042,6 +1051,13 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                     .create(&pp, &desired)
                     .await
                     .map_err(Error::Kube)?
+            }
+            // Known from the watch and read only now: someone may have replaced it since
+            // (deleted ours, created theirs). It is not written into; the conflict is
+            // reported, and the watch's entry for it goes.
+            Some(current) if !secret::owned_by(current, &uid) => {
+                self.ctx.seen.forget(&self.ns, &self.secret_name);
+                return Err(Error::SecretTaken);
             }
             Some(current) => {
                 // Server-side apply of our fields only, forced: a concurrent writer of
@@ -1064,7 +1080,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                     .map_err(Error::Kube)?
             }
         };
-        self.ctx.seen.note(&written);
+        self.ctx.seen.note(&written.metadata);
         self.existing = Existing::Read(Some(Box::new(written)));
         Ok(())
     }

@@ -39,6 +39,11 @@ pub const ANN_SESSION_DURATION: &str = "cognito.kubecred.io/session-duration";
 pub const ANN_ASSUMED_ROLE: &str = "cognito.kubecred.io/assumed-role-arn";
 pub const ANN_FORCE: &str = "cognito.kubecred.io/force-rotate";
 pub const ANN_CHECKSUM: &str = "cognito.kubecred.io/checksum";
+/// The mount path the data's `config` names: the watch of our Secrets reads metadata
+/// only, and a fingerprint covers the mount path.
+pub const ANN_MOUNT_PATH: &str = "cognito.kubecred.io/mount-path";
+/// The field manager of every write of ours (managedFields tell our writes from others').
+pub const FIELD_MANAGER: &str = "cognito-unauth-controller";
 
 pub const KEY_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 pub const KEY_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
@@ -237,6 +242,7 @@ pub fn render(
         annotations.insert(ANN_FORCE.into(), token.clone());
     }
     annotations.insert(ANN_CHECKSUM.into(), checksum(&data));
+    annotations.insert(ANN_MOUNT_PATH.into(), mount_path.to_string());
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -329,6 +335,33 @@ pub fn is_our_key(key: &str) -> bool {
     LEGACY_KEYS.contains(&key) || key == KEY_CREDENTIAL_PROCESS || key == KEY_CONFIG_FILE
 }
 
+/// Where the credentials came from, as the annotations say; None when incomplete.
+fn provenance_of(ann: &BTreeMap<String, String>) -> Option<Provenance> {
+    // No flow annotation: written before flows existed, so Enhanced. A Basic one
+    // without its parameters is incomplete (not intact).
+    let session = match ann.get(ANN_FLOW).map(String::as_str) {
+        None | Some("Enhanced") => None,
+        Some("Basic") => Some(RoleSession {
+            role_arn: ann.get(ANN_ROLE_ARN)?.clone(),
+            session_name: ann.get(ANN_SESSION_NAME)?.clone(),
+            duration_seconds: parse_seconds(ann.get(ANN_SESSION_DURATION)?)?,
+        }),
+        Some(_) => return None,
+    };
+    Some(Provenance {
+        identity_pool_id: ann.get(ANN_POOL)?.clone(),
+        identity_id: ann.get(ANN_IDENTITY)?.clone(),
+        region: ann.get(ANN_REGION)?.clone(),
+        custom_role_arn: ann.get(ANN_ROLE).cloned(),
+        assumed_role_arn: session
+            .as_ref()
+            .and_then(|_| ann.get(ANN_ASSUMED_ROLE).cloned()),
+        session,
+        issued_at: parse_time(ann.get(ANN_ISSUED_AT)?)?,
+        force_token: ann.get(ANN_FORCE).cloned(),
+    })
+}
+
 /// Reads a Secret without trusting it: anything of ours missing or inconsistent makes
 /// it not intact. `mount_path` and `template` are the spec's, to tell whether the
 /// layout and metadata are current.
@@ -351,31 +384,7 @@ pub fn inspect(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
-    let provenance = (|| {
-        // No flow annotation: written before flows existed, so Enhanced. A Basic one
-        // without its parameters is incomplete (not intact).
-        let session = match ann.get(ANN_FLOW).map(String::as_str) {
-            None | Some("Enhanced") => None,
-            Some("Basic") => Some(RoleSession {
-                role_arn: ann.get(ANN_ROLE_ARN)?.clone(),
-                session_name: ann.get(ANN_SESSION_NAME)?.clone(),
-                duration_seconds: parse_seconds(ann.get(ANN_SESSION_DURATION)?)?,
-            }),
-            Some(_) => return None,
-        };
-        Some(Provenance {
-            identity_pool_id: ann.get(ANN_POOL)?.clone(),
-            identity_id: ann.get(ANN_IDENTITY)?.clone(),
-            region: ann.get(ANN_REGION)?.clone(),
-            custom_role_arn: ann.get(ANN_ROLE).cloned(),
-            assumed_role_arn: session
-                .as_ref()
-                .and_then(|_| ann.get(ANN_ASSUMED_ROLE).cloned()),
-            session,
-            issued_at: parse_time(ann.get(ANN_ISSUED_AT)?)?,
-            force_token: ann.get(ANN_FORCE).cloned(),
-        })
-    })();
+    let provenance = provenance_of(ann);
 
     let credentials = (|| {
         let expiration = parse_time(ann.get(ANN_EXPIRATION)?)?;
@@ -505,41 +514,71 @@ pub fn foreign_metadata(
     )
 }
 
-/// The mount path a `config` file we rendered names (see `config_file`).
-fn mount_of(config: &str) -> Option<&str> {
-    let line = config
-        .lines()
-        .find_map(|l| l.strip_prefix("credential_process = cat "))?;
-    line.strip_suffix(KEY_CREDENTIAL_PROCESS)?.strip_suffix('/')
+/// Whether nobody but us wrote what a fingerprint vouches for: our data keys, our
+/// annotations and label, and every field outside metadata and data (`immutable`,
+/// `type`). The API server records the fields of every write in managedFields (kubectl
+/// edit, apply, patch and any controller's update alike), so an edit of our data shows
+/// there although the watch never sees the data. Others' labels, annotations and data
+/// keys are theirs. No managedFields at all (someone cleared them): not vouched for.
+fn only_we_wrote_ours(meta: &ObjectMeta) -> bool {
+    fn keys(v: &serde_json::Value) -> impl Iterator<Item = &str> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, _)| k.strip_prefix("f:"))
+    }
+    let Some(entries) = meta.managed_fields.as_deref().filter(|e| !e.is_empty()) else {
+        return false;
+    };
+    entries
+        .iter()
+        .filter(|e| e.manager.as_deref() != Some(FIELD_MANAGER))
+        .all(|e| {
+            let Some(fields) = &e.fields_v1 else {
+                return true;
+            };
+            let Some(top) = fields.0.as_object() else {
+                return false;
+            };
+            top.iter().all(|(k, v)| match k.as_str() {
+                "f:data" => keys(v).all(|d| !is_our_key(d)),
+                "f:metadata" => {
+                    v.get("f:annotations")
+                        .is_none_or(|a| keys(a).all(|x| !x.starts_with("cognito.kubecred.io/")))
+                        && v.get("f:labels")
+                            .is_none_or(|l| keys(l).all(|x| x != MANAGED_BY_LABEL))
+                }
+                _ => false,
+            })
+        })
 }
 
-/// What the watch keeps of one of our Secrets: its fingerprint when it is intact, in
-/// the layout of the mount path it names, and writable; None otherwise.
-pub fn seen(secret: &Secret) -> Option<Seen> {
-    let owner_uid = secret
-        .metadata
+/// What the watch keeps of one of our Secrets, from its metadata alone (the watch never
+/// reads a Secret's data): a fingerprint when our annotations are complete, it was
+/// rendered in the current layout (it names its mount path) and nobody but us wrote our
+/// data or annotations since; None otherwise, and the reconcile reads the Secret.
+pub fn seen(meta: &ObjectMeta) -> Option<Seen> {
+    let owner_uid = meta
         .owner_references
         .as_deref()?
         .iter()
         .find(|r| r.controller == Some(true))?
         .uid
         .as_str();
-    let config = secret.data.as_ref()?.get(KEY_CONFIG_FILE)?;
-    let mount_path = mount_of(std::str::from_utf8(&config.0).ok()?)?;
-    let o = inspect(secret, owner_uid, mount_path, None);
-    if !(o.owned && o.intact && o.current_layout) || o.immutable {
+    let ann = meta.annotations.as_ref()?;
+    let mount_path = ann.get(ANN_MOUNT_PATH)?;
+    ann.get(ANN_CHECKSUM)?;
+    if !only_we_wrote_ours(meta) {
         return None;
     }
-    let provenance = o.provenance.as_ref()?;
-    let (labels, annotations) = foreign_metadata(
-        secret.metadata.labels.as_ref(),
-        secret.metadata.annotations.as_ref(),
-    );
+    let provenance = provenance_of(ann)?;
+    let expiration = parse_time(ann.get(ANN_EXPIRATION)?)?;
+    let (labels, annotations) = foreign_metadata(meta.labels.as_ref(), Some(ann));
     Some(Seen {
         fingerprint: fingerprint(&Facts {
             owner_uid,
-            provenance,
-            expiration: o.expiration?,
+            provenance: &provenance,
+            expiration,
             mount_path,
             labels: &labels,
             annotations: &annotations,
@@ -625,6 +664,88 @@ pub(crate) mod tests {
     }
 
     pub(crate) const MOUNT: &str = "/var/run/secrets/cognito";
+
+    /// `s` as the API server answers our write of it: with our managedFields entry.
+    pub(crate) fn written(mut s: Secret) -> Secret {
+        s.metadata.managed_fields = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some(FIELD_MANAGER.into()),
+                operation: Some("Apply".into()),
+                fields_type: Some("FieldsV1".into()),
+                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                    serde_json::json!({"f:data": {"f:AWS_ACCESS_KEY_ID": {}}}),
+                )),
+                ..Default::default()
+            },
+        ]);
+        s
+    }
+
+    /// `s` after `manager` wrote `fields` (a managedFields fieldsV1 value).
+    pub(crate) fn touched(mut s: Secret, manager: &str, fields: serde_json::Value) -> Secret {
+        s.metadata.managed_fields.get_or_insert_with(Vec::new).push(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some("Update".into()),
+                fields_type: Some("FieldsV1".into()),
+                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                    fields,
+                )),
+                ..Default::default()
+            },
+        );
+        s
+    }
+
+    /// The watch vouches for a Secret from its metadata only while nobody else wrote
+    /// our data, annotations, label or anything outside metadata and data.
+    #[test]
+    fn the_watch_vouches_only_for_what_nobody_else_wrote() {
+        use serde_json::json;
+        let s = written(render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT));
+        let fp = seen(&s.metadata).expect("our own write is vouched for");
+        assert_eq!(fp.issued_at, prov().issued_at);
+        // Others' own labels, annotations and data keys leave it vouched for (the
+        // fingerprint covers their labels and annotations, not their data keys).
+        let theirs = touched(
+            s.clone(),
+            "kubectl-edit",
+            json!({"f:metadata": {"f:labels": {"f:team": {}}, "f:annotations": {"f:note": {}}}, "f:data": {".": {}, "f:extra": {}}}),
+        );
+        assert_eq!(seen(&theirs.metadata), Some(fp));
+        for (what, fields) in [
+            (
+                "our data key",
+                json!({"f:data": {"f:AWS_SESSION_TOKEN": {}}}),
+            ),
+            (
+                "our annotation",
+                json!({"f:metadata": {"f:annotations": {"f:cognito.kubecred.io/expiration": {}}}}),
+            ),
+            (
+                "our label",
+                json!({"f:metadata": {"f:labels": {"f:app.kubernetes.io/managed-by": {}}}}),
+            ),
+            ("immutable", json!({"f:immutable": {}})),
+            ("type", json!({"f:type": {}})),
+        ] {
+            let t = touched(s.clone(), "kubectl-edit", fields);
+            assert_eq!(seen(&t.metadata), None, "{what}");
+        }
+        // No managedFields (cleared), no mount path (written before it was recorded),
+        // no checksum, no controller owner: read.
+        let mut cleared = s.clone();
+        cleared.metadata.managed_fields = None;
+        assert_eq!(seen(&cleared.metadata), None);
+        for ann in [ANN_MOUNT_PATH, ANN_CHECKSUM, ANN_ISSUED_AT] {
+            let mut old = s.clone();
+            old.metadata.annotations.as_mut().unwrap().remove(ann);
+            assert_eq!(seen(&old.metadata), None, "{ann}");
+        }
+        let mut orphan = s.clone();
+        orphan.metadata.owner_references = None;
+        assert_eq!(seen(&orphan.metadata), None);
+    }
 
     pub(crate) fn owner() -> Owner {
         Owner {

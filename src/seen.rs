@@ -2,6 +2,10 @@
 //! knows a Secret that holds exactly what the status says without reading it (a
 //! restart costs no Secret GETs), in a 40-byte map entry per Secret.
 //!
+//! The watch reads metadata only (`secret::seen` vouches for a Secret from its
+//! annotations and managedFields): a Secret that anyone labels as ours costs at most its
+//! metadata, never its data.
+//!
 //! The watch's initial list (and each relist after a gap) replaces what a scope knew:
 //! until it is complete, that scope answers nothing, and the reconcile reads Secrets as
 //! before. Our own writes are noted at once, so the read after a rotation is not needed
@@ -13,6 +17,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
@@ -84,9 +90,9 @@ impl SeenSecrets {
         (scope.listed && scope.epoch == e.epoch).then_some(e.seen)
     }
 
-    /// Records what `secret` now is (our own write, or the watch's news).
-    pub fn note(&self, secret: &Secret) {
-        let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
+    /// Records what a Secret now is, from its metadata (our own write, or the watch's news).
+    pub fn note(&self, meta: &ObjectMeta) {
+        let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
             return;
         };
         let k = key(ns, name);
@@ -94,7 +100,7 @@ impl SeenSecrets {
         let Some(epoch) = inner.scope(ns).map(|s| s.epoch) else {
             return;
         };
-        match secret::seen(secret) {
+        match secret::seen(meta) {
             Some(seen) => {
                 inner.entries.insert(k, Entry { seen, epoch });
             }
@@ -110,7 +116,11 @@ impl SeenSecrets {
     }
 
     /// Follows one event of the watch of our Secrets in `namespace` (None: all).
-    pub fn follow(&self, namespace: Option<&str>, event: &watcher::Event<Secret>) {
+    pub fn follow(
+        &self,
+        namespace: Option<&str>,
+        event: &watcher::Event<PartialObjectMeta<Secret>>,
+    ) {
         match event {
             watcher::Event::Init => {
                 let mut inner = lock(&self.inner);
@@ -128,7 +138,7 @@ impl SeenSecrets {
                     }),
                 }
             }
-            watcher::Event::InitApply(s) | watcher::Event::Apply(s) => self.note(s),
+            watcher::Event::InitApply(s) | watcher::Event::Apply(s) => self.note(&s.metadata),
             watcher::Event::Delete(s) => {
                 if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
                     self.forget(ns, name);
@@ -187,16 +197,22 @@ impl SeenSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::tests::{MOUNT, creds, owner, prov};
+    use crate::secret::tests::{MOUNT, creds, owner, prov, touched, written};
     use crate::secret::{Owner, render};
+    use kube::core::PartialObjectMetaExt;
 
-    /// An intact Secret of ours named `name`.
+    /// An intact Secret of ours named `name`, as the API server answered our write.
     fn ours(name: &str) -> Secret {
         let owner = Owner {
             name: name.into(),
             ..owner()
         };
-        render(name, "ns", &owner, None, &creds(), &prov(), MOUNT)
+        written(render(name, "ns", &owner, None, &creds(), &prov(), MOUNT))
+    }
+
+    /// What the metadata watch delivers of `s`.
+    fn meta(s: &Secret) -> PartialObjectMeta<Secret> {
+        s.metadata.clone().into_response_partial()
     }
 
     #[test]
@@ -204,13 +220,13 @@ mod tests {
         let s = SeenSecrets::default();
         let (a, b) = (ours("a"), ours("b"));
         let ns = Some("ns");
-        s.note(&a); // no watch covers it yet: nothing noted
+        s.note(&a.metadata); // no watch covers it yet: nothing noted
         s.follow(ns, &watcher::Event::Init);
-        s.follow(ns, &watcher::Event::InitApply(a.clone()));
-        s.follow(ns, &watcher::Event::InitApply(b.clone()));
+        s.follow(ns, &watcher::Event::InitApply(meta(&a)));
+        s.follow(ns, &watcher::Event::InitApply(meta(&b)));
         assert_eq!(s.get("ns", "a"), None, "list not complete");
         s.follow(ns, &watcher::Event::InitDone);
-        assert_eq!(s.get("ns", "a"), secret::seen(&a));
+        assert_eq!(s.get("ns", "a"), secret::seen(&a.metadata));
         assert!(s.get("ns", "b").is_some());
         assert_eq!(s.get("other", "a"), None, "not this watch's namespace");
         // Another watch's list leaves this one's entries alone.
@@ -220,21 +236,22 @@ mod tests {
         // A relist: silent while it runs; b was deleted during the gap.
         s.follow(ns, &watcher::Event::Init);
         assert_eq!(s.get("ns", "a"), None);
-        s.follow(ns, &watcher::Event::InitApply(a.clone()));
+        s.follow(ns, &watcher::Event::InitApply(meta(&a)));
         s.follow(ns, &watcher::Event::InitDone);
         assert!(s.get("ns", "a").is_some());
         assert_eq!(s.get("ns", "b"), None, "not in the relist: gone");
-        // A Secret edited so that it is not intact has no fingerprint; deleted, none.
-        let mut edited = a.clone();
-        edited.data.as_mut().unwrap().insert(
-            secret::KEY_SESSION_TOKEN.into(),
-            k8s_openapi::ByteString(b"x".to_vec()),
+        // A Secret whose data someone edited (managedFields say so) has no
+        // fingerprint; deleted, none.
+        let edited = touched(
+            a.clone(),
+            "kubectl-edit",
+            serde_json::json!({"f:data": {"f:AWS_SESSION_TOKEN": {}}}),
         );
-        s.follow(ns, &watcher::Event::Apply(edited));
+        s.follow(ns, &watcher::Event::Apply(meta(&edited)));
         assert_eq!(s.get("ns", "a"), None);
-        s.note(&a); // our own write
+        s.note(&a.metadata); // our own write
         assert!(s.get("ns", "a").is_some());
-        s.follow(ns, &watcher::Event::Delete(a));
+        s.follow(ns, &watcher::Event::Delete(meta(&a)));
         assert_eq!(s.get("ns", "a"), None);
         s.clear();
         assert!(!s.listed(ns));

@@ -261,14 +261,18 @@ impl Scope {
         let cucs: Api<CognitoUnauthCredential> = api(client, namespace.as_deref());
         tokio::spawn(until(
             shutdown.clone(),
-            reflector(writer, watcher(cucs, config()))
-                .backoff(crate::backoff::Watch::default())
-                .for_each(|e| {
-                    if let Err(e) = e {
-                        warn!(error = %e, "watching CognitoUnauthCredentials");
-                    }
-                    std::future::ready(())
-                }),
+            reflector(
+                writer,
+                watcher(cucs, config())
+                    .backoff(crate::backoff::Watch::default())
+                    .modify(crate::crd::slim),
+            )
+            .for_each(|e| {
+                if let Err(e) = e {
+                    warn!(error = %e, "watching CognitoUnauthCredentials");
+                }
+                std::future::ready(())
+            }),
         ));
         Self {
             namespace,

@@ -140,6 +140,8 @@ bg "bed inputs: Go builds, venv, images" prepare_bed
 # -------------------------------------------------------- checks that need no cluster
 step "cargo fmt --check"
 cargo fmt --all -- --check
+step "supply chain: every crate's source and license (cargo metadata, testbed/supply-chain.py)"
+python3 testbed/supply-chain.py
 step "shellcheck on every script under testbed/"
 testbed/shellcheck.sh
 step "cargo-nextest (crates.io, once per machine)"

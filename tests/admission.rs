@@ -19,6 +19,14 @@ fn with(spec: Value) -> Value {
     })
 }
 
+/// `n` entries of a label or annotation map: 128-character keys, `len`-character values.
+fn entries(n: usize, len: usize) -> Value {
+    (0..n)
+        .map(|i| (format!("example.com/{i:0>116}"), json!("v".repeat(len))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 async fn dry_run(api: &Api<CognitoUnauthCredential>, obj: &Value) -> Result<(), String> {
     let pp = PatchParams::apply("admission-tests")
         .dry_run()
@@ -310,6 +318,46 @@ async fn malformed_resources_are_refused_with_clear_messages() {
             ),
             "Too long",
         ),
+        (
+            "17 template labels",
+            with(json!({"identityPoolId": POOL, "secretTemplate": {"labels": entries(17, 63)}})),
+            "must have at most 16 items",
+        ),
+        (
+            "a template label value of 64 characters",
+            with(json!({"identityPoolId": POOL, "secretTemplate": {"labels": entries(1, 64)}})),
+            "secretTemplate.labels: each key at most 128 characters, each value at most 63",
+        ),
+        (
+            "a template label key of 129 characters",
+            with(
+                json!({"identityPoolId": POOL, "secretTemplate": {"labels": {"k".repeat(129): "v"}}}),
+            ),
+            "secretTemplate.labels: each key at most 128 characters",
+        ),
+        (
+            "17 template annotations",
+            with(
+                json!({"identityPoolId": POOL, "secretTemplate": {"annotations": entries(17, 1)}}),
+            ),
+            "must have at most 16 items",
+        ),
+        (
+            "a template annotation of 1 MiB",
+            with(
+                json!({"identityPoolId": POOL, "secretTemplate": {"annotations": entries(1, 1 << 20)}}),
+            ),
+            "secretTemplate.annotations: each key at most 128 characters, each value at most 256",
+        ),
+        (
+            "33 rollout restart targets",
+            with(
+                json!({"identityPoolId": POOL, "rolloutRestartTargets": (0..33)
+                .map(|i| json!({"kind": "Deployment", "name": format!("web-{i}")}))
+                .collect::<Vec<_>>()}),
+            ),
+            "must have at most 32 items",
+        ),
     ];
     assert!(cases.len() >= 20);
     let mut failures = vec![];
@@ -338,6 +386,12 @@ async fn malformed_resources_are_refused_with_clear_messages() {
         json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": "arn:aws-cn:iam::123456789012:role/path/guest", "sessionDuration": "12h", "roleSessionName": "app@cluster.a_1=+,-", "verify": true}),
         json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": "1h30m", "roleSessionName": "a".repeat(64)}),
     ];
+    // The largest template the limits allow.
+    let full = json!({"identityPoolId": POOL, "secretTemplate": {
+        "labels": entries(16, 63),
+        "annotations": entries(16, 256),
+    }});
+    assert_eq!(dry_run(&api, &with(full)).await, Ok(()));
     for spec in good {
         assert_eq!(dry_run(&api, &with(spec.clone())).await, Ok(()), "{spec}");
     }

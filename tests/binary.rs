@@ -14,13 +14,13 @@ use testbed_support::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
 
-fn controller(ns: &str, log: &Path) -> ControllerProcess {
+fn controller(ns: &str, log: &Path, level: &str) -> ControllerProcess {
     ControllerProcess::start(
         Path::new(BIN),
         log,
         &[
             ("WATCH_NAMESPACES", ns),
-            ("LOG_LEVEL", "debug"),
+            ("LOG_LEVEL", level),
             ("LOG_FORMAT", "json"),
         ],
     )
@@ -51,7 +51,7 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     let ns = TestNs::new("binary").await;
     let dir = test_dir(&ns.name);
     install_crd();
-    let first = controller(&ns.name, &dir.join("controller.log"));
+    let first = controller(&ns.name, &dir.join("controller.log"), "debug");
     kubectl_apply(&cuc_manifest(&ns.name, "app", &pool));
     wait_ready(&ns.name, "app", 60);
     let cols = kubectl(&["-n", &ns.name, "get", "cuc", "app", "--no-headers"]);
@@ -155,7 +155,7 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     // SIGTERM: exits 0. A restart with valid credentials makes no Cognito call.
     assert!(first.terminate().success());
     let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
-    let second = controller(&ns.name, &dir.join("controller2.log"));
+    let second = controller(&ns.name, &dir.join("controller2.log"), "debug");
     wait_ready(&ns.name, "app", 30);
     tokio::time::sleep(Duration::from_secs(3)).await; // a window in which nothing may happen
     assert_eq!(
@@ -196,9 +196,10 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     ns.cleanup().await;
 }
 
-/// Flow Basic through the real binary at debug level: Ready, a refusal, a rotation; the
-/// OpenID tokens (credentials too: STS trades them for the role's) and the credentials
-/// the proxy issued appear nowhere the controller writes.
+/// Flow Basic, and flow Enhanced with verify, through the real binary at LOG_LEVEL=trace:
+/// Ready, a refusal, a rotation; the OpenID tokens (credentials too: STS trades them for
+/// the role's) and the credentials the proxy issued, plain or base64, appear nowhere the
+/// controller writes (the SDK logs them at debug and trace: src/logging.rs caps it).
 #[tokio::test]
 async fn binary_never_shows_the_basic_flows_token_or_credentials() {
     let proxy = Proxy::new();
@@ -206,12 +207,19 @@ async fn binary_never_shows_the_basic_flows_token_or_credentials() {
     let ns = TestNs::new("binary-basic").await;
     let dir = test_dir(&ns.name);
     install_crd();
-    let ctl = controller(&ns.name, &dir.join("controller.log"));
+    let ctl = controller(&ns.name, &dir.join("controller.log"), "trace");
     kubectl_apply(&format!(
         "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata: {{name: app, namespace: {}}}\nspec: {{identityPoolId: \"{pool}\", flow: Basic, roleArn: \"{role}\"}}\n",
         ns.name
     ));
     wait_ready(&ns.name, "app", 60);
+    // Flow Enhanced with verify: GetCredentialsForIdentity's answer, and STS
+    // GetCallerIdentity signed with the new credentials.
+    kubectl_apply(&format!(
+        "apiVersion: cognito.kubecred.io/v1alpha1\nkind: CognitoUnauthCredential\nmetadata: {{name: enhanced, namespace: {}}}\nspec: {{identityPoolId: \"{pool}\", verify: true}}\n",
+        ns.name
+    ));
+    wait_ready(&ns.name, "enhanced", 60);
     // A refusal (the role stops trusting the pool), then a rotation once it trusts again.
     proxy.put_role(&role, &[], 3600).await;
     kubectl(&[
@@ -256,14 +264,26 @@ async fn binary_never_shows_the_basic_flows_token_or_credentials() {
         "debug log incomplete?"
     );
     let events = kubectl(&["-n", &ns.name, "get", "events", "-o", "json"]);
-    let resource = kubectl(&["-n", &ns.name, "get", "cuc", "app", "-o", "json"]);
-    assert!(resource.contains("assumed-role/"), "{resource}");
+    let resource = kubectl(&["-n", &ns.name, "get", "cuc", "-o", "json"]);
+    let items: serde_json::Value = serde_json::from_str(&resource).unwrap();
+    for item in items["items"].as_array().unwrap() {
+        let arn = item["status"]["assumedRoleArn"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(arn.contains("assumed-role/"), "{item}");
+    }
+    assert_eq!(items["items"].as_array().unwrap().len(), 2);
     let tokens = proxy.open_id_tokens().await;
     assert!(!tokens.is_empty());
     let mut secrets: Vec<(&str, String)> = tokens.into_iter().map(|t| ("token", t)).collect();
     for c in proxy.issued().await {
         for k in ["AccessKeyId", "SecretKey", "SessionToken"] {
-            secrets.push((k, c[k].as_str().unwrap().to_string()));
+            let v = c[k].as_str().unwrap().to_string();
+            // As the Secret's data carries it too (a request body logged whole).
+            let b64 =
+                serde_json::to_value(k8s_openapi::ByteString(v.clone().into_bytes())).unwrap();
+            secrets.push((k, b64.as_str().unwrap().to_string()));
+            secrets.push((k, v));
         }
     }
     for (k, v) in &secrets {
@@ -275,5 +295,187 @@ async fn binary_never_shows_the_basic_flows_token_or_credentials() {
             assert!(!text.contains(v.as_str()), "{k} leaked into {what}");
         }
     }
+    ns.cleanup().await;
+}
+
+/// `kubectl wait --for=condition=CONDITION` on the resources labelled `selector`.
+fn wait_for(ns: &str, condition: &str, selector: &str, seconds: u32) {
+    kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        &format!("--for=condition={condition}"),
+        "cuc",
+        "-l",
+        selector,
+        &format!("--timeout={seconds}s"),
+    ]);
+}
+
+/// The process's resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One namespace's user at their worst (issue 21), with only what a namespace's `edit`
+/// role allows: 100 resources at the schema's largest, 50 Secrets of 1 MiB carrying our
+/// label and owned by them, and 200 resources naming a region each.
+/// The controller started among them peaks at no more than twice what it settled at
+/// with the 20 good resources alone, never restarts, reads no foreign Secret's data,
+/// and keeps the good resources Ready without a call.
+#[tokio::test]
+async fn a_hostile_tenant_costs_the_shared_controller_bounded_memory() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::PostParams;
+    use serde_json::json;
+
+    let proxy = Proxy::new();
+    let pool = proxy.create_pool(true).await;
+    let ns = TestNs::new("hostile").await;
+    let dir = test_dir(&ns.name);
+    install_crd();
+    let good: Vec<String> = (0..20)
+        .map(|i| {
+            cuc_manifest(&ns.name, &format!("good-{i}"), &pool)
+                .replace("metadata:\n", "metadata:\n  labels: {role: good}\n")
+        })
+        .collect();
+    kubectl_apply(&good.join("---\n"));
+    let settled = controller(&ns.name, &dir.join("settled.log"), "info");
+    wait_for(&ns.name, "Ready", "role=good", 90);
+    let (idle, _) = memory_kib(settled.child.id());
+    assert!(settled.terminate().success());
+    let get_ids = proxy.pool_calls(&pool, "GetId").await;
+    let get_creds = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
+
+    let cucs: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kube::api::ApiResource::erase::<cognito_unauth_controller::crd::CognitoUnauthCredential>(
+            &(),
+        ),
+    );
+    let entries = |value: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..16)
+            .map(|i| (format!("example.com/{i:0>116}"), json!("v".repeat(value))))
+            .collect()
+    };
+    let uuid = |i: usize| format!("{i:08x}-0000-4000-8000-000000000000");
+    let mut hostile: Vec<serde_json::Value> = (0..100)
+        .map(|i| {
+            json!({
+                "apiVersion": "cognito.kubecred.io/v1alpha1",
+                "kind": "CognitoUnauthCredential",
+                "metadata": {"name": format!("large-{i}"), "labels": {"role": "hostile"}},
+                "spec": {
+                    "identityPoolId": format!("us-east-1:{}", uuid(i)),
+                    "flow": "Basic",
+                    "roleArn": format!("arn:aws:iam::123456789012:role/{}", "r".repeat(2000)),
+                    "sessionDuration": "1h",
+                    "roleSessionName": "s".repeat(64),
+                    "secretName": format!("large-{i}-{}", "n".repeat(240)),
+                    "secretTemplate": {"labels": entries(63), "annotations": entries(256)},
+                    "mountPath": format!("/{}", "m".repeat(511)),
+                    "rolloutRestartTargets": (0..32)
+                        .map(|t| json!({"kind": "Deployment", "name": format!("{t}-{}", "w".repeat(240))}))
+                        .collect::<Vec<_>>(),
+                    "verify": true,
+                },
+            })
+        })
+        .collect();
+    // 200 regions of the pattern's shape, none of them AWS's.
+    hostile.extend((0..200).map(|i| {
+        let region = format!(
+            "zz-{}{}-{}",
+            char::from(b'a' + (i / 26 % 26) as u8),
+            char::from(b'a' + (i % 26) as u8),
+            1 + i / 676
+        );
+        json!({
+            "apiVersion": "cognito.kubecred.io/v1alpha1",
+            "kind": "CognitoUnauthCredential",
+            "metadata": {"name": format!("region-{i}"), "labels": {"role": "hostile"}},
+            "spec": {"identityPoolId": format!("{region}:{}", uuid(i))},
+        })
+    }));
+    let created: Vec<kube::api::DynamicObject> = futures::stream::iter(hostile)
+        .map(|o| {
+            let cucs = cucs.clone();
+            async move {
+                let o: kube::api::DynamicObject = serde_json::from_value(o).expect("object");
+                cucs.create(&PostParams::default(), &o).await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+        .expect("the schema admits the largest resources");
+    // 50 Secrets of 1 MiB, labelled as ours, each owned by a large resource.
+    let secrets = ns.api::<Secret>();
+    let owners = created
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("large-"))
+        })
+        .take(50);
+    futures::stream::iter(owners)
+        .map(|o| {
+            let secrets = secrets.clone();
+            let s: Secret = serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("planted-{}", o.metadata.name.as_deref().unwrap_or_default()),
+                    "labels": {"app.kubernetes.io/managed-by": "cognito-unauth-controller"},
+                    "ownerReferences": [{
+                        "apiVersion": "cognito.kubecred.io/v1alpha1",
+                        "kind": "CognitoUnauthCredential",
+                        "name": o.metadata.name,
+                        "uid": o.metadata.uid,
+                        "controller": true,
+                    }],
+                },
+                "data": {"blob": k8s_openapi::ByteString(vec![b'x'; 1 << 20])},
+            }))
+            .expect("secret");
+            async move { secrets.create(&PostParams::default(), &s).await }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("planted Secrets");
+
+    let mut attacked = controller(&ns.name, &dir.join("attacked.log"), "info");
+    wait_for(&ns.name, "Ready=False", "role=hostile", 180);
+    wait_for(&ns.name, "Ready", "role=good", 30);
+    let (now, peak) = memory_kib(attacked.child.id());
+    assert!(
+        attacked.child.try_wait().expect("wait").is_none(),
+        "the controller exited"
+    );
+    eprintln!(
+        "controller memory: settled with 20 good resources {idle} KiB; among the hostile ones {now} KiB, peak {peak} KiB"
+    );
+    assert!(
+        peak <= 2 * idle,
+        "peak {peak} KiB among the hostile resources, more than twice the settled {idle} KiB"
+    );
+    // The good resources cost no call after the restart.
+    assert_eq!(proxy.pool_calls(&pool, "GetId").await, get_ids);
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        get_creds
+    );
+    assert!(attacked.terminate().success());
     ns.cleanup().await;
 }
