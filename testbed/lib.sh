@@ -386,17 +386,20 @@ KC
 }
 
 # ------------------------------------------------------- tools from crates.io, cached
-# cargo_tool NAME VERSION [NICE]: `cargo install` NAME at VERSION into the cache (once
-# per machine, shared by every clone), at niceness NICE (default 0); prints its bin
-# directory.
+# cargo_tool NAME VERSION [NICE [INSTALL-ARGS...]]: `cargo install` NAME at VERSION into
+# the cache (once per machine, shared by every clone), at niceness NICE (default 0), with
+# INSTALL-ARGS (features); prints its bin directory. Tools are built at opt-level 1: they
+# run for seconds, and a cold machine builds them while it waits.
 cargo_tool() {
-  local name=$1 version=$2 dir="$CACHE/tools/$1-$2"
+  local name=$1 version=$2 nice=${3:-0} dir="$CACHE/tools/$1-$2"
+  shift $(( $# < 3 ? $# : 3 ))
   if [[ ! -x "$dir/bin/$name" ]]; then
     cache_lock "$dir"
     if [[ ! -x "$dir/bin/$name" ]]; then
       log "installing $name $version from crates.io into $dir (first time only)"
       rm -rf "$dir.partial"
-      nice -n "${3:-0}" cargo install --locked --quiet "$name" --version "$version" --root "$dir.partial" >&2 \
+      CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 \
+        nice -n "$nice" cargo install --locked --quiet "$name" --version "$version" --root "$dir.partial" "$@" >&2 \
         || die "could not install $name: cargo install --locked $name --version $version"
       { rm -rf "$dir" && mv "$dir.partial" "$dir"; } || die "could not move $dir.partial to $dir"
     fi
@@ -408,7 +411,8 @@ cargo_tool() {
 # The test runner: integration test binaries run side by side (.config/nextest.toml says
 # which tests must not overlap).
 NEXTEST_VERSION=0.9.151
-ensure_nextest() { cargo_tool cargo-nextest "$NEXTEST_VERSION"; }
+# Without self-update (an HTTP client and TLS stack) and USDT probes: half the crates.
+ensure_nextest() { cargo_tool cargo-nextest "$NEXTEST_VERSION" 0 --no-default-features; }
 
 # promtool, built from the Go module proxy (the chart's alerts).
 promtool_dir() { echo "$CACHE/promtool-$(go_key "$ROOT/testbed/promtool")"; }
