@@ -12,8 +12,12 @@ testbed/up.sh
 target=x86_64-unknown-linux-musl
 if rustup target list --installed | grep -qx "$target" && command -v musl-gcc >/dev/null 2>&1; then
   log "building the shipped binary (profile image, $target)"
-  cargo build --locked --quiet --profile image --target "$target" --bin cognito-unauth-controller
-  bin="${CARGO_TARGET_DIR:-target}/$target/image/cognito-unauth-controller"
+  # As image.sh builds it (repro_env's flags): the image's binary itself, not a rebuild
+  # of every crate with other flags.
+  # shellcheck source=image-lib.sh disable=SC1091
+  source "$ROOT/testbed/image-lib.sh"
+  ( build_binary "$target" build )
+  bin="${CARGO_TARGET_DIR:-$ROOT/target}/$target/image/cognito-unauth-controller"
 else
   log "musl target or musl-gcc missing (testbed/image.sh installs them): benchmarking the release build"
   cargo build --locked --quiet --release --bin cognito-unauth-controller

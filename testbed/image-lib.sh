@@ -43,7 +43,10 @@ build_date_epoch() {
 # binary (panic locations, C __FILE__ in aws-lc) are remapped: the source dir to /src,
 # $CARGO_HOME to /cargo and the target dir to /target, as the Dockerfile's build stage
 # sees them. The last matching prefix wins in both rustc and gcc/clang: the target dir,
-# which may lie inside the source dir, comes last.
+# which may lie inside the source dir, comes last. The source dir is remapped for the
+# workspace's crates only (testbed/rustc-remap.sh): the dependencies' flags do not name
+# the checkout (their sources are under $CARGO_HOME, their outputs in the target dir), so a
+# build from another checkout into the same target dir compiles only the workspace again.
 repro_env() {
   local target=$1 target_dir=$2 cargo_home=${CARGO_HOME:-$HOME/.cargo}
   local upper; upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
@@ -51,9 +54,14 @@ repro_env() {
   export CARGO_INCREMENTAL=0
   export CARGO_TARGET_DIR="$target_dir"
   # Per target: build scripts and proc macros (host) keep their own flags.
-  export "CARGO_TARGET_${upper}_RUSTFLAGS=--remap-path-prefix=$ROOT=/src --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target_dir=/target"
-  export "CFLAGS_${target//-/_}=-ffile-prefix-map=$ROOT=/src -ffile-prefix-map=$cargo_home=/cargo -ffile-prefix-map=$target_dir=/target"
+  export "CARGO_TARGET_${upper}_RUSTFLAGS=--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target_dir=/target"
+  export "CFLAGS_${target//-/_}=-ffile-prefix-map=$cargo_home=/cargo -ffile-prefix-map=$target_dir=/target"
+  export RUSTC_WORKSPACE_WRAPPER="$REMAP_WRAPPER" CUC_REMAP_SRC="$ROOT" CUC_REMAP_TARGET="$target_dir"
 }
+# One wrapper path for every build (a build from a copy of the checkout too): cargo keys
+# the workspace's artifacts on it.
+REMAP_WRAPPER="${REMAP_WRAPPER:-$ROOT/testbed/rustc-remap.sh}"
+export REMAP_WRAPPER
 
 # build_binary TARGET CARGO_COMMAND: the image profile's binary for TARGET (cargo build, or
 # zigbuild to cross-link), with repro_env. Sets BIN (its path), BUILD_S (seconds) and

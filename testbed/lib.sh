@@ -408,12 +408,6 @@ cargo_tool() {
   echo "$dir/bin"
 }
 
-# The test runner: integration test binaries run side by side (.config/nextest.toml says
-# which tests must not overlap).
-NEXTEST_VERSION=0.9.151
-# Without self-update (an HTTP client and TLS stack) and USDT probes: half the crates.
-ensure_nextest() { cargo_tool cargo-nextest "$NEXTEST_VERSION" 0 --no-default-features; }
-
 # promtool, built from the Go module proxy (the chart's alerts).
 promtool_dir() { echo "$CACHE/promtool-$(go_key "$ROOT/testbed/promtool")"; }
 ensure_promtool() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test bed's Python checks: ruff (lint, and format --check) on every Python file under
-# testbed/, and the Cognito proxy's pytest tests (testbed/cognito/tests: moto and the proxy
-# on loopback ports, no cluster). Installs what it needs into .local/venv first (the pins of
+# testbed/, and the pytest tests: the Cognito proxy's (testbed/cognito/tests: moto and
+# the proxy on loopback ports, no cluster) and the test runner's scheduling
+# (testbed/test_runner.py). Installs what it needs into .local/venv first (the pins of
 # testbed/cognito/requirements.txt and requirements-dev.txt), each file only when it
 # changed. Runs every check, then exits non-zero if any failed.
 set -euo pipefail
@@ -21,7 +22,7 @@ check() {
 }
 check "ruff check" "$VENV/bin/ruff" check testbed
 check "ruff format --check" "$VENV/bin/ruff" format --check testbed
-check pytest "$VENV/bin/pytest" -q -o cache_dir="$LOCAL/cache/pytest" testbed/cognito/tests
+check pytest "$VENV/bin/pytest" -q -o cache_dir="$LOCAL/cache/pytest" testbed/cognito/tests testbed/test_runner.py
 
 if (( ${#failed[@]} )); then
   die "failed: ${failed[*]}"

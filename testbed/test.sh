@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make test`: everything, from a fresh machine. Installs what it needs (Python venv,
-# Go-built cluster binaries, cargo-nextest), starts the test bed if none is running, and
+# Go-built cluster binaries), starts the test bed if none is running, and
 # stops what it started on exit, also when a test fails or the run is interrupted.
 #
 # Where the time goes (issue 19): what is independent overlaps. The Go builds of the bed,
 # its images and the tools run in the background while cargo builds and runs the checks
-# that need no cluster; the integration test binaries run side by side under
-# cargo-nextest (.config/nextest.toml says which tests must not overlap); the image
+# that need no cluster; the integration tests run side by side, one process each, under
+# testbed/runner.py (testbed/tests.toml says which tests must not overlap); the image
 # builds run at low priority beside them. It ends with a table of each step's seconds
 # and the ten slowest tests.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -54,16 +54,9 @@ print_table() {
     echo "make test: seconds per step (background steps overlap the others)"
     printf '%s\n' "${STEPS[@]}" | awk -F'\t' '{printf "  %6d  %s\n", $1, $2}'
     printf '  %6d  total\n' "$(( $(date +%s) - t_start ))"
-    local junit="$ROOT/target/nextest/default/junit.xml"
-    if [[ -f "$junit" ]]; then
+    if [[ -f "$ROOT/target/cuc-tests/results.json" ]]; then
       echo "the ten slowest tests (seconds):"
-      python3 - "$junit" <<'PY'
-import sys, xml.etree.ElementTree as ET
-cases = [(float(c.get("time", 0)), f'{c.get("classname")} {c.get("name")}')
-         for c in ET.parse(sys.argv[1]).iter("testcase")]
-for t, name in sorted(cases, reverse=True)[:10]:
-    print(f"  {t:6.0f}  {name}")
-PY
+      python3 testbed/runner.py slowest 10
     fi
   } >&2
 }
@@ -144,24 +137,17 @@ step "supply chain: every crate's source and license (cargo metadata, testbed/su
 python3 testbed/supply-chain.py
 step "shellcheck on every script under testbed/"
 testbed/shellcheck.sh
-step "cargo-nextest (crates.io, once per machine)"
-NEXTEST=$(ensure_nextest)
-NEXTEST="$NEXTEST/cargo-nextest"
 # Clippy lints the workspace's crates while they are built for the tests: cargo runs
 # clippy-driver in rustc's place for workspace members (as `cargo clippy` itself does,
 # there in check mode), so the dependencies are compiled once, not once checked for
-# clippy and once built (on a cold machine that was 13 of CI's minutes). Every nextest
-# call here has the same wrapper, lint flags and features, so none rebuilds another's.
+# clippy and once built (on a cold machine that was 13 of CI's minutes).
 CLIPPY_DRIVER="$(rustc --print sysroot)/bin/clippy-driver"
 [[ -x "$CLIPPY_DRIVER" ]] || die "clippy-driver not found: rustup component add clippy (rust-toolchain.toml lists it)"
-nextest() {
-  RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" \
-    "$NEXTEST" nextest "$1" --all-features "${@:2}"
-}
 step "build every test binary, linted on the way (clippy -D warnings on the workspace's crates, all targets, all features)"
-nextest run --locked --workspace --no-run
+RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" \
+  python3 testbed/runner.py build --locked --workspace --all-features
 step "unit tests (with crds/ generated from the Rust types, and every chart case's containers parsed by the binary)"
-nextest run --locked --workspace --lib --bins --test chart_config
+python3 testbed/runner.py unit
 
 await "bed inputs: Go builds, venv, images"
 step "python: ruff and the Cognito proxy's pytest suite"
@@ -176,10 +162,10 @@ step "test bed up"
 testbed/up.sh
 # shellcheck disable=SC1091
 source "$LOCAL/env"
-node_filter=""
+no_node=()
 if [[ "${CUC_NODE:-on}" == off ]]; then
   log "== the node is off: ${CUC_NODE_REASON:-no reason given}; its checks and tests are not run"
-  node_filter=" & not binary(/^node_/)"
+  no_node=(--no-node)
 else
   step "the node: network rules, images, pods placed by the scheduler reach the emulator and the API server"
   testbed/node-check.sh
@@ -198,24 +184,19 @@ if (( EUID == 0 )); then
 else
   log "== not root: the container images (buildah) are not built"
 fi
-step "tests against the real control plane, the node and the Cognito emulator (side by side)"
-nextest run --locked --workspace -E "kind(test)$node_filter" --no-fail-fast
+step "tests against the real control plane, the node and the Cognito emulator, and make run checked (side by side)"
+python3 testbed/runner.py integration "${no_node[@]}"
 
-# Mostly a wait for a rotation: beside the image builds' tail, as before issue 19.
-step "make run, checked: the controller on defaults, the demo resource, and a pod on the node that picks up a rotation"
-if RUN_UNTIL_ROTATIONS=1 testbed/run.sh > "$LOCAL/make-run-check.log" 2>&1; then
-  grep -E '^\[(pod|secret)\]|make run:' "$LOCAL/make-run-check.log"
-else
-  cat "$LOCAL/make-run-check.log" >&2
-  die "make run did not show a rotation picked up (whole log above)"
-fi
+# `make run` checked (the controller on defaults, the demo resource, a pod on the node
+# that picks up a rotation) ran beside the tests (testbed/tests.toml, [[extra]]).
+grep -E '^\[(pod|secret)\]|make run:' "$LOCAL/make-run-check.log"
 # The benchmark measures CPU: not beside a build.
 (( EUID != 0 )) || await "$images_job"
 step "benchmark, small N (make bench runs N=1000): it prints which targets it judged at this scale (writes per resource, steady state, rotation cost, CPU against the CLI loop); the full-scale ones are judged by make bench"
 BENCH_N=20 testbed/bench.sh --steady-seconds 10 --baseline-n 3 --rotation-n 5 --scale-to 40 --unrelated-secrets 20 --unrelated-kib 10 --check
 step_done
 if [[ "${CUC_NODE:-on}" == off ]]; then
-  n=$(nextest list --locked --workspace -E "kind(test) & binary(/^node_/)" --message-format oneline 2>/dev/null | grep -c . || true)
+  n=$(python3 testbed/runner.py count-node)
   log "$n node tests not run: ${CUC_NODE_REASON:-the node is off}"
 fi
 log "make test passed in $(( $(date +%s) - t_start ))s"
