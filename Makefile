@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test up down node-check propagation admission-latency unit lint crds check-crds chart-check chart-docs bench fuzz image image-multiarch reproducible sbom alerts-test reliability testbed-binaries
+.PHONY: help run test up down node-check propagation admission-latency tenant-figures unit lint crds check-crds chart-check chart-docs bench fuzz image image-multiarch reproducible sbom alerts-test reliability testbed-binaries
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ propagation: ## Measure the kubelet's Secret propagation delay on the running no
 admission-latency: ## The injection webhook on the node (tests/node_webhook.rs); writes its admission latency into docs/benchmarks.md
 	testbed/up.sh
 	source .local/env && CUC_WRITE_DOCS=1 cargo test --locked --test node_webhook -- --nocapture
+
+tenant-figures: ## One namespace against the shared controller (tests/binary.rs): memory under attack and fairness, written into docs/benchmarks.md
+	testbed/up.sh
+	source .local/env && CUC_WRITE_DOCS=1 cargo test --locked --test binary -- --nocapture --test-threads 1 a_hostile_tenant a_busy_namespace
 
 lint: ## cargo fmt --check and clippy with -D warnings
 	cargo fmt --all -- --check

@@ -27,7 +27,7 @@ use crate::http::{BEAT_EVERY, Health};
 use crate::lease;
 use crate::metrics::{Metered, Metrics};
 use crate::quota::{Paced, Quotas};
-use crate::reconcile::{self, Context, MANAGER};
+use crate::reconcile::{self, Context, MANAGER, Sharing};
 use crate::secret::MANAGED_SELECTOR;
 
 /// How long in-flight reconciles may run on after a stop request.
@@ -49,6 +49,9 @@ pub struct LeaderElection {
     pub renew_grace: Duration,
 }
 
+/// The default least time between two forced rotations of one resource.
+pub const FORCE_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -56,13 +59,17 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// When all namespaces are watched: those left alone (a team's, with its own release).
     pub exclude_namespaces: Vec<String>,
-    /// Reconciles running at once (per watched namespace).
+    /// Reconciles running at once (per watched namespace; in all of them when all are
+    /// watched), taking turns round-robin between namespaces.
     pub concurrency: u16,
     /// Identifies this replica in events.
     pub instance: Option<String>,
     pub leader_election: Option<LeaderElection>,
     /// Client-side pacing under Cognito's per-account quotas.
     pub quotas: Quotas,
+    /// The least time between two forced rotations of one resource: a force-rotate
+    /// value changed in a loop costs one Cognito call per interval, not one per change.
+    pub force_rotate_interval: Duration,
 }
 
 impl Default for Settings {
@@ -74,6 +81,7 @@ impl Default for Settings {
             instance: None,
             leader_election: None,
             quotas: Quotas::default(),
+            force_rotate_interval: FORCE_ROTATE_INTERVAL,
         }
     }
 }
@@ -100,7 +108,21 @@ pub async fn run<C: Cognito>(
     // Paced outside Metered: the metrics count calls on the wire and their latency,
     // not the time spent waiting for a turn under the quota.
     let cognito = Paced::new(Metered::new(cognito, metrics.clone()), settings.quotas);
-    let ctx = Arc::new(Context::new(client.clone(), cognito, recorder, metrics));
+    // `concurrency` reconciles at once per watched namespace (or in all, when all are
+    // watched), handed out round-robin between namespaces (fair::Gate).
+    let scopes = settings.namespaces.len().max(1);
+    let slots = usize::from(settings.concurrency.max(1)) * scopes;
+    let sharing = Sharing {
+        slots,
+        force_interval: settings.force_rotate_interval,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cognito,
+        recorder,
+        metrics,
+        sharing,
+    ));
 
     let Some(le) = settings.leader_election.clone() else {
         // Without leader election this replica is the one that reconciles.
@@ -233,7 +255,11 @@ async fn run_controllers<C: Cognito>(
         .flatten();
         let controller = Controller::for_stream(trigger, reader)
             .owns_stream(owned)
-            .with_config(controller::Config::default().concurrency(settings.concurrency));
+            // Every due reconcile starts; the context's gate decides which run (fairly
+            // between namespaces, `concurrency` at a time). Limited here, kube-runtime
+            // would start them in the order they came due: one namespace's thousand
+            // new resources before another's due rotation.
+            .with_config(controller::Config::default().concurrency(0));
         stores.push(controller.store());
         let stop = stop.clone();
         let ctx = ctx.clone();
@@ -243,8 +269,13 @@ async fn run_controllers<C: Cognito>(
         );
         runs.push(async move {
             let forget = ctx.clone();
+            let gate = ctx.gate.clone();
             controller
-                .graceful_shutdown_on(async move { stop.cancelled().await })
+                // In flight are finished; those waiting for a turn leave (fair::Gate).
+                .graceful_shutdown_on(async move {
+                    stop.cancelled().await;
+                    gate.close();
+                })
                 .run(reconcile::reconcile, reconcile::error_policy, ctx)
                 .for_each(|res| {
                     if let Err(controller::Error::ObjectNotFound(obj)) = &res {

@@ -48,6 +48,10 @@ pub const CHART_KEYS: &[(&str, &str)] = &[
         "sts.assumeRoleWithWebIdentityRatePerSecond",
     ),
     ("CONCURRENCY", "concurrency"),
+    (
+        "FORCE_ROTATE_MIN_INTERVAL_SECONDS",
+        "forceRotateMinIntervalSeconds",
+    ),
     ("WEBHOOK_ADDRESS", "webhook.securePort"),
     ("WEBHOOK_EXTERNAL_CERTIFICATE", "webhook.certificate.source"),
     (

@@ -3,9 +3,10 @@
 //!
 //! Each concern has its own module: the API types ([`crd`]); the pure steps that decide
 //! ([`plan`]), schedule ([`schedule`]), render and read the Secret ([`secret`]) and build
-//! conditions ([`status`]); what the watch saw of our Secrets ([`seen`]); the Cognito client behind a trait ([`cognito`]) and its pacing under the quotas
-//! ([`quota`]); the
-//! reconcile steps with their I/O ([`reconcile`]); metrics ([`metrics`]) and the admin
+//! conditions ([`status`]); what the watch saw of our Secrets ([`seen`]); the Cognito
+//! client behind a trait ([`cognito`]) and its pacing under the quotas ([`quota`]); fair
+//! turns between namespaces ([`fair`]); the reconcile steps with their I/O
+//! ([`reconcile`]); metrics ([`metrics`]) and the admin
 //! HTTP server ([`http`]); and the runtime wiring ([`controller`]) with its leader election
 //! ([`lease`]), events with compact series ([`events`]), and rollout restarts of the
 //! workloads that read the credentials ([`restart`]); what reaches the logs ([`logging`]); every watch backs off as
@@ -25,6 +26,7 @@ pub mod cognito;
 pub mod controller;
 pub mod crd;
 pub mod events;
+pub mod fair;
 pub mod flags;
 pub mod http;
 pub mod inject;

@@ -89,9 +89,14 @@ struct Args {
     /// quota is per account and shared with every other STS caller in it: take a share.
     #[arg(long, env = "STS_ASSUME_ROLE_RATE", default_value_t = 100.0)]
     sts_assume_role_rate: f64,
-    /// Reconciles running at once, per watched namespace.
+    /// Reconciles running at once, per watched namespace (in all of them when all are
+    /// watched), handed out round-robin between namespaces.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_parser = flags::whole_u16)]
     concurrency: u16,
+    /// The least time, in seconds, between two forced rotations of one resource: a
+    /// force-rotate value changed again sooner waits, and the status says until when.
+    #[arg(long, env = "FORCE_ROTATE_MIN_INTERVAL_SECONDS", default_value_t = 60, value_parser = flags::whole_u64)]
+    force_rotate_min_interval_seconds: u64,
     /// Parse the flags and environment, check them as a start would, print what was
     /// read and exit: 0 when this configuration would start (nothing is contacted).
     /// `make test` runs it on every container the chart renders.
@@ -256,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
             get_open_id_token_per_second: args.cognito_get_open_id_token_rate,
             assume_role_per_second: args.sts_assume_role_rate,
         },
+        force_rotate_interval: Duration::from_secs(args.force_rotate_min_interval_seconds),
     };
     controller::run(
         client,

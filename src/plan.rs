@@ -29,6 +29,9 @@ pub struct Inputs<'a> {
     pub secret: &'a SecretState,
     /// The resource's force-rotate annotation.
     pub force_token: Option<&'a str>,
+    /// A new force-rotate value is not honoured before this (the last forced rotation
+    /// plus the minimum interval between forced rotations); None: at once.
+    pub force_not_before: Option<Timestamp>,
     pub renew_before: Duration,
     /// Fixes the jitter for this resource (its uid).
     pub seed: &'a str,
@@ -192,10 +195,13 @@ pub enum Plan {
     },
     /// The Secret holds good credentials; look again at `wake`. `repair`: write the
     /// same credentials again (older layout, or the template's metadata missing).
+    /// `forced_at`: a new force-rotate value waits until then (the minimum interval
+    /// between forced rotations).
     Wait {
         kept: Kept,
         wake: Timestamp,
         repair: bool,
+        forced_at: Option<Timestamp>,
     },
 }
 
@@ -343,10 +349,14 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
         };
         return rotate(why, None);
     };
+    let mut forced_at = None;
     if let Some(token) = i.force_token
         && k.provenance.force_token.as_deref() != Some(token)
     {
-        return rotate(Why::Forced, Some(k));
+        match i.force_not_before {
+            Some(t) if i.now < t => forced_at = Some(t),
+            _ => return rotate(Why::Forced, Some(k)),
+        }
     }
     let mut wake = k.renewal;
     if i.now >= k.renewal {
@@ -364,8 +374,9 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
     };
     Plan::Wait {
         kept: k,
-        wake,
+        wake: forced_at.map_or(wake, |t| t.min(wake)),
         repair,
+        forced_at,
     }
 }
 
@@ -473,6 +484,8 @@ mod tests {
         status: Status,
         secret: SecretState,
         force: Option<&'static str>,
+        /// A new force-rotate value is honoured from then (seconds from `at(0)`).
+        force_not_before: Option<i64>,
         generation: i64,
         started: i64,
         pending: Option<&'static str>,
@@ -491,6 +504,7 @@ mod tests {
             status: synced(),
             secret: SecretState::Ours(Box::new(ours(0, 3600))),
             force: None,
+            force_not_before: None,
             generation: 1,
             started: -1_000_000,
             pending: None,
@@ -522,7 +536,15 @@ mod tests {
                 ),
                 None,
             ),
-            Plan::Wait { wake, repair, .. } => (format!("wait repair={repair}"), Some(*wake)),
+            Plan::Wait {
+                wake,
+                repair,
+                forced_at,
+                ..
+            } => (
+                format!("wait repair={repair} forced_at={}", forced_at.is_some()),
+                Some(*wake),
+            ),
         }
     }
 
@@ -543,7 +565,10 @@ mod tests {
             // 1 h lifetime, renewBefore 20 m: renewal at 40 min, less up to 60 s of jitter.
             Case {
                 window: Some((2340, 2400)),
-                ..case("fresh credentials wait for renewal", "wait repair=false")
+                ..case(
+                    "fresh credentials wait for renewal",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 now: 2400,
@@ -558,7 +583,10 @@ mod tests {
                 now: 1,
                 secret: SecretState::Ours(Box::new(ours(0, 90))),
                 window: Some((55, 60)),
-                ..case("short lifetime: two thirds", "wait repair=false")
+                ..case(
+                    "short lifetime: two thirds",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 secret: SecretState::Foreign,
@@ -609,7 +637,10 @@ mod tests {
             },
             Case {
                 status: Status::default(),
-                ..case("status lost: identity from the Secret", "wait repair=false")
+                ..case(
+                    "status lost: identity from the Secret",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 status: Status::default(),
@@ -639,7 +670,39 @@ mod tests {
                 force: Some("1"),
                 secret: with(|o| o.provenance.as_mut().unwrap().force_token = Some("1".into())),
                 window: Some((2340, 2400)),
-                ..case("force-rotate, value already answered", "wait repair=false")
+                ..case(
+                    "force-rotate, value already answered",
+                    "wait repair=false forced_at=false",
+                )
+            },
+            // The last forced rotation was at 0; one a minute at most: honoured at 60.
+            Case {
+                force: Some("2"),
+                force_not_before: Some(60),
+                window: Some((60, 60)),
+                ..case(
+                    "force-rotate again within the minimum interval: waits",
+                    "wait repair=false forced_at=true",
+                )
+            },
+            Case {
+                now: 60,
+                force: Some("2"),
+                force_not_before: Some(60),
+                ..case(
+                    "force-rotate again, the interval over",
+                    "rotate Forced identity=reused kept=true",
+                )
+            },
+            // Renewal comes first when it is due before the interval ends.
+            Case {
+                now: 2400,
+                force: Some("2"),
+                force_not_before: Some(2500),
+                ..case(
+                    "force-rotate waiting, renewal due",
+                    "rotate Renewal identity=reused kept=true",
+                )
             },
             // Third transient failure at 100: a 20 s step, equal jitter: 110..120.
             Case {
@@ -652,14 +715,20 @@ mod tests {
                 now: 121,
                 status: failing(3, 100, reason::THROTTLED),
                 window: Some((2340, 2400)),
-                ..case("backoff over, renewal not due", "wait repair=false")
+                ..case(
+                    "backoff over, renewal not due",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 now: 101,
                 status: failing(3, 100, reason::THROTTLED),
                 generation: 2,
                 window: Some((2340, 2400)),
-                ..case("spec changed during backoff", "wait repair=false")
+                ..case(
+                    "spec changed during backoff",
+                    "wait repair=false forced_at=false",
+                )
             },
             // Terminal: 5 min less up to 20%: 240..300 s after the failure.
             Case {
@@ -692,7 +761,10 @@ mod tests {
             Case {
                 secret: with(|o| o.immutable = true),
                 window: Some((2340, 2400)),
-                ..case("immutable Secret, nothing due", "wait repair=false")
+                ..case(
+                    "immutable Secret, nothing due",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 secret: with(|o| {
@@ -702,7 +774,7 @@ mod tests {
                 window: Some((2340, 2400)),
                 ..case(
                     "immutable Secret in an old layout is left alone",
-                    "wait repair=false",
+                    "wait repair=false forced_at=false",
                 )
             },
             Case {
@@ -710,13 +782,16 @@ mod tests {
                 window: Some((2340, 2400)),
                 ..case(
                     "old layout repaired with the same credentials",
-                    "wait repair=true",
+                    "wait repair=true forced_at=false",
                 )
             },
             Case {
                 secret: with(|o| o.template_applied = false),
                 window: Some((2340, 2400)),
-                ..case("template labels missing", "wait repair=true")
+                ..case(
+                    "template labels missing",
+                    "wait repair=true forced_at=false",
+                )
             },
             // Down from 0 to 3000 (renewal at ~40 min was missed): the slot is within
             // min(60 s, half the 600 s left) of the start.
@@ -724,7 +799,10 @@ mod tests {
                 now: 3000,
                 started: 3000,
                 window: Some((3000, 3060)),
-                ..case("overdue at start: spread", "wait repair=false")
+                ..case(
+                    "overdue at start: spread",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 now: 3000,
@@ -748,7 +826,10 @@ mod tests {
                 spec: basic_spec(),
                 secret: basic(0, 3600),
                 window: Some((2340, 2400)),
-                ..case("basic: fresh credentials wait", "wait repair=false")
+                ..case(
+                    "basic: fresh credentials wait",
+                    "wait repair=false forced_at=false",
+                )
             },
             // A 12 h session: renewBefore (20 m) ahead of the real Expiration at 43200,
             // less up to 60 s of jitter.
@@ -771,7 +852,10 @@ mod tests {
                     SecretState::Ours(o)
                 },
                 window: Some((41_940, 42_000)),
-                ..case("basic: 12 h session renews 20 m ahead", "wait repair=false")
+                ..case(
+                    "basic: 12 h session renews 20 m ahead",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 spec: CognitoUnauthCredentialSpec {
@@ -780,7 +864,10 @@ mod tests {
                 },
                 secret: basic(0, 3600),
                 window: Some((2340, 2400)),
-                ..case("basic: the same duration spelled 60m", "wait repair=false")
+                ..case(
+                    "basic: the same duration spelled 60m",
+                    "wait repair=false forced_at=false",
+                )
             },
             Case {
                 status: Status::default(),
@@ -789,7 +876,7 @@ mod tests {
                 window: Some((2340, 2400)),
                 ..case(
                     "basic: status lost, identity from the Secret",
-                    "wait repair=false",
+                    "wait repair=false forced_at=false",
                 )
             },
             Case {
@@ -894,6 +981,7 @@ mod tests {
                 status: &c.status,
                 secret: &c.secret,
                 force_token: c.force,
+                force_not_before: c.force_not_before.map(at),
                 renew_before: Duration::from_secs(1200),
                 seed: "uid",
                 started: at(c.started),
@@ -1054,6 +1142,7 @@ mod tests {
                 status: &status,
                 secret: &state,
                 force_token: Some("2"),
+                force_not_before: None,
                 renew_before: Duration::from_secs(600),
                 seed: "uid-1",
                 started: at(0),
@@ -1065,6 +1154,7 @@ mod tests {
                     mut kept,
                     wake,
                     repair,
+                    ..
                 } => {
                     kept.credentials = None;
                     (kept, wake, repair)

@@ -27,6 +27,7 @@ use crate::crd::{
     RolloutRestartStatus,
 };
 use crate::events::{Event, EventType, Recorder};
+use crate::fair::Gate;
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
@@ -74,11 +75,17 @@ struct Memory {
     written: Option<Written>,
     /// An identity (pool, id) from GetId that could not be saved in status yet.
     pending_identity: Option<(String, String)>,
+    /// When this process last rotated for a new force-rotate value (forgotten with the
+    /// process: a restart allows one forced rotation more).
+    last_forced: Option<Timestamp>,
 }
 
 impl Memory {
     fn is_empty(&self) -> bool {
-        self.api_failures == 0 && self.written.is_none() && self.pending_identity.is_none()
+        self.api_failures == 0
+            && self.written.is_none()
+            && self.pending_identity.is_none()
+            && self.last_forced.is_none()
     }
 }
 
@@ -104,6 +111,19 @@ pub struct Context<C> {
     started: AtomicI64,
     /// What the watch saw of our Secrets (filled by `controller`).
     pub seen: SeenSecrets,
+    /// Whose turn it is to reconcile (round-robin between namespaces).
+    pub gate: Gate,
+    /// The least time between two forced rotations of one resource.
+    force_interval: Duration,
+}
+
+/// How the reconciles share the controller (from `controller::Settings`).
+#[derive(Debug, Clone, Copy)]
+pub struct Sharing {
+    /// Reconciles running at once, handed out round-robin between namespaces.
+    pub slots: usize,
+    /// The least time between two forced rotations of one resource.
+    pub force_interval: Duration,
 }
 
 impl<C: Cognito> Context<C> {
@@ -112,6 +132,7 @@ impl<C: Cognito> Context<C> {
         cognito: C,
         recorder: Recorder,
         metrics: Arc<Metrics>,
+        sharing: Sharing,
     ) -> Self {
         Self {
             client,
@@ -121,6 +142,8 @@ impl<C: Cognito> Context<C> {
             memory: Mutex::default(),
             started: AtomicI64::new(Timestamp::now().as_second()),
             seen: SeenSecrets::default(),
+            gate: Gate::new(sharing.slots),
+            force_interval: sharing.force_interval,
         }
     }
 
@@ -327,6 +350,21 @@ pub async fn reconcile<C: Cognito>(
     obj: Arc<CognitoUnauthCredential>,
     ctx: Arc<Context<C>>,
 ) -> Result<Action, Error> {
+    // This namespace's turn first (fair::Gate: kube-runtime starts every due reconcile,
+    // the gate lets `slots` of them run, round-robin between namespaces). The reconcile
+    // is boxed only once it may run, so one that waits is a small future.
+    let namespace = obj.metadata.namespace.as_deref().unwrap_or_default();
+    let Some(_pass) = ctx.gate.enter(namespace).await else {
+        // Shutting down (the gate is closed): this one is left for the next start.
+        return Ok(Action::await_change());
+    };
+    Box::pin(reconcile_now(obj, ctx)).await
+}
+
+async fn reconcile_now<C: Cognito>(
+    obj: Arc<CognitoUnauthCredential>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action, Error> {
     ctx.metrics.reconciled();
     if obj.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes the Secret through its owner reference.
@@ -342,6 +380,41 @@ pub async fn reconcile<C: Cognito>(
         ctx.amend(&obj, |m| m.api_failures = 0);
     }
     result
+}
+
+/// Writes our fields of the Secret `desired` names, by server-side apply, forced: a
+/// concurrent writer of other fields (labels, annotations, its own data keys) neither
+/// conflicts with us nor loses its change. `desired.metadata.uid` (the uid of the Secret
+/// read as ours) is the precondition: if the Secret was deleted and another created under
+/// its name since that read, the API server refuses with 409 Conflict and nothing is
+/// written into it (tests/controller/main.rs recreates one between read and write).
+pub async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<Secret, Error> {
+    let name = desired.metadata.name.as_deref().unwrap_or_default();
+    let mut value =
+        serde_json::to_value(desired).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("Secret");
+    match secrets
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) if uid_refused(&s) => Err(Error::SecretTaken),
+        r => r.map_err(Error::Kube),
+    }
+}
+
+/// The API server's answer to a write whose uid precondition failed: 422 with a cause on
+/// `metadata.uid` ("field is immutable") for an apply, 409 for an update.
+fn uid_refused(s: &kube::core::Status) -> bool {
+    s.code == 409
+        || (s.code == 422
+            && s.details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid")))
 }
 
 /// How soon a Secret we do not own (not in our watch) is looked at again.
@@ -487,10 +560,11 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             Existing::Known(o) => SecretState::Ours(o.clone()),
             Existing::Read(s) => self.state_of(s.as_deref()),
         };
-        let pending = self
+        let (pending, last_forced) = self
             .ctx
-            .amend(self.obj, |m| m.pending_identity.clone())
-            .flatten();
+            .amend(self.obj, |m| (m.pending_identity.clone(), m.last_forced))
+            .unwrap_or_default();
+        let force_not_before = last_forced.map(|t| t + self.ctx.force_interval);
         let old = self.status.old().clone();
         let decision = plan::decide(&Inputs {
             now: self.now,
@@ -499,6 +573,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             status: &old,
             secret: &secret_state,
             force_token: force_token(self.obj),
+            force_not_before,
             renew_before: self.renew_before,
             seed: &self.uid,
             started: self.ctx.started(),
@@ -511,7 +586,12 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             Plan::Suspended { kept } => self.suspended(kept.as_ref()),
             Plan::Backoff { until, kept } => self.backoff(until, kept.as_ref()),
             Plan::Immutable { why, kept } => self.immutable(why, kept.as_ref()).await,
-            Plan::Wait { kept, wake, repair } => self.wait(&kept, wake, repair).await?,
+            Plan::Wait {
+                kept,
+                wake,
+                repair,
+                forced_at,
+            } => self.wait(&kept, wake, repair, forced_at).await?,
             Plan::Rotate {
                 why,
                 identity,
@@ -703,7 +783,13 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
 
     /// The Secret holds good credentials: repair its layout if needed, verify once if
     /// asked, roll the targets if they run older credentials, clean up former Secrets.
-    async fn wait(&mut self, k: &Kept, wake: Timestamp, repair: bool) -> Result<Action, Error> {
+    async fn wait(
+        &mut self,
+        k: &Kept,
+        wake: Timestamp,
+        repair: bool,
+        forced_at: Option<Timestamp>,
+    ) -> Result<Action, Error> {
         let verify = self.obj.spec.verify == Some(true);
         // Verification just turned on, the spec changed, or STS gave no answer last
         // time: check the kept credentials; a refusal is reported, the Secret stays.
@@ -726,6 +812,9 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             }
         }
         self.status.issued(&k.provenance, k.expiration, k.renewal);
+        if let Some(at) = forced_at {
+            self.status.force_deferred(at);
+        }
         let mut retry = None;
         if !verify {
             self.verification_off();
@@ -812,6 +901,10 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         }
         // The Secret carries the identity now.
         self.ctx.amend(self.obj, |m| m.pending_identity = None);
+        if why == Why::Forced {
+            let now = self.now;
+            self.ctx.remember(self.obj, |m| m.last_forced = Some(now));
+        }
         let renewal =
             schedule::renewal_time(issued_at, creds.expiration, self.renew_before, &self.uid);
         self.status.issued(&prov, creds.expiration, renewal);
@@ -1060,24 +1153,14 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 return Err(Error::SecretTaken);
             }
             Some(current) => {
-                // Server-side apply of our fields only, forced: a concurrent writer of
-                // other fields (labels, annotations, its own data keys) neither conflicts
-                // with us nor loses its change. The uid is the precondition: if the
-                // Secret was replaced by another object of the same name, the API server
-                // refuses, and we never write into it.
                 desired.metadata.uid = current.metadata.uid.clone();
-                let mut value = serde_json::to_value(&desired)
-                    .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-                value["apiVersion"] = json!("v1");
-                value["kind"] = json!("Secret");
-                self.secrets
-                    .patch(
-                        &self.secret_name,
-                        &PatchParams::apply(MANAGER).force(),
-                        &Patch::Apply(&value),
-                    )
-                    .await
-                    .map_err(Error::Kube)?
+                match apply_secret(&self.secrets, &desired).await {
+                    Err(Error::SecretTaken) => {
+                        self.ctx.seen.forget(&self.ns, &self.secret_name);
+                        return Err(Error::SecretTaken);
+                    }
+                    r => r?,
+                }
             }
         };
         self.ctx.seen.note(&written.metadata);

@@ -304,6 +304,22 @@ impl Builder {
         self.ready(reason::CREDENTIALS_ISSUED, msg);
     }
 
+    /// Good credentials kept, and a new force-rotate value waiting for `at` (at most one
+    /// forced rotation per resource per minimum interval): said in `Ready`'s message.
+    pub fn force_deferred(&mut self, at: Timestamp) {
+        let (Some(expiration), Some(renewal)) = (&self.next.expiration, &self.next.renewal_time)
+        else {
+            return;
+        };
+        let msg = format!(
+            "Credentials valid until {}; next rotation at {}; the new force-rotate value is honoured at {} (one forced rotation per resource per minimum interval)",
+            show(expiration.0),
+            show(renewal.0),
+            show(at)
+        );
+        self.ready(reason::CREDENTIALS_ISSUED, msg);
+    }
+
     /// Counts a failed attempt (of class Transient or Terminal); returns when the next
     /// attempt is due, by the same rule the next reconcile decides with.
     pub fn failed(&mut self, why: &str, seed: &str) -> Timestamp {

@@ -827,7 +827,16 @@ async fn rollout_restart_targets_need_the_chart_value() {
     kubectl_apply(&render(false));
     let dir = test_dir(&ns.name);
     let sa = format!("{release}-cognito-unauth-controller");
-    let child = controller_as(&ns.name, &sa, &dir, &[("WATCH_NAMESPACES", &ns.name)]);
+    // Two forced rotations a few seconds apart: no minimum interval between them.
+    let child = controller_as(
+        &ns.name,
+        &sa,
+        &dir,
+        &[
+            ("WATCH_NAMESPACES", &ns.name),
+            ("FORCE_ROTATE_MIN_INTERVAL_SECONDS", "0"),
+        ],
+    );
     kubectl_apply(&target_manifests(&ns.name));
     kubectl_apply(&cuc_with_targets(&ns.name, "app", &pool, None, &[]));
     wait_ready(&ns.name, "app", 60);

@@ -32,8 +32,8 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use testbed_support::{
     BOTO3_LOOP, Proxy, TestNs, eventually, failed, helm_install, helm_uninstall, install_crd,
-    keys_used, kubectl, kubectl_apply, opt_in, rand_suffix, restricted, root, testbed, ua_is_boto3,
-    ua_is_cli, ua_is_go, wait_ready, webhook_values, writers,
+    keys_used, kubectl, kubectl_apply, opt_in, rand_suffix, restricted, testbed, ua_is_boto3,
+    ua_is_cli, ua_is_go, wait_ready, webhook_values, write_docs_section, writers,
 };
 
 const LIFETIME: u64 = 420;
@@ -904,7 +904,11 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     );
     println!("{outage}");
     if std::env::var_os("CUC_WRITE_DOCS").is_some() {
-        write_docs_section(&format!("{table}\n{outage}"));
+        write_docs_section(
+            "admission-latency",
+            "tests/node_webhook.rs, make admission-latency",
+            &format!("{table}\n{outage}"),
+        );
     }
 
     // Uninstall: the configuration and the webhook's own Secret go.
@@ -927,16 +931,4 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     app.cleanup().await;
     other.cleanup().await;
     rel.cleanup().await;
-}
-
-/// Replaces docs/benchmarks.md's admission-latency section with `table`.
-fn write_docs_section(table: &str) {
-    const BEGIN: &str =
-        "<!-- admission-latency:begin (tests/node_webhook.rs, make admission-latency) -->";
-    const END: &str = "<!-- admission-latency:end -->";
-    let path = root().join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&path).expect("docs/benchmarks.md");
-    let (head, rest) = doc.split_once(BEGIN).expect("the section's begin marker");
-    let (_, tail) = rest.split_once(END).expect("the section's end marker");
-    std::fs::write(&path, format!("{head}{BEGIN}\n{table}{END}{tail}")).expect("write");
 }

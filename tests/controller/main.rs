@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cognito_unauth_controller::cognito::Timeouts;
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
-use cognito_unauth_controller::secret;
+use cognito_unauth_controller::{reconcile, secret};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -385,6 +385,40 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
     );
     assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
 
+    // Changed again, in a loop, within the default minimum interval (a minute) of that
+    // forced rotation: no call however often it changes; the status says until when.
+    for token in ["2", "3", "4", "5"] {
+        force_rotate(&ns, "app", token).await;
+    }
+    wait_cuc(&ns, "app", "the deferred force in Ready's message", |o| {
+        o.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.reason == "CredentialsIssued"
+                    && c.message
+                        .contains("the new force-rotate value is honoured at")
+            })
+        })
+    })
+    .await;
+    assert_eq!(
+        writes_during(&ns, "app", "app-creds", Duration::from_secs(3)).await,
+        0,
+        "a deferred force settles"
+    );
+    assert_eq!(
+        proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,
+        calls + 1,
+        "no call for a force within the interval"
+    );
+    assert_eq!(
+        annotation(
+            &secrets.get("app-creds").await.unwrap(),
+            "cognito.kubecred.io/force-rotate"
+        ),
+        "1"
+    );
+
     // Renaming the Secret moves the credentials and removes the old one.
     merge_patch(&ns, "app", json!({"spec": {"secretName": "renamed"}})).await;
     tokio::time::timeout(
@@ -413,6 +447,72 @@ async fn repairs_a_deleted_or_edited_secret_and_rotates_on_force() {
         "recreated and repaired, 1 call each, 1 GetId in all",
     );
     ctl.stop().await;
+    ns.cleanup().await;
+}
+
+/// The race of issue 21: the controller read the Secret as ours, someone deleted it and
+/// created theirs under the name, then the controller writes. The write carries the uid
+/// it read as a precondition (`reconcile::apply_secret`, what every write into an
+/// existing Secret goes through): the API server refuses it and theirs is untouched.
+#[tokio::test]
+async fn a_secret_recreated_between_read_and_write_is_not_written_into() {
+    let ns = TestNs::new("race").await;
+    let secrets = ns.api::<Secret>();
+    let ours: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "ours"}
+    }))
+    .unwrap();
+    let read = secrets.create(&PostParams::default(), &ours).await.unwrap();
+    let desired = |uid: Option<String>| -> Secret {
+        let mut s: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "app", "namespace": ns.name},
+            "data": {"AWS_ACCESS_KEY_ID": "bmV3"}
+        }))
+        .unwrap();
+        s.metadata.uid = uid;
+        s
+    };
+    // With the uid it was read with, the write goes through.
+    let written = reconcile::apply_secret(&secrets, &desired(read.uid()))
+        .await
+        .expect("a write into the Secret read");
+    assert_eq!(text(&written, "AWS_ACCESS_KEY_ID"), "new");
+    // Replaced between the read and the write.
+    secrets
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            secrets.clone(),
+            "app",
+            conditions::is_deleted(&read.uid().unwrap()),
+        ),
+    )
+    .await
+    .expect("deleted in time")
+    .unwrap();
+    let theirs: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "app", "labels": {"owner": "someone"}},
+        "stringData": {"config": "[default]\ncredential_process = /bin/evil"}
+    }))
+    .unwrap();
+    let theirs = secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    // The API server refuses it (422, metadata.uid), which the controller takes as the
+    // Secret no longer being its own: SecretConflict, as for any Secret it does not own.
+    match reconcile::apply_secret(&secrets, &desired(read.uid())).await {
+        Err(reconcile::Error::SecretTaken) => {}
+        other => panic!("the write into a recreated Secret must be refused: {other:?}"),
+    }
+    let after = secrets.get("app").await.unwrap();
+    assert_eq!(after.resource_version(), theirs.resource_version());
+    assert_eq!(after.data, theirs.data);
+    assert_eq!(after.managed_fields().len(), theirs.managed_fields().len());
     ns.cleanup().await;
 }
 
@@ -501,7 +601,12 @@ async fn errors_become_reasons_and_the_last_good_secret_is_kept() {
     let proxy = Proxy::new();
     let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("errors").await;
-    let ctl = Running::start(&ns).await;
+    // Each case forces an attempt, seconds after the last case's forced rotation: no
+    // minimum interval between them.
+    let ctl = Running::start_tuned(&ns, ns.client.clone(), Timeouts::default(), |s| {
+        s.force_rotate_interval = Duration::ZERO;
+    })
+    .await;
     create_cuc(&ns, "app", json!({"identityPoolId": pool})).await;
     wait_reason(&ns, "app", "True", "CredentialsIssued").await;
     let secrets = ns.api::<Secret>();

@@ -44,13 +44,24 @@ impl Running {
 
     /// As `start_with`, acting as `client` (e.g. an identity with less RBAC).
     pub async fn start_as(ns: &TestNs, client: kube::Client, timeouts: Timeouts) -> Self {
+        Self::start_tuned(ns, client, timeouts, |_| {}).await
+    }
+
+    /// As `start_as`, with `tune` changing the controller's settings.
+    pub async fn start_tuned(
+        ns: &TestNs,
+        client: kube::Client,
+        timeouts: Timeouts,
+        tune: impl FnOnce(&mut Settings),
+    ) -> Self {
         install_crd();
         let sdk = load_sdk_config(timeouts, Some(&testbed().cognito_endpoint)).await;
         let (tx, rx) = oneshot::channel::<()>();
-        let settings = Settings {
+        let mut settings = Settings {
             namespaces: vec![ns.name.clone()],
             ..Settings::default()
         };
+        tune(&mut settings);
         let metrics = Arc::new(Metrics::new());
         let shared = metrics.clone();
         let task = tokio::spawn(async move {

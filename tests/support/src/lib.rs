@@ -1086,3 +1086,20 @@ pub fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+/// Replaces the section NAME of docs/benchmarks.md (between
+/// `<!-- NAME:begin (SOURCE) -->` and `<!-- NAME:end -->`) with `text`: a figure in the
+/// docs is written by the run that measured it (`CUC_WRITE_DOCS=1`).
+pub fn write_docs_section(name: &str, source: &str, text: &str) {
+    let begin = format!("<!-- {name}:begin ({source}) -->");
+    let end = format!("<!-- {name}:end -->");
+    let path = root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/benchmarks.md");
+    let (head, rest) = doc
+        .split_once(&begin)
+        .unwrap_or_else(|| panic!("docs/benchmarks.md has no {begin}"));
+    let (_, tail) = rest
+        .split_once(&end)
+        .unwrap_or_else(|| panic!("docs/benchmarks.md has no {end}"));
+    std::fs::write(&path, format!("{head}{begin}\n{text}{end}{tail}")).expect("write");
+}
