@@ -168,6 +168,9 @@ pub trait Cognito: Send + Sync + 'static {
         session: &RoleSession,
         token: &OpenIdToken,
     ) -> impl Future<Output = Result<Assumed, CognitoError>> + Send;
+    /// No resource uses `region` any more: drop what is kept for it (SDK clients, quota
+    /// buckets). A later call for it makes them again.
+    fn forget_region(&self, _region: &str) {}
 }
 
 /// Timeouts for Cognito calls.
@@ -468,6 +471,11 @@ pub fn credentials_from(
 }
 
 impl Cognito for SdkCognito {
+    fn forget_region(&self, region: &str) {
+        crate::lock(&self.clients).retain(|r| r != region);
+        crate::lock(&self.sts).retain(|r| r != region);
+    }
+
     async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
         let out = self
             .client(region)

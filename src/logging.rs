@@ -43,12 +43,21 @@ pub fn cap() -> Targets {
     )
 }
 
-/// The user's filter, and the cap.
-pub fn filter<S>(user: &str) -> Result<impl Filter<S> + Send + Sync + 'static, ParseError>
+/// The user's filter, and the cap (none with `unsafe_bodies`: the
+/// `--unsafe-log-aws-bodies` flag).
+pub fn filter<S>(
+    user: &str,
+    unsafe_bodies: bool,
+) -> Result<impl Filter<S> + Send + Sync + 'static, ParseError>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    Ok(EnvFilter::try_new(user)?.and(cap()))
+    let cap = if unsafe_bodies {
+        Targets::new().with_default(LevelFilter::TRACE)
+    } else {
+        cap()
+    };
+    Ok(EnvFilter::try_new(user)?.and(cap))
 }
 
 #[cfg(test)]
@@ -81,10 +90,14 @@ mod tests {
 
     /// What the events below leave in the log under `user`'s filter.
     fn logged(user: &str) -> String {
+        logged_with(user, false)
+    }
+
+    fn logged_with(user: &str, unsafe_bodies: bool) -> String {
         let buf = Buf::default();
         let layer = tracing_subscriber::fmt::layer()
             .with_writer(buf.clone())
-            .with_filter(super::filter(user).unwrap());
+            .with_filter(super::filter(user, unsafe_bodies).unwrap());
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", "output-trace");
             tracing::debug!(target: "aws_smithy_runtime::client::orchestrator::endpoints", "identity-debug");
@@ -122,9 +135,24 @@ mod tests {
     }
 
     #[test]
+    fn only_the_explicit_flag_lifts_the_cap() {
+        let log = logged_with("trace", true);
+        for kept in [
+            "output-trace",
+            "identity-debug",
+            "hyper-debug",
+            "ours-trace",
+        ] {
+            assert!(log.contains(kept), "{kept} not logged:\n{log}");
+        }
+        // Without the flag, the same filter keeps the cap.
+        assert!(!logged_with("trace", false).contains("output-trace"));
+    }
+
+    #[test]
     fn a_bad_filter_is_refused() {
         assert!(
-            super::filter::<tracing_subscriber::Registry>("cognito_unauth_controller=loud")
+            super::filter::<tracing_subscriber::Registry>("cognito_unauth_controller=loud", false)
                 .is_err()
         );
     }

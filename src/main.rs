@@ -16,7 +16,7 @@ use cognito_unauth_controller::quota::Quotas;
 use cognito_unauth_controller::sidecar;
 use cognito_unauth_controller::webhook::{self, CertSlot, Configurator};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::prelude::*;
 
 /// Keeps Amazon Cognito guest (unauthenticated) credentials fresh in Kubernetes Secrets.
@@ -47,6 +47,12 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. info or cognito_unauth_controller=debug.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// UNSAFE: let the AWS SDK and the HTTP stack log at the level LOG_LEVEL asks, request
+    /// and response bodies included: access key ids, session tokens and OpenID tokens
+    /// reach the logs. For debugging against a test pool only; a flag, never an
+    /// environment variable, so no chart value or inherited setting turns it on.
+    #[arg(long, global = true)]
+    unsafe_log_aws_bodies: bool,
     /// Only the holder of a coordination.k8s.io Lease reconciles (for more than one replica).
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
@@ -184,7 +190,8 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::try_parse().unwrap_or_else(|e| refuse(e));
     // The SDK and the HTTP stack stay at info whatever LOG_LEVEL asks: at debug and trace
     // they log what crosses the wire, credentials and tokens included (logging.rs).
-    let filter = cognito_unauth_controller::logging::filter(&args.log_level)?;
+    let filter =
+        cognito_unauth_controller::logging::filter(&args.log_level, args.unsafe_log_aws_bodies)?;
     if args.check_config {
         check_config(&args);
         return Ok(());
@@ -198,6 +205,11 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::registry()
             .with(layer.with_filter(filter))
             .init();
+    }
+    if args.unsafe_log_aws_bodies {
+        warn!(
+            "--unsafe-log-aws-bodies: the AWS SDK logs at the level LOG_LEVEL asks; credentials and tokens may reach these logs"
+        );
     }
 
     if args.namespaces.iter().any(|n| !n.is_empty())

@@ -433,6 +433,10 @@ fn outcome<T>(r: &Result<T, CognitoError>) -> &'static str {
 }
 
 impl<C: Cognito> Cognito for Metered<C> {
+    fn forget_region(&self, region: &str) {
+        self.inner.forget_region(region);
+    }
+
     async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
         let started = Instant::now();
         let r = self.inner.get_id(region, pool).await;

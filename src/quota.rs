@@ -122,6 +122,11 @@ impl<C> Paced<C> {
 }
 
 impl<C: Cognito> Cognito for Paced<C> {
+    fn forget_region(&self, region: &str) {
+        crate::lock(&self.buckets).retain(|(r, _)| r != region);
+        self.inner.forget_region(region);
+    }
+
     async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
         self.turn(region, "GetId").await;
         self.inner.get_id(region, pool).await
@@ -173,6 +178,55 @@ impl<C: Cognito> Cognito for Paced<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers every call with Unavailable: enough to count what Paced keeps.
+    struct Down;
+
+    fn down<T>() -> Result<T, CognitoError> {
+        Err(CognitoError::Unavailable("down".into()))
+    }
+
+    impl Cognito for Down {
+        async fn get_id(&self, _: &str, _: &str) -> Result<String, CognitoError> {
+            down()
+        }
+        async fn get_credentials(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+        ) -> Result<Credentials, CognitoError> {
+            down()
+        }
+        async fn caller_identity(&self, _: &str, _: &Credentials) -> Result<String, CognitoError> {
+            down()
+        }
+        async fn get_open_id_token(&self, _: &str, _: &str) -> Result<OpenIdToken, CognitoError> {
+            down()
+        }
+        async fn assume_role_with_web_identity(
+            &self,
+            _: &str,
+            _: &RoleSession,
+            _: &OpenIdToken,
+        ) -> Result<Assumed, CognitoError> {
+            down()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_region_nobody_uses_takes_its_buckets_with_it() {
+        let paced = Paced::new(Down, Quotas::default());
+        for region in ["us-east-1", "zz-aa-1"] {
+            let _ = paced.get_id(region, "pool").await;
+            let _ = paced.get_credentials(region, "id", None).await;
+        }
+        assert_eq!(crate::lock(&paced.buckets).len(), 4);
+        paced.forget_region("zz-aa-1");
+        let buckets = crate::lock(&paced.buckets);
+        assert_eq!(buckets.len(), 2);
+        assert!(buckets.contains_key(&("us-east-1".to_string(), "GetId")));
+    }
 
     #[test]
     fn a_full_bucket_lets_a_small_burst_through_then_paces() {

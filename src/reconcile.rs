@@ -21,6 +21,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::bounded::Users;
 use crate::cognito::{Cognito, CognitoError};
 use crate::crd::{
     CognitoUnauthCredential, CognitoUnauthCredentialStatus, FORCE_ROTATE_ANNOTATION,
@@ -113,6 +114,9 @@ pub struct Context<C> {
     pub seen: SeenSecrets,
     /// Whose turn it is to reconcile (round-robin between namespaces).
     pub gate: Gate,
+    /// The region each resource uses: what the Cognito client keeps for a region goes
+    /// when its last resource leaves it.
+    regions: Mutex<Users>,
     /// The least time between two forced rotations of one resource.
     force_interval: Duration,
 }
@@ -143,6 +147,7 @@ impl<C: Cognito> Context<C> {
             started: AtomicI64::new(Timestamp::now().as_second()),
             seen: SeenSecrets::default(),
             gate: Gate::new(sharing.slots),
+            regions: Mutex::default(),
             force_interval: sharing.force_interval,
         }
     }
@@ -202,10 +207,24 @@ impl<C: Cognito> Context<C> {
 
     /// Forgets a resource that is gone: its memory and its metric series.
     pub fn forget(&self, namespace: &str, name: &str) {
+        let key = format!("{namespace}/{name}");
         let mut all = lock(&self.memory);
-        all.remove(&format!("{namespace}/{name}"));
+        all.remove(&key);
         self.metrics.tracked_objects(all.len());
         self.metrics.forget(namespace, name);
+        drop(all);
+        let unused = lock(&self.regions).remove(&key);
+        if let Some(region) = unused {
+            self.cognito.forget_region(&region);
+        }
+    }
+
+    /// `obj` uses the region its spec names now; the one it left goes if nobody uses it.
+    fn uses_region(&self, obj: &CognitoUnauthCredential) {
+        let unused = lock(&self.regions).set(&key(obj), obj.spec.region());
+        if let Some(region) = unused {
+            self.cognito.forget_region(&region);
+        }
     }
 
     /// The newest status we know: the cached object's, unless it is one our own write
@@ -366,6 +385,7 @@ async fn reconcile_now<C: Cognito>(
     ctx: Arc<Context<C>>,
 ) -> Result<Action, Error> {
     ctx.metrics.reconciled();
+    ctx.uses_region(&obj);
     if obj.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes the Secret through its owner reference.
         ctx.forget(&obj.namespace().unwrap_or_default(), &obj.name_any());

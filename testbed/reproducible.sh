@@ -62,15 +62,24 @@ if [[ "${REPRODUCIBLE_COLD:-0}" == 1 ]]; then
   b_target="$work/target"
   b_kind="cold: everything, in its own target dir"
 fi
-# The copy is made afresh (files this checkout no longer has must not linger); cp -a keeps
-# the files' times, so cargo recompiles in B only what changed since B's last build.
+# The copy is made afresh (files this checkout no longer has must not linger).
 rm -rf "$work/checkout"
 mkdir -p "$work/checkout"
 git ls-files -z --cached --others --exclude-standard | xargs -0 cp -a --parents -t "$work/checkout"
+# In A's target dir cargo would find the workspace's crates fresh (their sources in A's
+# checkout did not change) and B would be A's own binary: drop them, so B compiles them
+# from the copy. And check that it did.
+if [[ "$b_target" != "$work/target" ]]; then
+  (cd "$work/checkout" && CARGO_TARGET_DIR="$b_target" cargo clean --quiet -p "$BIN_NAME" \
+    --profile image --target "$target") \
+    || die "could not drop the workspace's image artifacts from $b_target"
+fi
+rm -f "$b_target/$target/image/$BIN_NAME"
 log "build B: a copy in $work/checkout ($b_kind)"
 t0=$(date +%s)
 b=$(build_in "$work/checkout" "$b_target")
 b_s=$(( $(date +%s) - t0 ))
+[[ -f "$b" ]] || die "build B made no binary at $b"
 
 ha=$(sha256sum "$a" | cut -d' ' -f1)
 hb=$(sha256sum "$b" | cut -d' ' -f1)

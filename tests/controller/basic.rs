@@ -411,7 +411,7 @@ async fn fault_basic_switching_flows_rotates_once_and_keeps_the_identity() {
         None,
         "no role session any more"
     );
-    let distinct = log.finish("flow switch");
+    let distinct = log.finish("flow switch").await;
     assert_eq!(
         distinct, 3,
         "enhanced, basic, enhanced: one rotation each way"
@@ -540,7 +540,11 @@ async fn fault_basic_refusals_are_terminal_and_keep_the_secret() {
     let life = lifetime(&s);
     assert!((3595.0..=3601.0).contains(&life), "{life}");
     for (name, log) in cases.iter().zip(logs) {
-        assert_eq!(log.finish(name), 2, "{name}: kept, then replaced once");
+        assert_eq!(
+            log.finish(name).await,
+            2,
+            "{name}: kept, then replaced once"
+        );
     }
     let shown = |c: &Calls| {
         format!(
@@ -652,7 +656,7 @@ async fn basic_transient(id: &str, fault: &str, rule: Value, reason: &str) {
     );
     assert_eq!(total.get_id, 0);
     assert_eq!(
-        log.finish(fault),
+        log.finish(fault).await,
         2,
         "{fault}: the Secret changed other than once"
     );

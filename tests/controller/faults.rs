@@ -18,12 +18,15 @@ use super::*;
 struct Seen {
     intact: bool,
     access_key: String,
+    resource_version: Option<String>,
 }
 
 /// Every version of one Secret while a fault lasts (None: it was deleted).
 pub(crate) struct SecretLog {
     seen: Arc<Mutex<Vec<Option<Seen>>>>,
     task: JoinHandle<()>,
+    api: kube::Api<Secret>,
+    name: String,
 }
 
 impl SecretLog {
@@ -48,6 +51,7 @@ impl SecretLog {
                                 .and_then(|d| d.get("AWS_ACCESS_KEY_ID"))
                                 .map(|v| String::from_utf8_lossy(&v.0).into_owned())
                                 .unwrap_or_default(),
+                            resource_version: s.metadata.resource_version.clone(),
                         }))
                     }
                     Ok(watcher::Event::Delete(_)) => Some(None),
@@ -58,12 +62,36 @@ impl SecretLog {
                 }
             }
         });
-        Self { seen, task }
+        Self {
+            seen,
+            task,
+            api: ns.api::<Secret>(),
+            name: name.to_string(),
+        }
     }
 
-    /// Stops watching; asserts that every version was present and intact; returns the
-    /// number of distinct credentials seen.
-    pub(crate) fn finish(self, what: &str) -> usize {
+    /// Stops watching, once the watch has delivered the version the API server holds now
+    /// (a write just before the call may still be on its way); asserts that every version
+    /// was present and intact; returns the number of distinct credentials seen.
+    pub(crate) async fn finish(self, what: &str) -> usize {
+        if let Some(now) = self.api.get_opt(&self.name).await.expect("get the Secret") {
+            let rv = now.metadata.resource_version;
+            let seen = self.seen.clone();
+            testbed_support::eventually(
+                Duration::from_secs(30),
+                "the watch's last version",
+                || {
+                    let delivered = seen
+                        .lock()
+                        .expect("log")
+                        .iter()
+                        .flatten()
+                        .any(|s| s.resource_version == rv);
+                    async move { delivered.then_some(()) }
+                },
+            )
+            .await;
+        }
         self.task.abort();
         let seen = self.seen.lock().expect("log").clone();
         assert!(!seen.is_empty(), "{what}: the watch saw nothing");
@@ -211,7 +239,7 @@ async fn transient(id: &str, fault: &str, rule: Value, reason: &str, timeouts: T
         failed_calls + 1,
         "{fault}: a duplicate rotation"
     );
-    let distinct = log.finish(fault);
+    let distinct = log.finish(fault).await;
     assert_eq!(
         distinct, 2,
         "{fault}: the Secret changed other than once (old, then new)"
@@ -359,7 +387,7 @@ async fn fault_terminal_on_a_pool_that_worked() {
         wait_reason(&ns, name, "True", "CredentialsIssued").await;
     }
     for (name, log) in cases.iter().zip(logs) {
-        let distinct = log.finish(name);
+        let distinct = log.finish(name).await;
         let want = if *name == "pool-deleted" { 1 } else { 2 };
         assert_eq!(distinct, want, "{name}");
     }
@@ -425,7 +453,7 @@ async fn fault_cognito_down_longer_than_the_lifetime() {
     .expect("Ready within one backoff step after Cognito came back");
     let took = cleared.elapsed();
     assert_eq!(proxy.pool_calls(&pool, "GetId").await, 1);
-    assert_eq!(log.finish("down"), 2);
+    assert_eq!(log.finish("down").await, 2);
     record(
         "down",
         "Cognito unreachable (every connection reset) for longer than the credentials' 8 s lifetime",
@@ -569,7 +597,7 @@ async fn fault_conflicting_writer() {
         1,
         "credentials were thrown away on a conflict"
     );
-    assert_eq!(log.finish("conflicting writer"), 2);
+    assert_eq!(log.finish("conflicting writer").await, 2);
     record(
         "conflicting-writer",
         "Another client patches the Secret continuously while the controller rotates",
