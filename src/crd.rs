@@ -103,10 +103,11 @@ pub struct CognitoUnauthCredentialSpec {
     /// assumes. Its trust policy must allow `sts:AssumeRoleWithWebIdentity` by the
     /// federated principal `cognito-identity.amazonaws.com` with
     /// `cognito-identity.amazonaws.com:aud` equal to identityPoolId and
-    /// `cognito-identity.amazonaws.com:amr` equal to `unauthenticated`.
+    /// `cognito-identity.amazonaws.com:amr` equal to `unauthenticated`. At most 640
+    /// characters (IAM's longest role ARN, with a 512-character path, has 613).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        length(min = 20, max = 2048),
+        length(min = 20, max = limits::ROLE_ARN),
         regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$")
     )]
     pub role_arn: Option<String>,
@@ -135,10 +136,10 @@ pub struct CognitoUnauthCredentialSpec {
     /// documents CustomRoleArn for choosing among the roles an identity provider's token
     /// carries, and a guest identity has no token, so Cognito may refuse it
     /// (InvalidParameter) or ignore it. The test bed's emulator accepts any role here and
-    /// signs as it; only that is tested.
+    /// signs as it; only that is tested. At most 640 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        length(min = 20, max = 2048),
+        length(min = 20, max = limits::ROLE_ARN),
         regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$")
     )]
     pub custom_role_arn: Option<String>,
@@ -147,7 +148,7 @@ pub struct CognitoUnauthCredentialSpec {
     /// written anywhere else). Defaults to the resource's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        length(min = 1, max = 253),
+        length(min = 1, max = limits::NAME),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub secret_name: Option<String>,
@@ -173,9 +174,13 @@ pub struct CognitoUnauthCredentialSpec {
     /// Where pods mount the Secret (default `/var/run/secrets/cognito`). The Secret's
     /// `config` key names `<mountPath>/credential-process.json` in its
     /// `credential_process` line, so an AWS SDK given `AWS_CONFIG_FILE=<mountPath>/config`
-    /// re-reads the credentials as they near expiry, with no restart.
+    /// re-reads the credentials as they near expiry, with no restart. At most 256
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512), regex(pattern = r"^/[A-Za-z0-9._/-]*$"))]
+    #[schemars(
+        length(min = 1, max = limits::MOUNT_PATH),
+        regex(pattern = r"^/[A-Za-z0-9._/-]*$")
+    )]
     pub mount_path: Option<String>,
 
     /// Deployments, StatefulSets and DaemonSets in this namespace to roll when the
@@ -183,9 +188,9 @@ pub struct CognitoUnauthCredentialSpec {
     /// variables): the controller sets their pod template's
     /// `cognito.kubecred.io/restartedAt` annotation, once per rotation. Never on the first
     /// issue, on a controller restart or on a status-only change. The controller needs
-    /// `patch` on these kinds (the chart's `rolloutRestart.enabled`). At most 32.
+    /// `patch` on these kinds (the chart's `rolloutRestart.enabled`). At most 8.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = limits::ROLLOUT_TARGETS))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub rollout_restart_targets: Vec<RolloutRestartTarget>,
 
@@ -225,7 +230,7 @@ pub struct RolloutRestartTarget {
     pub kind: WorkloadKind,
     /// The workload's name, in this resource's namespace.
     #[schemars(
-        length(min = 1, max = 253),
+        length(min = 1, max = limits::NAME),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub name: String,
@@ -254,9 +259,14 @@ impl WorkloadKind {
 /// Default for `spec.mountPath`.
 pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/cognito";
 
-/// Metadata added to the Secret.
+/// Metadata added to the Secret: at most 2048 characters in all, keys and values of
+/// labels and annotations together.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.labels) ? self.labels.map(k, size(k) + size(self.labels[k])).sum() : 0) + (has(self.annotations) ? self.annotations.map(k, size(k) + size(self.annotations[k])).sum() : 0) <= 2048",
+    "message": "secretTemplate: labels and annotations at most 2048 characters in all (keys and values together)"
+}]))]
 pub struct SecretTemplate {
     /// Labels added to the Secret: at most 16, each key at most 128 characters and each
     /// value at most 63. The controller's own labels win on a clash.
@@ -293,11 +303,65 @@ pub mod limits {
     pub const LABEL_VALUE: usize = 63;
     /// Characters in a template annotation value.
     pub const ANNOTATION_VALUE: usize = 256;
+    /// Characters in all of `secretTemplate`'s keys and values together.
+    pub const TEMPLATE_CHARS: usize = 2048;
     /// Entries in `rolloutRestartTargets`.
-    pub const ROLLOUT_TARGETS: usize = 32;
-    /// The largest `spec` the limits allow, serialized as JSON, in bytes (a unit test
-    /// builds it).
-    pub const SPEC_BYTES: usize = 24 * 1024;
+    pub const ROLLOUT_TARGETS: usize = 8;
+    /// Characters in `roleArn` and `customRoleArn`: IAM's longest role ARN is 613
+    /// (partition `aws-us-gov`, a 512-character path, a 64-character name).
+    pub const ROLE_ARN: usize = 640;
+    /// Characters in `mountPath`.
+    pub const MOUNT_PATH: usize = 256;
+    /// Characters in an object's name (`secretName`, a rollout target's name): a DNS
+    /// subdomain, Kubernetes' own limit.
+    pub const NAME: usize = 253;
+    /// The largest `spec` the limits allow, serialized as JSON, in bytes: the size of
+    /// [`largest`], which a unit test checks against the schema and the admission tests
+    /// show is admitted.
+    pub const SPEC_BYTES: usize = 7 * 1024;
+
+    use super::{
+        CognitoUnauthCredentialSpec, Flow, RolloutRestartTarget, SecretTemplate, WorkloadKind,
+    };
+
+    /// The largest spec the schema admits for `identity_pool_id`: every string at its
+    /// limit, every list full, the template's characters all used (flow Basic, which
+    /// has the most fields). For the tests that measure what one resource costs.
+    pub fn largest(identity_pool_id: &str) -> CognitoUnauthCredentialSpec {
+        let region = identity_pool_id.split(':').next().unwrap_or_default();
+        // Each template entry: a 32-character key and a 32-character value.
+        let entries = |prefix: &str| {
+            let n = TEMPLATE_CHARS / 64 / 2;
+            (0..n)
+                .map(|i| (format!("{prefix}.example.com/{i:0>14}"), "v".repeat(32)))
+                .collect()
+        };
+        CognitoUnauthCredentialSpec {
+            identity_pool_id: identity_pool_id.to_string(),
+            region: Some(region.to_string()),
+            flow: Flow::Basic,
+            role_arn: Some(format!("{:r<ROLE_ARN$}", "arn:aws:iam::123456789012:role/")),
+            // Go durations with leading zeros, at the field's 32 characters.
+            session_duration: Some(format!("{:0>32}", "1h")),
+            role_session_name: Some("s".repeat(64)),
+            custom_role_arn: None,
+            secret_name: Some("n".repeat(NAME)),
+            secret_template: Some(SecretTemplate {
+                labels: entries("label"),
+                annotations: entries("notes"),
+            }),
+            renew_before: Some(format!("{:0>32}", "20m")),
+            suspend: Some(false),
+            mount_path: Some(format!("{:m<MOUNT_PATH$}", "/")),
+            rollout_restart_targets: (0..ROLLOUT_TARGETS)
+                .map(|i| RolloutRestartTarget {
+                    kind: WorkloadKind::StatefulSet,
+                    name: format!("{i:w>NAME$}"),
+                })
+                .collect(),
+            verify: Some(true),
+        }
+    }
 }
 
 /// The annotations of a resource the controller and the webhook read: their own
@@ -477,8 +541,9 @@ mod tests {
         assert_eq!(conds["x-kubernetes-list-type"], "map");
     }
 
-    /// Every user string, list and map of the spec has a limit, and the largest spec they
-    /// allow stays within `limits::SPEC_BYTES`.
+    /// Every user string, list and map of the spec has a limit, the limits are the ones
+    /// `limits` names, and the largest spec they admit (`limits::largest`, which the
+    /// admission tests show is admitted) stays within `limits::SPEC_BYTES`.
     #[test]
     fn the_largest_spec_the_schema_allows_is_bounded() {
         use super::limits::*;
@@ -495,9 +560,17 @@ mod tests {
                 || name == "secretTemplate";
             assert!(bounded, "spec.{name} has no limit: {p}");
         }
-        let template = &props["secretTemplate"]["properties"];
+        for (name, limit) in [
+            ("roleArn", ROLE_ARN),
+            ("customRoleArn", ROLE_ARN),
+            ("mountPath", MOUNT_PATH),
+            ("secretName", NAME),
+        ] {
+            assert_eq!(props[name]["maxLength"], limit, "{name}");
+        }
+        let template = &props["secretTemplate"];
         for (field, value) in [("labels", LABEL_VALUE), ("annotations", ANNOTATION_VALUE)] {
-            let t = &template[field];
+            let t = &template["properties"][field];
             assert_eq!(t["maxProperties"], TEMPLATE_ENTRIES, "{field}");
             let rule = t["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
             assert_eq!(
@@ -505,42 +578,39 @@ mod tests {
                 format!("self.all(k, size(k) <= {TEMPLATE_KEY} && size(self[k]) <= {value})")
             );
         }
+        let total = template["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap();
+        assert!(total.ends_with(&format!(" <= {TEMPLATE_CHARS}")), "{total}");
         let targets = &props["rolloutRestartTargets"];
         assert_eq!(targets["maxItems"], ROLLOUT_TARGETS);
-        assert!(targets["items"]["properties"]["name"]["maxLength"].is_u64());
+        assert_eq!(targets["items"]["properties"]["name"]["maxLength"], NAME);
 
-        // The largest spec: every string at its maxLength, every list and map full.
-        let max = |p: &serde_json::Value| "a".repeat(p["maxLength"].as_u64().unwrap() as usize);
-        let entries = |value: usize| -> BTreeMap<String, String> {
-            (0..TEMPLATE_ENTRIES)
-                .map(|i| (format!("{i:0>TEMPLATE_KEY$}"), "v".repeat(value)))
-                .collect()
+        // The largest: a pool id at its maxLength, and every other string at its own.
+        let pool_max = props["identityPoolId"]["maxLength"].as_u64().unwrap() as usize;
+        let pool = format!("us-{:a>13}-1:0a1b2c3d-1111-2222-3333-444455556666", "");
+        assert_eq!(pool.len(), pool_max);
+        let largest = largest(&pool);
+        let full = |v: &Option<String>, name: &str| {
+            let max = props[name]["maxLength"].as_u64().unwrap() as usize;
+            assert_eq!(v.as_deref().map(str::len), Some(max), "{name}");
         };
-        let largest = CognitoUnauthCredentialSpec {
-            identity_pool_id: max(&props["identityPoolId"]),
-            region: Some(max(&props["region"])),
-            flow: Flow::Basic,
-            // roleArn and customRoleArn exclude each other (the flow's rules).
-            role_arn: Some(max(&props["roleArn"])),
-            session_duration: Some(max(&props["sessionDuration"])),
-            role_session_name: Some(max(&props["roleSessionName"])),
-            custom_role_arn: None,
-            secret_name: Some(max(&props["secretName"])),
-            secret_template: Some(SecretTemplate {
-                labels: entries(LABEL_VALUE),
-                annotations: entries(ANNOTATION_VALUE),
-            }),
-            renew_before: Some(max(&props["renewBefore"])),
-            suspend: Some(false),
-            mount_path: Some(max(&props["mountPath"])),
-            rollout_restart_targets: (0..ROLLOUT_TARGETS)
-                .map(|i| RolloutRestartTarget {
-                    kind: WorkloadKind::StatefulSet,
-                    name: format!("{i:0>253}"),
-                })
-                .collect(),
-            verify: Some(true),
-        };
+        full(&largest.role_arn, "roleArn");
+        full(&largest.session_duration, "sessionDuration");
+        full(&largest.role_session_name, "roleSessionName");
+        full(&largest.secret_name, "secretName");
+        full(&largest.renew_before, "renewBefore");
+        full(&largest.mount_path, "mountPath");
+        assert_eq!(largest.rollout_restart_targets.len(), ROLLOUT_TARGETS);
+        let t = largest.secret_template.as_ref().unwrap();
+        let chars: usize = [&t.labels, &t.annotations]
+            .iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        assert_eq!(chars, TEMPLATE_CHARS);
+        assert_eq!(t.labels.len(), TEMPLATE_ENTRIES);
+        assert_eq!(t.annotations.len(), TEMPLATE_ENTRIES);
         let bytes = serde_json::to_vec(&largest).unwrap().len();
         assert!(bytes <= SPEC_BYTES, "{bytes} bytes");
         assert!(

@@ -133,8 +133,6 @@ bg "bed inputs: Go builds, venv, images" prepare_bed
 # -------------------------------------------------------- checks that need no cluster
 step "cargo fmt --check"
 cargo fmt --all -- --check
-step "supply chain: every crate's source and license (cargo metadata, testbed/supply-chain.py)"
-python3 testbed/supply-chain.py
 step "shellcheck on every script under testbed/"
 testbed/shellcheck.sh
 # Clippy lints the workspace's crates while they are built for the tests: cargo runs
@@ -184,12 +182,20 @@ if (( EUID == 0 )); then
 else
   log "== not root: the container images (buildah) are not built"
 fi
+# cargo-deny, built from crates.io once per machine (cached, like the Go tools): on a new
+# machine its build takes a few CPU minutes, so it runs beside the tests, at low priority.
+CARGO_DENY_VERSION=0.20.2
+deny_job="cargo-deny $CARGO_DENY_VERSION (built once per machine)"
+bg "$deny_job" cargo_tool cargo-deny "$CARGO_DENY_VERSION" 19
 step "tests against the real control plane, the node and the Cognito emulator, and make run checked (side by side)"
 python3 testbed/runner.py integration "${no_node[@]}"
 
 # `make run` checked (the controller on defaults, the demo resource, a pod on the node
 # that picks up a rotation) ran beside the tests (testbed/tests.toml, [[extra]]).
 grep -E '^\[(pod|secret)\]|make run:' "$LOCAL/make-run-check.log"
+await "$deny_job"
+step "supply chain: cargo deny check licenses bans sources (deny.toml; advisories: see docs/security.md)"
+"$(cargo_tool cargo-deny "$CARGO_DENY_VERSION")/cargo-deny" --frozen check licenses bans sources
 # The benchmark measures CPU: not beside a build.
 (( EUID != 0 )) || await "$images_job"
 step "benchmark, small N (make bench runs N=1000): it prints which targets it judged at this scale (writes per resource, steady state, rotation cost, CPU against the CLI loop); the full-scale ones are judged by make bench"

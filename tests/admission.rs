@@ -2,7 +2,7 @@
 //! server, with a message a user understands. Server-side dry-run apply with strict field
 //! validation (what `kubectl apply` does) so nothing is stored.
 
-use cognito_unauth_controller::crd::CognitoUnauthCredential;
+use cognito_unauth_controller::crd::{CognitoUnauthCredential, limits};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use testbed_support::{TestNs, install_crd};
@@ -350,13 +350,32 @@ async fn malformed_resources_are_refused_with_clear_messages() {
             "secretTemplate.annotations: each key at most 128 characters, each value at most 256",
         ),
         (
-            "33 rollout restart targets",
+            "a template of more than 2048 characters in all",
+            with(json!({"identityPoolId": POOL, "secretTemplate": {
+                "labels": entries(8, 63),
+                "annotations": entries(8, 1),
+            }})),
+            "secretTemplate: labels and annotations at most 2048 characters in all",
+        ),
+        (
+            "9 rollout restart targets",
             with(
-                json!({"identityPoolId": POOL, "rolloutRestartTargets": (0..33)
+                json!({"identityPoolId": POOL, "rolloutRestartTargets": (0..9)
                 .map(|i| json!({"kind": "Deployment", "name": format!("web-{i}")}))
                 .collect::<Vec<_>>()}),
             ),
-            "must have at most 32 items",
+            "must have at most 8 items",
+        ),
+        (
+            "roleArn of 641 characters",
+            with(json!({"identityPoolId": POOL, "flow": "Basic",
+                "roleArn": format!("{:r<641}", "arn:aws:iam::123456789012:role/")})),
+            "spec.roleArn: Too long: may not be more than 640",
+        ),
+        (
+            "mountPath of 257 characters",
+            with(json!({"identityPoolId": POOL, "mountPath": format!("{:m<257}", "/")})),
+            "spec.mountPath: Too long: may not be more than 256",
         ),
     ];
     assert!(cases.len() >= 20);
@@ -386,12 +405,9 @@ async fn malformed_resources_are_refused_with_clear_messages() {
         json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": "arn:aws-cn:iam::123456789012:role/path/guest", "sessionDuration": "12h", "roleSessionName": "app@cluster.a_1=+,-", "verify": true}),
         json!({"identityPoolId": POOL, "flow": "Basic", "roleArn": ROLE, "sessionDuration": "1h30m", "roleSessionName": "a".repeat(64)}),
     ];
-    // The largest template the limits allow.
-    let full = json!({"identityPoolId": POOL, "secretTemplate": {
-        "labels": entries(16, 63),
-        "annotations": entries(16, 256),
-    }});
-    assert_eq!(dry_run(&api, &with(full)).await, Ok(()));
+    // The largest spec the limits allow (the one that bounds a resource's size).
+    let largest = serde_json::to_value(limits::largest(POOL)).expect("spec");
+    assert_eq!(dry_run(&api, &with(largest)).await, Ok(()));
     for spec in good {
         assert_eq!(dry_run(&api, &with(spec.clone())).await, Ok(()), "{spec}");
     }

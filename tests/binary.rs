@@ -365,32 +365,19 @@ async fn a_hostile_tenant_costs_the_shared_controller_bounded_memory() {
             &(),
         ),
     );
-    let entries = |value: usize| -> serde_json::Map<String, serde_json::Value> {
-        (0..16)
-            .map(|i| (format!("example.com/{i:0>116}"), json!("v".repeat(value))))
-            .collect()
-    };
     let uuid = |i: usize| format!("{i:08x}-0000-4000-8000-000000000000");
     let mut hostile: Vec<serde_json::Value> = (0..100)
         .map(|i| {
+            let mut spec =
+                cognito_unauth_controller::crd::limits::largest(&format!("us-east-1:{}", uuid(i)));
+            // A Secret name of its own, at the same length.
+            let name = format!("large-{i}-");
+            spec.secret_name = Some(format!("{name:n<253}"));
             json!({
                 "apiVersion": "cognito.kubecred.io/v1alpha1",
                 "kind": "CognitoUnauthCredential",
                 "metadata": {"name": format!("large-{i}"), "labels": {"role": "hostile"}},
-                "spec": {
-                    "identityPoolId": format!("us-east-1:{}", uuid(i)),
-                    "flow": "Basic",
-                    "roleArn": format!("arn:aws:iam::123456789012:role/{}", "r".repeat(2000)),
-                    "sessionDuration": "1h",
-                    "roleSessionName": "s".repeat(64),
-                    "secretName": format!("large-{i}-{}", "n".repeat(240)),
-                    "secretTemplate": {"labels": entries(63), "annotations": entries(256)},
-                    "mountPath": format!("/{}", "m".repeat(511)),
-                    "rolloutRestartTargets": (0..32)
-                        .map(|t| json!({"kind": "Deployment", "name": format!("{t}-{}", "w".repeat(240))}))
-                        .collect::<Vec<_>>(),
-                    "verify": true,
-                },
+                "spec": spec,
             })
         })
         .collect();
