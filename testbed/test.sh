@@ -195,7 +195,10 @@ python3 testbed/runner.py integration "${no_node[@]}"
 grep -E '^\[(pod|secret)\]|make run:' "$LOCAL/make-run-check.log"
 await "$deny_job"
 step "supply chain: cargo deny check licenses bans sources (deny.toml; advisories: see docs/security.md)"
-"$(cargo_tool cargo-deny "$CARGO_DENY_VERSION")/cargo-deny" --frozen check licenses bans sources
+# --locked, not --frozen: cargo metadata (which cargo-deny runs) needs every platform's
+# crates (anstyle-wincon, windows-sys...), and a cold machine's build downloaded only this
+# one's. Nothing else is fetched for these three checks.
+"$(cargo_tool cargo-deny "$CARGO_DENY_VERSION")/cargo-deny" --locked check licenses bans sources
 # The benchmark measures CPU: not beside a build.
 (( EUID != 0 )) || await "$images_job"
 step "benchmark, small N (make bench runs N=1000): it prints which targets it judged at this scale (writes per resource, steady state, rotation cost, CPU against the CLI loop); the full-scale ones are judged by make bench"
