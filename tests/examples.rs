@@ -18,15 +18,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Secret};
 use kube::api::Api;
 use testbed_support::{
-    ControllerProcess, Proxy, TestNs, deployment_observed, install_crd, kubectl, kubectl_stdin,
-    owned_replica_sets, root, test_dir, wait_ready,
+    ControllerProcess, LOCAL_AWS_CLI, PUBLIC_AWS_CLI, Proxy, TestNs, deployment_observed,
+    install_crd, kubectl, kubectl_stdin, owned_replica_sets, root, test_dir, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
 const PLACEHOLDER: &str = "DEMO_IDENTITY_POOL_ID";
 const RESTARTED_AT: &str = "cognito.kubecred.io/restartedAt";
-const PUBLIC_AWS_CLI: &str = "public.ecr.aws/aws-cli/aws-cli:2.27.0";
-const LOCAL_AWS_CLI: &str = "localhost/aws-client:dev";
 
 /// The examples with a test of their own here; `demo.yaml` is `make run`'s.
 const RECIPES: [&str; 3] = [
@@ -34,6 +32,12 @@ const RECIPES: [&str; 3] = [
     "credential-process.yaml",
     "credentials-file.yaml",
 ];
+/// The examples of a resource alone (how it gets its credentials), tested here too.
+const RESOURCES: [&str; 2] = ["flow-basic.yaml", "verify.yaml"];
+/// Tested elsewhere: `make run`'s demo (tests/node_defaults.rs), and the injection recipe,
+/// which needs the chart's webhook (tests/node_webhook.rs runs it as a pod).
+const ELSEWHERE: [&str; 2] = ["demo.yaml", "injection.yaml"];
+const ROLE_PLACEHOLDER: &str = "DEMO_ROLE_ARN";
 
 fn example(file: &str) -> String {
     std::fs::read_to_string(root().join("examples").join(file))
@@ -234,20 +238,8 @@ async fn check(file: &str, recipe: Recipe) {
     let pool = Proxy::new().create_pool(true).await;
     let stem = file.trim_end_matches(".yaml");
     let ns = TestNs::new(&format!("ex-{stem}")).await;
-    kubectl(&[
-        "label",
-        "namespace",
-        &ns.name,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/warn=restricted",
-    ]);
-    install_crd();
-    let dir = test_dir(&ns.name);
-    let controller = ControllerProcess::start(
-        Path::new(BIN),
-        &dir.join("controller.log"),
-        &[("WATCH_NAMESPACES", &ns.name), ("LOG_FORMAT", "json")],
-    );
+    testbed_support::restricted(&ns.name);
+    let (controller, dir) = controller_for(&ns);
 
     let text = example(file);
     let pool_line = format!("identityPoolId: {PLACEHOLDER}");
@@ -399,19 +391,13 @@ async fn check(file: &str, recipe: Recipe) {
             &format!("cuc/{cuc_name}"),
             "cognito.kubecred.io/force-rotate=1",
         ]);
-        kubectl(&[
-            "-n",
-            &ns.name,
-            "wait",
+        let cuc = waited(
+            &ns,
+            &cuc_name,
             "--for=jsonpath={.status.conditions[?(@.type==\"RolloutRestart\")].reason}=RolloutRestartTriggered",
-            &format!("cuc/{cuc_name}"),
-            "--timeout=30s",
-        ]);
-        let cuc = ns
-            .api::<CognitoUnauthCredential>()
-            .get(&cuc_name)
-            .await
-            .expect("the resource");
+            30,
+        )
+        .await;
         let stamp = cuc
             .status
             .and_then(|s| s.rollout_restart)
@@ -423,13 +409,30 @@ async fn check(file: &str, recipe: Recipe) {
         assert_eq!(stamps, ["".to_string(), stamp], "{file}");
     }
 
-    assert!(controller.terminate().success(), "{file}: controller exit");
+    stopped_quietly(controller, &dir, file);
+    ns.cleanup().await;
+}
+
+/// The CRD, and the controller binary for `ns` alone (JSON logs in its test directory).
+fn controller_for(ns: &TestNs) -> (ControllerProcess, std::path::PathBuf) {
+    install_crd();
+    let dir = test_dir(&ns.name);
+    let controller = ControllerProcess::start(
+        Path::new(BIN),
+        &dir.join("controller.log"),
+        &[("WATCH_NAMESPACES", &ns.name), ("LOG_FORMAT", "json")],
+    );
+    (controller, dir)
+}
+
+/// The controller stops cleanly, and logged no warning or error (`what`: for the message).
+fn stopped_quietly(controller: ControllerProcess, dir: &Path, what: &str) {
+    assert!(controller.terminate().success(), "{what}: controller exit");
     let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
     assert!(
         !log.contains("\"level\":\"WARN\"") && !log.contains("\"level\":\"ERROR\""),
-        "{file}: the controller complained:\n{log}"
+        "{what}: the controller complained:\n{log}"
     );
-    ns.cleanup().await;
 }
 
 #[tokio::test]
@@ -461,12 +464,17 @@ async fn every_example_is_valid_and_checked() {
         .filter(|f| f.ends_with(".yaml"))
         .collect();
     files.sort();
-    let mut want: Vec<String> = RECIPES.iter().map(|f| f.to_string()).collect();
-    want.push("demo.yaml".into());
+    let mut want: Vec<String> = [&RECIPES[..], &RESOURCES, &ELSEWHERE]
+        .concat()
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
     want.sort();
     assert_eq!(files, want, "an example without a test here");
     for f in &files {
-        let manifests = example(f).replace(PLACEHOLDER, &pool);
+        let manifests = example(f)
+            .replace(PLACEHOLDER, &pool)
+            .replace(ROLE_PLACEHOLDER, "arn:aws:iam::123456789012:role/guest");
         // demo.yaml names its namespace (default); the recipes take the current one.
         let target = manifests
             .split("\n---")
@@ -489,5 +497,92 @@ async fn every_example_is_valid_and_checked() {
     let err = apply_strict(&ns.name, &drifted, &["--dry-run=server"])
         .expect_err("a field the CRD does not have was accepted");
     assert!(err.contains("mountPth"), "{err}");
+    ns.cleanup().await;
+}
+
+/// Resource `name` once `kubectl wait FOR` says so (within `timeout` seconds).
+async fn waited(ns: &TestNs, name: &str, wait_for: &str, timeout: u64) -> CognitoUnauthCredential {
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        wait_for,
+        &format!("cuc/{name}"),
+        &format!("--timeout={timeout}s"),
+    ]);
+    ns.api::<CognitoUnauthCredential>()
+        .get(name)
+        .await
+        .expect("the resource")
+}
+
+/// Resource `name` once Verified: its Verified reason and its assumed role.
+async fn verified(ns: &TestNs, name: &str) -> (String, String) {
+    let cuc = waited(ns, name, "--for=condition=Verified", 60).await;
+    let status = cuc.status.expect("status");
+    let reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Verified")
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    (reason, status.assumed_role_arn.unwrap_or_default())
+}
+
+/// flow-basic.yaml and verify.yaml, applied as they are (with a pool, and the role the
+/// basic flow assumes, put in) beside the controller binary: both become Ready and
+/// Verified; the basic one's Secret holds credentials of the role it names, for the
+/// session it asks (2h), obtained through GetOpenIdToken; the verified one's, of the
+/// pool's guest role.
+#[tokio::test]
+async fn flow_basic_and_verify_examples_work() {
+    let proxy = Proxy::new();
+    // The role allows 2h sessions: the recipe asks for them.
+    let (basic_pool, role) = proxy.basic_pool(7200).await;
+    let pool = proxy.create_pool(true).await;
+    let ns = TestNs::new("ex-resources").await;
+    let (controller, dir) = controller_for(&ns);
+    let basic = example("flow-basic.yaml");
+    let role_line = format!("roleArn: {ROLE_PLACEHOLDER}");
+    assert_eq!(basic.matches(&role_line).count(), 1, "flow-basic.yaml");
+    let basic = basic
+        .replace(PLACEHOLDER, &basic_pool)
+        .replace(ROLE_PLACEHOLDER, &role);
+    let verify = example("verify.yaml").replace(PLACEHOLDER, &pool);
+    for (file, manifests) in [("flow-basic.yaml", &basic), ("verify.yaml", &verify)] {
+        let warnings =
+            apply_strict(&ns.name, manifests, &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!warnings.contains("Warning"), "{file}: {warnings}");
+    }
+    let basic_name = name_of(&basic, "CognitoUnauthCredential");
+    let verify_name = name_of(&verify, "CognitoUnauthCredential");
+    wait_ready(&ns.name, &basic_name, 60);
+    wait_ready(&ns.name, &verify_name, 60);
+
+    let (reason, arn) = verified(&ns, &basic_name).await;
+    assert_eq!(reason, "CallerIdentityVerified");
+    let session = format!("{}-{basic_name}", ns.name);
+    assert_eq!(arn, testbed_support::assumed_role(&role, &session));
+    assert_eq!(proxy.pool_calls(&basic_pool, "GetOpenIdToken").await, 1);
+    let secrets: Api<Secret> = ns.api();
+    let s = secrets.get(&basic_name).await.expect("the Secret");
+    let data = s.data.expect("data");
+    let expiration = String::from_utf8(data[secret::KEY_EXPIRATION].0.clone()).expect("UTF-8");
+    let expires: jiff::Timestamp = expiration.parse().expect("RFC 3339");
+    let left = expires.duration_since(jiff::Timestamp::now()).as_secs();
+    assert!(
+        (6900..=7200).contains(&left),
+        "the 2h session has {left} s left"
+    );
+
+    let (reason, arn) = verified(&ns, &verify_name).await;
+    assert_eq!(reason, "CallerIdentityVerified");
+    let guest = proxy.unauth_role(&pool).await;
+    assert_eq!(
+        arn,
+        testbed_support::assumed_role(&guest, testbed_support::COGNITO_SESSION)
+    );
+
+    stopped_quietly(controller, &dir, "flow-basic.yaml, verify.yaml");
     ns.cleanup().await;
 }

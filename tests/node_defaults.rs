@@ -256,9 +256,8 @@ async fn the_readmes_install_commands_run_on_the_node_with_the_chart_defaults() 
     assert_eq!(install.matches("--set").count(), 2, "{install}");
 
     // The image the README names is this tree's, in the node's containerd.
-    sh(&format!(
-        "source testbed/lib.sh && source testbed/node.sh && \
-         ctr_node images tag --force localhost/cognito-unauth-controller:dev {README_IMAGE} 2>/dev/null"
+    testbed_support::node_sh(&format!(
+        "ctr_node images tag --force localhost/cognito-unauth-controller:dev {README_IMAGE} 2>/dev/null"
     ));
     clean_up(&helm_env);
     let _clean_up = CleanUp(helm_env.clone());

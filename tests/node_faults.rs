@@ -227,19 +227,7 @@ async fn node_faults_controller_pod_killed_kubelet_and_containerd_restarted() {
         .expect("container id");
     let cid = cid.trim_start_matches("containerd://").to_string();
     let killed = Instant::now();
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "source testbed/lib.sh >/dev/null && source testbed/node.sh && ctr_node tasks kill -s SIGKILL {cid}"
-        ))
-        .current_dir(root())
-        .output()
-        .expect("ctr");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testbed_support::node_sh(&format!("ctr_node tasks kill -s SIGKILL {cid}"));
     let second_key = poll(
         Duration::from_secs(90),
         Duration::from_millis(200),

@@ -9,6 +9,8 @@
 //! - a Deployment injected from a resource of flow Basic (the controller's STS endpoint
 //!   set by the chart's `sts.endpointUrl`) signs as the role that resource names: the aws
 //!   CLI in it prints the assumed-role ARN, and STS saw the Secret's key from it;
+//! - examples/injection.yaml, applied whole (resource and Deployment at once): its pod is
+//!   injected and signs as the pool's guest role with its Secret's key, no call failing;
 //! - meanwhile pods are admitted (server dry-run) every 300 ms while the serving
 //!   certificate (60 s) and its CA (150 s) are renewed: not one admission fails;
 //! - a pod without the annotation, in a namespace that has not opted in, is never sent to
@@ -31,9 +33,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    BOTO3_LOOP, Proxy, TestNs, eventually, failed, helm_install, helm_uninstall, install_crd,
-    keys_used, kubectl, kubectl_apply, opt_in, rand_suffix, restricted, testbed, ua_is_boto3,
-    ua_is_cli, ua_is_go, wait_ready, webhook_values, write_docs_section, writers,
+    BOTO3_LOOP, Proxy, TestNs, apply_docs, eventually, example_in_pods, failed, helm_install,
+    helm_uninstall, install_crd, keys_used, kubectl, kubectl_apply, opt_in, rand_suffix,
+    restricted, testbed, ua_is_boto3, ua_is_cli, ua_is_go, wait_ready, webhook_values,
+    write_docs_section, writers,
 };
 
 const LIFETIME: u64 = 420;
@@ -124,6 +127,12 @@ fn ua_is_tokened(c: &Value) -> bool {
     c["user_agent"]
         .as_str()
         .is_some_and(|u| u.contains("Boto3/") && u.contains("app/tokened"))
+}
+
+/// The access key id in Secret `name`.
+async fn access_key(secrets: &Api<Secret>, name: &str) -> String {
+    let s = secrets.get(name).await.expect("Secret");
+    String::from_utf8(s.data.expect("data")["AWS_ACCESS_KEY_ID"].0.clone()).expect("key")
 }
 
 fn pod(name: &str, annotations: Value, spec: Value) -> Pod {
@@ -384,6 +393,15 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
             .expect("yaml"),
         );
     }
+    // examples/injection.yaml as it is (its pool put in, the local image, the pod pointed
+    // at the proxy's STS), its resource and Deployment applied together as a user would:
+    // pods are refused until the resource is issued, and the ReplicaSet retries.
+    // Credentials of an hour, as Cognito's: none of its rotations falls in the test.
+    let example_pool = proxy.realistic_pool(3600).await;
+    apply_docs(
+        &app.name,
+        &example_in_pods("injection.yaml", &example_pool, "20m"),
+    );
     kubectl(&[
         "-n",
         &app.name,
@@ -394,6 +412,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "deployment/noshell",
         "deployment/classic",
         "deployment/tokened",
+        "deployment/inject-app",
         "--timeout=180s",
     ]);
     let running = pods.list(&ListParams::default()).await.expect("pods").items;
@@ -411,7 +430,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
             .unwrap_or_else(|| panic!("a pod of {app_label}"));
         serde_json::to_value(p.spec.as_ref().expect("spec")).expect("json")
     };
-    for a in ["cli", "boto"] {
+    for a in ["cli", "boto", "inject-app"] {
         let s = spec_of(a);
         let c = &s["containers"][0];
         assert!(
@@ -519,17 +538,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         !logs.is_empty() && logs.lines().all(|l| l.trim() == want),
         "the Basic pod printed {logs:?}, not only {want}"
     );
-    let key = String::from_utf8(
-        secrets
-            .get("classic")
-            .await
-            .expect("Secret")
-            .data
-            .expect("data")["AWS_ACCESS_KEY_ID"]
-            .0
-            .clone(),
-    )
-    .expect("key");
+    let key = access_key(&secrets, "classic").await;
     let classic_calls = proxy.sts_calls(&classic_pool).await;
     assert!(
         keys_used(&classic_calls, ua_is_cli).contains(&key),
@@ -541,6 +550,32 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         failed(&classic_calls)
     );
     println!("flow Basic in a pod: the aws CLI signs as {want}");
+    // The injection recipe: its pod signs as the pool's guest role with its Secret's key.
+    let want = testbed_support::assumed_role(
+        &proxy.unauth_role(&example_pool).await,
+        testbed_support::COGNITO_SESSION,
+    );
+    let logs = kubectl(&[
+        "-n",
+        &app.name,
+        "logs",
+        "deployment/inject-app",
+        "-c",
+        "app",
+    ]);
+    assert!(
+        logs.contains(&want) && !logs.contains("FAILED"),
+        "examples/injection.yaml's pod printed {logs:?}"
+    );
+    let key = access_key(&secrets, "inject-app").await;
+    let example_calls = proxy.sts_calls(&example_pool).await;
+    assert!(keys_used(&example_calls, ua_is_cli).contains(&key));
+    assert!(
+        failed(&example_calls).is_empty(),
+        "{:#?}",
+        failed(&example_calls)
+    );
+    println!("examples/injection.yaml: its pod signs as {want}");
     // The container left out of the sidecar's token: refused without it (401) and with a
     // wrong one (403), and the token file is not there.
     let peeked = kubectl(&["-n", &app.name, "logs", "deployment/tokened", "-c", "peek"]);

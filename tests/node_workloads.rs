@@ -28,92 +28,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
 use testbed_support::{
-    BOTO3_LOOP, ControllerProcess, Proxy, TestNs, failed, install_crd, keys_used, kubectl,
-    kubectl_stdin, root, test_dir, testbed, ua_is_boto3, ua_is_cli, wait_ready,
+    BOTO3_LOOP, ControllerProcess, LOCAL_AWS_CLI, Proxy, TestNs, apply_docs, example_in_pods,
+    failed, install_crd, keys_used, kubectl, test_dir, testbed, ua_is_boto3, ua_is_cli, wait_ready,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognito-unauth-controller");
 const LIFETIME: u64 = 420;
 const ROTATIONS: usize = 3;
-const PUBLIC_AWS_CLI: &str = "public.ecr.aws/aws-cli/aws-cli:2.27.0";
-const LOCAL_AWS_CLI: &str = "localhost/aws-client:dev";
-
-fn docs(file: &str, pool: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(root().join("examples").join(file)).expect("recipe");
-    let text = text
-        .replace("DEMO_IDENTITY_POOL_ID", pool)
-        .replace(PUBLIC_AWS_CLI, LOCAL_AWS_CLI);
-    text.split("\n---")
-        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
-        .filter(|d| d.is_object())
-        .collect()
-}
-
-/// The recipe with a quick rotation, its CLI loop every 5 s, and the pods pointed at the
-/// proxy's STS as pods see it.
-fn adapted(file: &str, pool: &str) -> Vec<Value> {
-    let endpoint = testbed()
-        .in_cluster_endpoint
-        .clone()
-        .expect("IN_CLUSTER_AWS_ENDPOINT_URL: the test bed has no node");
-    let mut docs = docs(file, pool);
-    for d in &mut docs {
-        if d["kind"] == "CognitoUnauthCredential" {
-            d["spec"]["renewBefore"] = json!("5m");
-        }
-        if d["kind"] == "Deployment" {
-            // YAML 1.1 octal (`defaultMode: 0440`), which serde_yaml reads as a string.
-            for v in d["spec"]["template"]["spec"]["volumes"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-            {
-                if let Some(m) = v["secret"]["defaultMode"].as_str() {
-                    v["secret"]["defaultMode"] =
-                        json!(u32::from_str_radix(m, 8).expect("octal mode"));
-                }
-            }
-            let c = &mut d["spec"]["template"]["spec"]["containers"][0];
-            let args = c["args"][0].as_str().expect("the loop").to_string();
-            assert!(args.contains("sleep 300"), "{file}: {args}");
-            c["args"][0] = json!(
-                args.replace(
-                    "aws sts get-caller-identity",
-                    "aws sts get-caller-identity --output text || echo FAILED"
-                )
-                .replace("sleep 300", "sleep 5")
-            );
-            c["env"]
-                .as_array_mut()
-                .expect("env")
-                .push(json!({"name": "AWS_ENDPOINT_URL_STS", "value": endpoint}));
-            c["resources"]["requests"]["cpu"] = json!("1m");
-        }
-    }
-    docs
-}
-
-fn apply(ns: &str, docs: &[Value]) {
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
-    let out = kubectl_stdin(
-        &[
-            "apply",
-            "-n",
-            ns,
-            "--server-side",
-            "--field-manager",
-            "tests",
-            "-f",
-            "-",
-        ],
-        &list.to_string(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Reads the file the kubelet updates and its `subPath` copy, and signs with one client
 /// built at start from the shared credentials file.
@@ -154,7 +75,7 @@ async fn recipes_run_as_pods_through_three_rotations() {
     let mut pools = Vec::new();
     for (file, _, _) in recipes {
         let pool = proxy.realistic_pool(LIFETIME).await;
-        let mut docs = adapted(file, &pool);
+        let mut docs = example_in_pods(file, &pool, "5m");
         if file == "credential-process.yaml" {
             // boto3 beside the CLI: one client for the pod's life.
             let spec = &mut docs
@@ -167,12 +88,12 @@ async fn recipes_run_as_pods_through_three_rotations() {
             boto["args"] = json!([BOTO3_LOOP]);
             spec["containers"].as_array_mut().unwrap().push(boto);
         }
-        apply(&ns.name, &docs);
+        apply_docs(&ns.name, &docs);
         pools.push(pool);
     }
     // The credentials file's limits: a pod that is not rolled, with one boto3 client, and
     // a subPath mount of the same file.
-    apply(
+    apply_docs(
         &ns.name,
         &[json!({
             "apiVersion": "v1", "kind": "Pod",

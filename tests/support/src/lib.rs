@@ -595,6 +595,113 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> std::process::Output {
     child.wait_with_output().expect("kubectl")
 }
 
+/// Runs `script` in bash at the repository's root with testbed/lib.sh and testbed/node.sh
+/// loaded (so `ctr_node` talks to the node's containerd), in the test bed's environment;
+/// panics with its output unless it succeeds. Returns its stdout.
+pub fn node_sh(script: &str) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source testbed/lib.sh >/dev/null && source testbed/node.sh && {script}"
+        ))
+        .current_dir(root())
+        .envs(testbed().env())
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The aws CLI image the recipes in examples/ name.
+pub const PUBLIC_AWS_CLI: &str = "public.ecr.aws/aws-cli/aws-cli:2.27.0";
+/// The local image with the same tools (sh, cat, aws; python3 with boto3) that `make up`
+/// imports: the test bed's node never pulls.
+pub const LOCAL_AWS_CLI: &str = "localhost/aws-client:dev";
+
+/// The documents of examples/`file`, with `pool` put in and the local aws CLI image.
+pub fn example_docs(file: &str, pool: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(root().join("examples").join(file)).expect("recipe");
+    let text = text
+        .replace("DEMO_IDENTITY_POOL_ID", pool)
+        .replace(PUBLIC_AWS_CLI, LOCAL_AWS_CLI);
+    text.split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+        .filter(|d| d.is_object())
+        .collect()
+}
+
+/// examples/`file` made to run on the test bed's node: `renew_before` on its resource (a
+/// quick rotation), its CLI loop every 5 s printing FAILED when a call fails, and its pods
+/// pointed at the proxy's STS as pods see it.
+pub fn example_in_pods(file: &str, pool: &str, renew_before: &str) -> Vec<Value> {
+    let endpoint = testbed()
+        .in_cluster_endpoint
+        .clone()
+        .expect("IN_CLUSTER_AWS_ENDPOINT_URL: the test bed has no node");
+    let mut docs = example_docs(file, pool);
+    for d in &mut docs {
+        if d["kind"] == "CognitoUnauthCredential" {
+            d["spec"]["renewBefore"] = json!(renew_before);
+        }
+        if d["kind"] == "Deployment" {
+            // YAML 1.1 octal (`defaultMode: 0440`), which serde_yaml reads as a string.
+            for v in d["spec"]["template"]["spec"]["volumes"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(m) = v["secret"]["defaultMode"].as_str() {
+                    v["secret"]["defaultMode"] =
+                        json!(u32::from_str_radix(m, 8).expect("octal mode"));
+                }
+            }
+            let c = &mut d["spec"]["template"]["spec"]["containers"][0];
+            let args = c["args"][0].as_str().expect("the loop").to_string();
+            assert!(args.contains("sleep 300"), "{file}: {args}");
+            c["args"][0] = json!(
+                args.replace(
+                    "aws sts get-caller-identity",
+                    "aws sts get-caller-identity --output text || echo FAILED"
+                )
+                .replace("sleep 300", "sleep 5")
+            );
+            c["env"]
+                .as_array_mut()
+                .expect("env")
+                .push(json!({"name": "AWS_ENDPOINT_URL_STS", "value": endpoint}));
+            c["resources"]["requests"]["cpu"] = json!("1m");
+        }
+    }
+    docs
+}
+
+/// Server-side apply of `docs` into `ns` (field manager `tests`).
+pub fn apply_docs(ns: &str, docs: &[Value]) {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
+    let out = kubectl_stdin(
+        &[
+            "apply",
+            "-n",
+            ns,
+            "--server-side",
+            "--field-manager",
+            "tests",
+            "-f",
+            "-",
+        ],
+        &list.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `kubectl apply --server-side` of `manifests` (YAML, any number of documents); returns
 /// kubectl's warnings (stderr).
 pub fn kubectl_apply(manifests: &str) -> String {
