@@ -816,6 +816,7 @@ async fn rollout_restart_targets_need_the_chart_value() {
     let proxy = Proxy::new();
     let pool = proxy.realistic_pool(3600).await;
     let ns = TestNs::new("chart-restart").await;
+    testbed_support::install_crd();
     let release = format!("r{}", rand_suffix());
     let render = |enabled: bool| {
         namespaced_template(
@@ -920,23 +921,31 @@ async fn rollout_restart_targets_need_the_chart_value() {
     // The deployment controller saw the new template and made it a ReplicaSet.
     let after = before.metadata.generation.expect("generation") + 1;
     let rolled = deployment_observed(ns.api(), "web", after).await;
-    let owned = owned_replica_sets(&ns.client, &ns.name, &rolled).await;
-    assert_eq!(
-        owned.len(),
-        2,
-        "one ReplicaSet before, one after the restart"
-    );
-    assert!(
-        owned.iter().any(|rs| {
+    let stamps: Vec<String> = owned_replica_sets(&ns.client, &ns.name, &rolled)
+        .await
+        .iter()
+        .map(|rs| {
             rs.spec
                 .as_ref()
                 .and_then(|s| s.template.as_ref())
                 .and_then(|t| t.metadata.as_ref())
                 .and_then(|m| m.annotations.as_ref())
                 .and_then(|a| a.get("cognito.kubecred.io/restartedAt"))
-                == Some(&stamp)
-        }),
-        "no ReplicaSet for the restarted template"
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    // The template before, and the one of the last rotation. The refused restart of the
+    // first forced rotation is retried (within a minute): when that retry lands after the
+    // value is on and before the second rotation, it rolls once more. At most one roll
+    // per rotation: 2 or 3 ReplicaSets (CI saw 3 on a busy machine).
+    assert!(
+        stamps.contains(&String::new()) && stamps.contains(&stamp),
+        "no ReplicaSet for the template before, or for the restarted one: {stamps:?}"
+    );
+    assert!(
+        (2..=3).contains(&stamps.len()),
+        "one ReplicaSet before, one per restarted rotation: {stamps:?}"
     );
     assert!(child.terminate().success());
     delete_cluster_rbac(&release);
