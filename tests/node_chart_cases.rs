@@ -7,9 +7,11 @@
 //!   AWS, and no test sends a packet off the machine;
 //! - `crds.install: false`: the bed's CRD is shared by every test running beside this one
 //!   (tests/node_defaults.rs installs it through the chart, with `--take-ownership`);
-//! - the image names the cases use (the chart's default `cognito-unauth-controller:0.1.0`,
-//!   and `digest.yaml`'s `registry.example.com/...@sha256:...`) are this tree's image,
-//!   tagged so in the node's containerd: nothing is pulled.
+//! - this tree's image (`localhost/cognito-unauth-controller:dev`, never pulled) for every
+//!   case but `digest.yaml`, whose image is its point: its `repository@sha256:...` is
+//!   this tree's image tagged so in the node's containerd for the test's length only.
+//!   (Tagged under the chart's default name, it let the rendered Deployments of other
+//!   tests start a second controller beside their own: CI saw it.)
 //!
 //! What a case needs that a user would bring is made first: the namespaces it watches,
 //! the ServiceAccount it names, the RBAC of `rbac.create: false` (the chart's own, rendered
@@ -28,14 +30,30 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    CHART, TestNs, helm_ok, helm_uninstall, kubectl, kubectl_apply, kubectl_stdin, pod_ready,
+    CHART, TestNs, helm_ok, helm_uninstall, kubectl, kubectl_apply, kubectl_stdin, pod_ready, root,
     test_dir, testbed,
 };
 
-/// The chart's default image (`image.repository` and the chart's appVersion), as the
-/// container runtime names it.
-const DEFAULT_IMAGE: &str = "docker.io/library/cognito-unauth-controller:0.1.0";
 const LOCAL_IMAGE: &str = "localhost/cognito-unauth-controller:dev";
+/// The image values of every case but digest.yaml.
+const LOCAL_IMAGE_VALUES: &str =
+    "image: {repository: localhost/cognito-unauth-controller, tag: dev, pullPolicy: Never}\n";
+
+/// Removes the node's by-digest name of the image when the test ends, failed or not.
+struct Untag(String);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source testbed/lib.sh >/dev/null && source testbed/node.sh && ctr_node images rm {} 2>/dev/null",
+                self.0
+            ))
+            .current_dir(root())
+            .output();
+    }
+}
 
 /// How one case is installed here.
 struct Case {
@@ -202,9 +220,9 @@ async fn every_chart_case_installs_on_the_node() {
         digest_values["image"]["digest"].as_str().expect("digest")
     );
     testbed_support::node_sh(&format!(
-        "ctr_node images tag --force {LOCAL_IMAGE} {DEFAULT_IMAGE} 2>/dev/null && \
-         ctr_node images tag --force {LOCAL_IMAGE} {by_digest} 2>/dev/null"
+        "ctr_node images tag --force {LOCAL_IMAGE} {by_digest} 2>/dev/null"
     ));
+    let _untag = Untag(by_digest.clone());
 
     // What the cases need that a user would bring.
     kubectl_apply(&monitoring_crds());
@@ -239,7 +257,12 @@ async fn every_chart_case_installs_on_the_node() {
             &values,
             format!(
                 "cognito: {{endpointUrl: \"{endpoint}\"}}\nsts: {{endpointUrl: \"{endpoint}\"}}\n\
-                 crds: {{install: false}}\n{}",
+                 crds: {{install: false}}\n{}{}",
+                if case.file == "digest.yaml" {
+                    ""
+                } else {
+                    LOCAL_IMAGE_VALUES
+                },
                 case.overlay
             ),
         )
