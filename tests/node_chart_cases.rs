@@ -30,8 +30,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use testbed_support::{
-    CHART, TestNs, helm_ok, helm_uninstall, kubectl, kubectl_apply, kubectl_stdin, pod_ready, root,
-    test_dir, testbed,
+    CHART, TestNs, helm_ok, helm_try, helm_uninstall, kubectl, kubectl_apply, kubectl_stdin,
+    pod_ready, root, test_dir, testbed,
 };
 
 const LOCAL_IMAGE: &str = "localhost/cognito-unauth-controller:dev";
@@ -52,6 +52,63 @@ impl Drop for Untag {
             ))
             .current_dir(root())
             .output();
+    }
+}
+
+/// What the test leaves in the cluster, removed when it ends, passed or failed: a failed
+/// case must not leave ten releases whose controllers and webhooks act on every
+/// namespace while the tests after this one run. Nothing here panics.
+#[derive(Default)]
+struct Leftovers {
+    /// (release, namespace) of every release that may be installed.
+    releases: Vec<(&'static str, String)>,
+    /// Manifests applied for the cases (RBAC of `rbac.create: false`, the monitoring CRDs).
+    manifests: Vec<String>,
+    /// The node the cases' affinity label was put on.
+    node: Option<String>,
+    /// Namespaces made for the cases.
+    namespaces: Vec<String>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        std::thread::scope(|s| {
+            for (release, ns) in &self.releases {
+                s.spawn(move || {
+                    helm_try(&[
+                        "uninstall",
+                        release,
+                        "--namespace",
+                        ns,
+                        "--ignore-not-found",
+                        "--wait",
+                        "--timeout",
+                        "120s",
+                    ])
+                });
+            }
+        });
+        for doc in &self.manifests {
+            let _ = kubectl_stdin(&["delete", "--ignore-not-found", "-f", "-"], doc);
+        }
+        if let Some(node) = &self.node {
+            let _ = kubectl_stdin(
+                &["label", "node", node, "node-role.example.com/system-"],
+                "",
+            );
+        }
+        for ns in &self.namespaces {
+            let _ = kubectl_stdin(
+                &[
+                    "delete",
+                    "namespace",
+                    ns,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ],
+                "",
+            );
+        }
     }
 }
 
@@ -224,10 +281,17 @@ async fn every_chart_case_installs_on_the_node() {
     ));
     let _untag = Untag(by_digest.clone());
 
+    // The CRD the releases do not install: on a bed where no other test ran yet, it is
+    // not there, and every controller and webhook would wait for it until `--wait` ends.
+    testbed_support::install_crd();
+    let mut leftovers = Leftovers::default();
     // What the cases need that a user would bring.
-    kubectl_apply(&monitoring_crds());
+    let crds = monitoring_crds();
+    leftovers.manifests.push(crds.clone());
+    kubectl_apply(&crds);
     // The bed's one node (testbed/lib.sh's NODE_NAME).
     let node = std::env::var("NODE_NAME").unwrap_or_else(|_| "testbed-node".into());
+    leftovers.node = Some(node.clone());
     kubectl(&[
         "label",
         "node",
@@ -240,15 +304,28 @@ async fn every_chart_case_installs_on_the_node() {
         .flat_map(|c| c.namespaces.iter().copied())
         .collect();
     for ns in &fixed {
+        // Still terminating after an earlier run: a namespace cannot be made until it is gone.
+        let _ = kubectl_stdin(
+            &[
+                "wait",
+                "--for=delete",
+                &format!("namespace/{ns}"),
+                "--timeout=120s",
+            ],
+            "",
+        );
+        leftovers.namespaces.push(ns.to_string());
         kubectl_apply(
             &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string(),
         );
     }
     let mut namespaces = Vec::new();
     for case in CASES {
-        namespaces.push(TestNs::new(&format!("case-{}", case.release)).await);
+        let ns = TestNs::new(&format!("case-{}", case.release)).await;
+        leftovers.namespaces.push(ns.name.clone());
+        leftovers.releases.push((case.release, ns.name.clone()));
+        namespaces.push(ns);
     }
-    let mut brought = Vec::new();
     let mut plans = Vec::new();
     for (case, ns) in CASES.iter().zip(&namespaces) {
         let file = cases_dir().join(case.file);
@@ -269,8 +346,8 @@ async fn every_chart_case_installs_on_the_node() {
         .expect("values");
         if case.file == "rbac-off.yaml" {
             let rbac = rbac_of(&file, case.release, &ns.name);
+            leftovers.manifests.insert(0, rbac.clone());
             kubectl_apply(&rbac);
-            brought.push(rbac);
         }
         if case.file == "webhook-host-network.yaml" {
             kubectl(&["-n", &ns.name, "create", "serviceaccount", "cuc-admission"]);
@@ -328,20 +405,10 @@ async fn every_chart_case_installs_on_the_node() {
         }
     });
 
-    for rbac in brought {
-        let out = kubectl_stdin(&["delete", "--ignore-not-found", "-f", "-"], &rbac);
-        assert!(out.status.success());
-    }
-    kubectl(&["label", "node", &node, "node-role.example.com/system-"]);
-    kubectl(&[
-        "delete",
-        "crd",
-        "servicemonitors.monitoring.coreos.com",
-        "prometheusrules.monitoring.coreos.com",
-    ]);
-    for ns in &fixed {
-        kubectl(&["delete", "namespace", ns, "--wait=false"]);
-    }
+    // Uninstalled by the test, so that a failing uninstall fails it; the rest goes with
+    // the leftovers (already-uninstalled releases are skipped by `--ignore-not-found`).
+    leftovers.releases.clear();
+    drop(leftovers);
     for ns in namespaces {
         ns.cleanup().await;
     }

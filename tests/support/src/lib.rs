@@ -134,18 +134,24 @@ pub fn helm() -> &'static PathBuf {
     })
 }
 
-/// Runs the test bed's helm against it (its own cache and config dirs); panics with its
-/// output when it fails, else returns its stdout.
-pub fn helm_ok(args: &[&str]) -> String {
+/// Runs the test bed's helm against it (its own cache and config dirs), whatever its
+/// outcome: for cleanup that must not panic in a panic.
+pub fn helm_try(args: &[&str]) -> std::process::Output {
     let tmp = std::env::temp_dir().join("cuc-helm");
-    let out = std::process::Command::new(helm())
+    std::process::Command::new(helm())
         .args(args)
         .envs(testbed().env())
         .env("HELM_CACHE_HOME", tmp.join("cache"))
         .env("HELM_CONFIG_HOME", tmp.join("config"))
         .env("HELM_DATA_HOME", tmp.join("data"))
         .output()
-        .expect("run helm");
+        .expect("run helm")
+}
+
+/// Runs the test bed's helm against it (its own cache and config dirs); panics with its
+/// output when it fails, else returns its stdout.
+pub fn helm_ok(args: &[&str]) -> String {
+    let out = helm_try(args);
     assert!(
         out.status.success(),
         "helm {args:?}: {}{}",
