@@ -3,15 +3,15 @@
 //! needs to call it in place.
 //!
 //! - [`admit`]: an AdmissionReview in, the answer out: the pod's ask ([`inject::requested`]),
-//!   the named `CognitoUnauthCredential` read from the API server, the pod it becomes
+//!   the named `CognitoUnauthCredential` from a watch cache, the pod it becomes
 //!   ([`inject::inject`]) as a JSON patch, warnings, or a refusal that says what to fix.
 //! - [`Configurator`]: the serving certificate ([`crate::certs`]) in its Secret, loaded into
 //!   the TLS server, and the `caBundle` of every webhook in its MutatingWebhookConfiguration:
 //!   the one field of that object it writes. The chart owns all the rest (rules, selectors,
 //!   match conditions, failure policy, client config), and a ValidatingAdmissionPolicy in
 //!   the chart refuses any other change by the webhook's ServiceAccount.
-//! - [`track_accounts`]: which ServiceAccounts carry `cognito.kubecred.io/credential`, from a
-//!   metadata-only watch: in a namespace labelled `cognito.kubecred.io/inject: enabled` the
+//! - [`track_accounts`]: every ServiceAccount and the `cognito.kubecred.io/credential` it
+//!   carries, from a metadata-only watch: in a namespace labelled `cognito.kubecred.io/inject: enabled` the
 //!   API server calls the webhook for every pod, and this cache says which ones to inject.
 //! - [`serve`]: the HTTPS server.
 
@@ -151,8 +151,12 @@ impl CertSlot {
 
 // ------------------------------------------------------------------ configuration
 
-/// ServiceAccounts with the annotation: "namespace/name" → the credential's name.
-pub type Annotated = Arc<RwLock<BTreeMap<String, String>>>;
+/// Every ServiceAccount the release serves: "namespace/name" → the credential its
+/// annotation names, or `None` without the annotation. Accounts without it are kept too
+/// (a name, a few dozen bytes each), so that a pod of such an account is answered from the
+/// cache: only an account not seen yet (created a moment ago beside its Deployment, or
+/// before the first listing) costs a GET.
+pub type Annotated = Arc<RwLock<BTreeMap<String, Option<String>>>>;
 
 /// What the admission path reads instead of the API server: the annotated
 /// ServiceAccounts and the `CognitoUnauthCredential`s, each from a watch that backs off on
@@ -669,8 +673,8 @@ fn wake_on<K>(
     }
 }
 
-/// Keeps `annotated` equal to the ServiceAccounts that carry the annotation; sets
-/// `synced` after the first complete listing.
+/// Keeps `annotated` equal to the ServiceAccounts and their annotation; sets `synced`
+/// after the first complete listing.
 async fn track_accounts(
     api: Api<PartialObjectMeta<ServiceAccount>>,
     config: watcher::Config,
@@ -681,7 +685,7 @@ async fn track_accounts(
     type Meta = PartialObjectMeta<ServiceAccount>;
     let key = |sa: &Meta| format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any());
     let value = |sa: &Meta| sa.annotations().get(ANN_SA_CREDENTIAL).cloned();
-    let mut fresh: Option<BTreeMap<String, String>> = None;
+    let mut fresh: Option<BTreeMap<String, Option<String>>> = None;
     let mut stream = watcher(api, config)
         .backoff(crate::backoff::Watch::default())
         .boxed();
@@ -689,8 +693,8 @@ async fn track_accounts(
         match event {
             Ok(watcher::Event::Init) => fresh = Some(BTreeMap::new()),
             Ok(watcher::Event::InitApply(sa)) => {
-                if let (Some(f), Some(v)) = (fresh.as_mut(), value(&sa)) {
-                    f.insert(key(&sa), v);
+                if let Some(f) = fresh.as_mut() {
+                    f.insert(key(&sa), value(&sa));
                 }
             }
             Ok(watcher::Event::InitDone) => {
@@ -698,11 +702,7 @@ async fn track_accounts(
                 synced.send_replace(true);
             }
             Ok(watcher::Event::Apply(sa)) => {
-                let mut map = crate::write(&annotated);
-                match value(&sa) {
-                    Some(v) => map.insert(key(&sa), v),
-                    None => map.remove(&key(&sa)),
-                };
+                crate::write(&annotated).insert(key(&sa), value(&sa));
             }
             Ok(watcher::Event::Delete(sa)) => {
                 crate::write(&annotated).remove(&key(&sa));
@@ -847,9 +847,11 @@ async fn get_by<T>(
         .map_err(|_| LookupError::TimedOut)??)
 }
 
-/// The credential a ServiceAccount names: from the cache, else (a pod created in the
-/// moment between the annotation and the watch event, or before the first listing) from
-/// the API server.
+/// The credential a ServiceAccount names: from the cache, which holds every account,
+/// annotated or not; from the API server only for an account the cache has not seen (made
+/// a moment ago with its Deployment, its watch event not here yet, or before the first
+/// listing). An annotation added to an existing account reaches the cache within its
+/// watch's latency; a pod created in that instant is answered as before it.
 async fn account_credential(
     client: &Client,
     annotated: &Annotated,
@@ -857,12 +859,20 @@ async fn account_credential(
     name: &str,
     deadline: tokio::time::Instant,
 ) -> Result<Option<String>, LookupError> {
-    if let Some(c) = crate::read(annotated).get(&format!("{namespace}/{name}")) {
-        return Ok(Some(c.clone()));
+    if let Some(c) = cached_account(annotated, namespace, name) {
+        return Ok(c);
     }
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let sa: Option<ServiceAccount> = get_by(deadline, api.get_opt(name)).await?;
     Ok(sa.and_then(|s| s.annotations().get(ANN_SA_CREDENTIAL).cloned()))
+}
+
+/// What the cache knows of a ServiceAccount: `None` when it has not seen it, else the
+/// credential its annotation names (`Some(None)`: no annotation).
+fn cached_account(annotated: &Annotated, namespace: &str, name: &str) -> Option<Option<String>> {
+    crate::read(annotated)
+        .get(&format!("{namespace}/{name}"))
+        .cloned()
 }
 
 /// The resource's [`Target`] when the controller has issued its Secret (else the
@@ -892,7 +902,7 @@ async fn mutate(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let answer = answer(&state, review).await;
-    let mut response = axum::Json(answer).into_response();
+    let mut response = axum::Json(encoded(answer)).into_response();
     if state.draining.is_cancelled() {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
@@ -900,6 +910,33 @@ async fn mutate(
         );
     }
     response
+}
+
+/// The review in the API server's own encoding. kube-core writes `response.patch` (Go's
+/// `[]byte`) as an array of numbers, which the API server accepts but decodes number by
+/// number; Go writes a base64 string, a third of the size.
+fn encoded(mut review: AdmissionReview<DynamicObject>) -> serde_json::Value {
+    let patch = review.response.as_mut().and_then(|r| r.patch.take());
+    // Infallible: every map in a review has string keys.
+    let mut json = serde_json::to_value(&review).unwrap_or_default();
+    if let (Some(patch), Some(response)) = (patch, json.get_mut("response"))
+        && let Some(response) = response.as_object_mut()
+    {
+        response.insert(
+            "patch".to_string(),
+            serde_json::Value::String(base64_of(&patch)),
+        );
+    }
+    json
+}
+
+/// Standard base64 with padding, as Go's encoding/json writes a `[]byte`.
+fn base64_of(bytes: &[u8]) -> String {
+    // k8s-openapi's ByteString is serialized exactly so.
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 async fn answer(
@@ -966,6 +1003,11 @@ pub async fn serve(
                 },
                 () = accepting.cancelled() => return,
             };
+            // An answer is one small write after another (TLS records): none waits for
+            // the previous one's acknowledgement.
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error = %e, "TCP_NODELAY");
+            }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             // Handshakes run apart: a slow client does not hold up the others.
@@ -1088,5 +1130,47 @@ mod tests {
         // One webhook behind is enough to write (both named: the apply is the whole set).
         let behind = observed(&[("pods.x", Some("b")), ("accounts.x", Some("a"))]);
         assert!(ca_bundle_patch("cfg", &behind, "b").is_some());
+    }
+
+    #[test]
+    fn an_account_seen_without_the_annotation_is_answered_from_the_cache() {
+        let annotated = Annotated::default();
+        crate::write(&annotated).insert("ns/with".into(), Some("app".into()));
+        crate::write(&annotated).insert("ns/without".into(), None);
+        assert_eq!(
+            cached_account(&annotated, "ns", "with"),
+            Some(Some("app".into()))
+        );
+        // Known, not annotated: no injection, and no GET.
+        assert_eq!(cached_account(&annotated, "ns", "without"), Some(None));
+        // Not seen yet (or another namespace's): the API server is asked.
+        assert_eq!(cached_account(&annotated, "ns", "new"), None);
+        assert_eq!(cached_account(&annotated, "other", "with"), None);
+    }
+
+    #[test]
+    fn the_patch_is_sent_as_go_encodes_bytes() {
+        let patch = json_patch::Patch(vec![json_patch::PatchOperation::Remove(
+            json_patch::RemoveOperation {
+                path: json_patch::jsonptr::PointerBuf::parse("/metadata/labels").expect("path"),
+            },
+        )]);
+        let mut resp = AdmissionResponse::invalid("x");
+        resp.allowed = true;
+        let resp = resp.with_patch(patch).expect("patch");
+        let raw = resp.patch.clone().expect("bytes");
+        let json = encoded(resp.into_review());
+        let b64 = json["response"]["patch"].as_str().expect("a base64 string");
+        let decoded: k8s_openapi::ByteString = serde_json::from_value(json!(b64)).expect("base64");
+        assert_eq!(decoded.0, raw);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&decoded.0).expect("json"),
+            json!([{"op": "remove", "path": "/metadata/labels"}])
+        );
+        assert_eq!(json["response"]["patchType"], "JSONPatch");
+        // No patch, no key.
+        let plain = encoded(AdmissionResponse::invalid("y").into_review());
+        assert!(plain["response"].get("patch").is_none());
+        assert_eq!(plain["response"]["allowed"], false);
     }
 }
