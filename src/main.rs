@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use cognito_unauth_controller::certs::Lifetimes;
-use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
-use cognito_unauth_controller::controller::{self, LeaderElection, Settings};
-use cognito_unauth_controller::flags;
-use cognito_unauth_controller::http::{self as admin, Health};
-use cognito_unauth_controller::inject::SidecarImage;
-use cognito_unauth_controller::metrics::Metrics;
-use cognito_unauth_controller::quota::Quotas;
+use cognito_unauth_controller::aws::cognito::{SdkCognito, Timeouts, load_sdk_config};
+use cognito_unauth_controller::aws::quota::Quotas;
+use cognito_unauth_controller::common::http::{self as admin, Health};
+use cognito_unauth_controller::common::metrics::Metrics;
+use cognito_unauth_controller::runtime::controller::{self, LeaderElection, Settings};
+use cognito_unauth_controller::runtime::flags;
 use cognito_unauth_controller::sidecar;
+use cognito_unauth_controller::webhook::certs::Lifetimes;
+use cognito_unauth_controller::webhook::inject::SidecarImage;
 use cognito_unauth_controller::webhook::{self, CertSlot, Configurator};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -190,8 +190,10 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::try_parse().unwrap_or_else(|e| refuse(e));
     // The SDK and the HTTP stack stay at info whatever LOG_LEVEL asks: at debug and trace
     // they log what crosses the wire, credentials and tokens included (logging.rs).
-    let filter =
-        cognito_unauth_controller::logging::filter(&args.log_level, args.unsafe_log_aws_bodies)?;
+    let filter = cognito_unauth_controller::common::logging::filter(
+        &args.log_level,
+        args.unsafe_log_aws_bodies,
+    )?;
     if args.check_config {
         check_config(&args);
         return Ok(());

@@ -27,7 +27,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::inject::SIDECAR_PATH;
+use crate::webhook::inject::SIDECAR_PATH;
 
 /// The credential_process (version 1) document the Secret holds.
 #[derive(Deserialize)]

@@ -42,7 +42,7 @@ print(f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} 
 print("Covered elsewhere: SIGTERM releasing the Lease (tests/runtime.rs); every error")
 print("class's reason with the Secret kept (tests/controller/main.rs); admission refusals")
 print("(tests/admission.rs); the chart's RBAC being minimal (tests/chart.rs); property")
-print("tests of the pure steps (src/properties.rs) and fuzzing of untrusted input (`make fuzz`).")
+print("tests of the pure steps (src/reconcile/properties.rs) and fuzzing of untrusted input (`make fuzz`).")
 PY
 # shellcheck disable=SC2012  # the rows are <test id>.json: plain names
 log "wrote docs/reliability.md from $(ls "$rows" | wc -l) rows"

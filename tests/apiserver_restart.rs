@@ -53,7 +53,7 @@ async fn rotation_goes_on_across_an_api_server_restart() {
                 proxy.pool_calls(&pool, "GetCredentialsForIdentity").await > calls_at_restart;
             (fresh
                 && exp > jiff::Timestamp::now()
-                && cognito_unauth_controller::secret::inspect(
+                && cognito_unauth_controller::reconcile::secret::inspect(
                     &s,
                     "",
                     "/var/run/secrets/cognito",

@@ -199,7 +199,7 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
 /// Flow Basic, and flow Enhanced with verify, through the real binary at LOG_LEVEL=trace:
 /// Ready, a refusal, a rotation; the OpenID tokens (credentials too: STS trades them for
 /// the role's) and the credentials the proxy issued, plain or base64, appear nowhere the
-/// controller writes (the SDK logs them at debug and trace: src/logging.rs caps it).
+/// controller writes (the SDK logs them at debug and trace: src/common/logging.rs caps it).
 #[tokio::test]
 async fn binary_never_shows_the_basic_flows_token_or_credentials() {
     let proxy = Proxy::new();

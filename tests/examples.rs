@@ -13,7 +13,7 @@ use std::path::Path;
 use cognito_unauth_controller::crd::{
     CognitoUnauthCredential, DEFAULT_MOUNT_PATH, RolloutRestartTarget, WorkloadKind,
 };
-use cognito_unauth_controller::secret;
+use cognito_unauth_controller::reconcile::secret;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Secret};
 use kube::api::Api;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cognito_unauth_controller::cognito::Timeouts;
+use cognito_unauth_controller::aws::cognito::Timeouts;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};

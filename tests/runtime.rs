@@ -311,8 +311,13 @@ async fn leader_failover_during_a_rotation_finishes_it_once() {
         .await
         .unwrap();
     assert!(
-        cognito_unauth_controller::secret::inspect(&secret, "", "/var/run/secrets/cognito", None)
-            .intact
+        cognito_unauth_controller::reconcile::secret::inspect(
+            &secret,
+            "",
+            "/var/run/secrets/cognito",
+            None
+        )
+        .intact
     );
     assert_ne!(key(&secret), before);
     tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may happen

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
-use cognito_unauth_controller::secret;
+use cognito_unauth_controller::reconcile::secret;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;

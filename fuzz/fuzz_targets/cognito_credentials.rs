@@ -5,7 +5,7 @@
 use arbitrary::Arbitrary;
 use aws_sdk_cognitoidentity::types::Credentials;
 use aws_smithy_types::DateTime;
-use cognito_unauth_controller::cognito::credentials_from;
+use cognito_unauth_controller::aws::cognito::credentials_from;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

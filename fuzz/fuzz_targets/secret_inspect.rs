@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
-use cognito_unauth_controller::secret::{self, Owner};
+use cognito_unauth_controller::reconcile::secret::{self, Owner};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -31,7 +31,7 @@ fn owner() -> Owner {
 }
 
 fn valid() -> Secret {
-    let creds = secret::Credentials {
+    let creds = cognito_unauth_controller::aws::cognito::Credentials {
         access_key_id: "ASIAFUZZ".into(),
         secret_access_key: "secret".into(),
         session_token: "token".into(),

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use cognito_unauth_controller::cognito::Timeouts;
+use cognito_unauth_controller::aws::cognito::Timeouts;
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
-use cognito_unauth_controller::{reconcile, secret};
+use cognito_unauth_controller::reconcile::{self, secret};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{TestNs, install_crd, testbed};
-use cognito_unauth_controller::cognito::{SdkCognito, Timeouts, load_sdk_config};
-use cognito_unauth_controller::controller::{self, Settings};
+use cognito_unauth_controller::aws::cognito::{SdkCognito, Timeouts, load_sdk_config};
+use cognito_unauth_controller::common::http::Health;
+use cognito_unauth_controller::common::metrics::Metrics;
 use cognito_unauth_controller::crd::CognitoUnauthCredential;
-use cognito_unauth_controller::http::Health;
-use cognito_unauth_controller::metrics::Metrics;
+use cognito_unauth_controller::runtime::controller::{self, Settings};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Secret};
@@ -235,8 +235,9 @@ pub fn says_what_it_holds(o: &CognitoUnauthCredential, s: &Secret) -> bool {
         .as_ref()
         .and_then(|st| st.expiration.as_ref())
         .map(|t| t.0);
-    second(cognito_unauth_controller::secret::ANN_ISSUED_AT).is_some_and(|i| rotation(o) == Some(i))
-        && second(cognito_unauth_controller::secret::ANN_EXPIRATION)
+    second(cognito_unauth_controller::reconcile::secret::ANN_ISSUED_AT)
+        .is_some_and(|i| rotation(o) == Some(i))
+        && second(cognito_unauth_controller::reconcile::secret::ANN_EXPIRATION)
             .is_some_and(|e| expiration == Some(e))
 }
 

@@ -8,7 +8,8 @@
 //! `AWS_ENDPOINT_URL`). The SDK's own retries are off: the controller owns the retry
 //! schedule, so every call it makes is one call on the wire.
 
-use crate::bounded::Bounded;
+use crate::common::bounded::Bounded;
+use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,8 +19,37 @@ use aws_sdk_cognitoidentity::Client;
 use aws_sdk_cognitoidentity::error::{ProvideErrorMetadata, SdkError};
 use jiff::Timestamp;
 
-use crate::secret::{Credentials, RoleSession};
-use crate::status::reason;
+use crate::crd::conditions::reason;
+
+/// Temporary AWS credentials. Debug never prints the secret parts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: Timestamp,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &"<redacted>")
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &self.expiration)
+            .finish()
+    }
+}
+
+/// What STS AssumeRoleWithWebIdentity is asked for (flow Basic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSession {
+    pub role_arn: String,
+    /// RoleSessionName.
+    pub session_name: String,
+    /// DurationSeconds.
+    pub duration_seconds: u32,
+}
 
 /// Why Cognito did not hand out credentials. Messages are Cognito's own words or the
 /// transport's; they never carry credential material.
@@ -71,7 +101,7 @@ pub enum CognitoError {
 
 impl CognitoError {
     /// The `Ready` reason (and metrics label) for this error; whether it is terminal
-    /// or transient is the reason table's to say (`status::reason::class`).
+    /// or transient is the reason table's to say (`conditions::reason::class`).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::PoolNotFound(_) => reason::IDENTITY_POOL_NOT_FOUND,
@@ -630,7 +660,7 @@ mod tests {
     /// Each error's reason and class, written out (not derived from the table).
     #[test]
     fn every_error_has_its_reason_and_class() {
-        use crate::status::reason::{Class, class};
+        use crate::crd::conditions::reason::{Class, class};
         let e = String::new;
         let cases = [
             (

@@ -7,7 +7,6 @@
 //! current spec, also after a restart or a lost status write.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
@@ -15,8 +14,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
+use crate::aws::cognito::{Credentials, RoleSession};
 use crate::crd::{Flow, SecretTemplate};
-pub use crate::schedule::{rfc3339, rfc3339_precise};
+pub use crate::reconcile::schedule::{rfc3339, rfc3339_precise};
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "cognito-unauth-controller";
@@ -66,36 +66,6 @@ const LEGACY_KEYS: [&str; 7] = [
     KEY_EXPIRATION,
     KEY_CREDENTIALS_FILE,
 ];
-
-/// Temporary AWS credentials. Debug never prints the secret parts.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: String,
-    pub expiration: Timestamp,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("access_key_id", &"<redacted>")
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .field("expiration", &self.expiration)
-            .finish()
-    }
-}
-
-/// What STS AssumeRoleWithWebIdentity is asked for (flow Basic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleSession {
-    pub role_arn: String,
-    /// RoleSessionName.
-    pub session_name: String,
-    /// DurationSeconds.
-    pub duration_seconds: u32,
-}
 
 /// Where a set of credentials came from; recorded in the Secret's annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,18 @@
-//! The injection webhook: a mutating admission webhook for pods, served over TLS by every
+//! The injection webhook (`cognito-unauth-controller webhook`, its own process). Owns the
+//! admission of pods (below), the pod it makes of an annotated one ([`inject`], pure),
+//! its serving certificate ([`certs`], pure) and the `caBundle` of its configuration.
+//! May use: [`crate::crd`], [`crate::common`], and the Secret's format from
+//! [`crate::reconcile::secret`] (which keys hold what); it writes no CognitoUnauthCredential
+//! and no credential Secret, and calls no AWS API.
+//!
+//! A mutating admission webhook for pods, served over TLS by every
 //! replica (no leader: any replica answers), and the loop that keeps what the API server
 //! needs to call it in place.
 //!
 //! - [`admit`]: an AdmissionReview in, the answer out: the pod's ask ([`inject::requested`]),
 //!   the named `CognitoUnauthCredential` from a watch cache, the pod it becomes
 //!   ([`inject::inject`]) as a JSON patch, warnings, or a refusal that says what to fix.
-//! - [`Configurator`]: the serving certificate ([`crate::certs`]) in its Secret, loaded into
+//! - [`Configurator`]: the serving certificate ([`crate::webhook::certs`]) in its Secret, loaded into
 //!   the TLS server, and the `caBundle` of every webhook in its MutatingWebhookConfiguration:
 //!   the one field of that object it writes. The chart owns all the rest (rules, selectors,
 //!   match conditions, failure policy, client config), and a ValidatingAdmissionPolicy in
@@ -14,6 +21,9 @@
 //!   carries, from a metadata-only watch: in a namespace labelled `cognito.kubecred.io/inject: enabled` the
 //!   API server calls the webhook for every pod, and this cache says which ones to inject.
 //! - [`serve`]: the HTTPS server.
+
+pub mod certs;
+pub mod inject;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,11 +51,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::certs::{self, Bundle, Lifetimes, Step};
+use crate::common::http::Health;
+use crate::common::metrics::Metrics;
 use crate::crd::CognitoUnauthCredential;
-use crate::http::Health;
-use crate::inject::{self, ANN_INJECT, ANN_SA_CREDENTIAL, SidecarImage, Target};
-use crate::metrics::Metrics;
+use certs::{Bundle, Lifetimes, Step};
+use inject::{ANN_INJECT, ANN_SA_CREDENTIAL, SidecarImage, Target};
 
 /// Field manager of what the webhook writes.
 const MANAGER: &str = "cognito-unauth-webhook";
@@ -194,7 +204,7 @@ impl Caches {
         } else {
             namespaces.iter().cloned().map(Some).collect()
         };
-        let fields = crate::controller::excluding(excluded);
+        let fields = crate::common::watch::excluding(excluded);
         let scopes = scopes
             .into_iter()
             .map(|namespace| {
@@ -268,7 +278,7 @@ impl Scope {
             reflector(
                 writer,
                 watcher(cucs, config())
-                    .backoff(crate::backoff::Watch::default())
+                    .backoff(crate::common::watch::Backoff::default())
                     .modify(crate::crd::slim),
             )
             .for_each(|e| {
@@ -599,7 +609,7 @@ pub async fn configure(
     tokio::spawn(until(
         shutdown.clone(),
         watcher(secrets, by_name(&settings.tls_secret))
-            .backoff(crate::backoff::Watch::default())
+            .backoff(crate::common::watch::Backoff::default())
             .for_each(wake_on(wake.clone())),
     ));
     // A caBundle reset (by hand, or by a tool that applies the chart's manifest with it)
@@ -608,7 +618,7 @@ pub async fn configure(
         tokio::spawn(until(
             shutdown.clone(),
             watcher(mwcs, by_name(&settings.configuration))
-                .backoff(crate::backoff::Watch::default())
+                .backoff(crate::common::watch::Backoff::default())
                 .for_each(wake_on(wake.clone())),
         ));
     }
@@ -646,7 +656,7 @@ pub async fn configure(
             };
             due = tokio::time::Instant::now() + wait;
         }
-        let beat = tokio::time::Instant::now() + crate::http::BEAT_EVERY;
+        let beat = tokio::time::Instant::now() + crate::common::http::BEAT_EVERY;
         tokio::select! {
             () = wake.notified() => due = tokio::time::Instant::now(),
             () = tokio::time::sleep_until(due.min(beat)) => {}
@@ -687,7 +697,7 @@ async fn track_accounts(
     let value = |sa: &Meta| sa.annotations().get(ANN_SA_CREDENTIAL).cloned();
     let mut fresh: Option<BTreeMap<String, Option<String>>> = None;
     let mut stream = watcher(api, config)
-        .backoff(crate::backoff::Watch::default())
+        .backoff(crate::common::watch::Backoff::default())
         .boxed();
     while let Some(event) = stream.next().await {
         match event {

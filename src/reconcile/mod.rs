@@ -1,3 +1,11 @@
+//! One resource's reconcile. Owns the decisions, each pure and unit-tested: what to do
+//! ([`plan`]), when ([`schedule`]), the Secret's bytes and what a Secret read back says
+//! ([`secret`]), the status and its conditions ([`status`]), what the watch saw of our
+//! Secrets ([`seen`]), whose turn it is ([`fair`]) and which workloads to restart
+//! ([`restart`]); and the steps below that carry them out against the API server and
+//! Cognito. May use: [`crate::crd`], [`crate::common`], [`crate::aws`]. Knows nothing of
+//! the webhook or of how the controller is wired ([`crate::runtime`] calls in here).
+//!
 //! One reconcile, in steps: read inputs → decide (pure, `plan`) → fetch from Cognito →
 //! render the Secret (pure, `secret`) → apply it → write status (only when it changed).
 //!
@@ -8,6 +16,17 @@
 //! does not cause another attempt). Only other Kubernetes API failures are returned as
 //! errors, and `error_policy` retries those with backoff.
 
+pub mod fair;
+pub mod plan;
+#[cfg(test)]
+mod properties;
+pub mod restart;
+pub mod schedule;
+pub mod secret;
+pub mod seen;
+pub mod status;
+
+use crate::crd::conditions;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,25 +40,26 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::bounded::Users;
-use crate::cognito::{Cognito, CognitoError};
+use crate::aws::cognito::{Cognito, CognitoError};
+use crate::aws::cognito::{Credentials, RoleSession};
+use crate::common::bounded::Users;
+use crate::common::events::{Event, EventType, Recorder};
+use crate::common::metrics::Metrics;
+use crate::crd::conditions::reason;
 use crate::crd::{
     CognitoUnauthCredential, CognitoUnauthCredentialStatus, FORCE_ROTATE_ANNOTATION,
     RolloutRestartStatus,
 };
-use crate::events::{Event, EventType, Recorder};
-use crate::fair::Gate;
 use crate::lock;
-use crate::metrics::Metrics;
-use crate::plan::{self, Inputs, Kept, Plan, SecretState, Why};
-use crate::restart::{self, Duty};
-use crate::schedule;
-use crate::secret::{self, Credentials, Observed, Owner, Provenance, RoleSession};
-use crate::seen::SeenSecrets;
-use crate::status::{self, Builder, reason, show, time};
+use fair::Gate;
+use plan::{Inputs, Kept, Plan, SecretState, Why};
+use restart::Duty;
+use secret::{Observed, Owner, Provenance};
+use seen::SeenSecrets;
+use status::{Builder, show, time};
 
 /// Field manager for every write, and the events' reporting controller.
-pub const MANAGER: &str = crate::secret::FIELD_MANAGER;
+pub const MANAGER: &str = crate::reconcile::secret::FIELD_MANAGER;
 
 /// Failures that make a reconcile return an error (and retry with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -683,7 +703,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
 
     /// Whether `Ready` already says `why` (so its event was sent).
     fn ready_was(&self, why: &str) -> bool {
-        status::ready_of(self.status.old()).map(|c| c.reason.as_str()) == Some(why)
+        conditions::ready_of(self.status.old()).map(|c| c.reason.as_str()) == Some(why)
     }
 
     /// A Secret we do not own holds the name: said once, then looked at every minute.
@@ -722,7 +742,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             _ => {
                 let msg = "Rotation is suspended; the Secret holds no valid credentials".into();
                 self.status
-                    .set(status::READY, false, reason::SUSPENDED, msg);
+                    .set(conditions::READY, false, reason::SUSPENDED, msg);
                 Action::await_change()
             }
         }
@@ -814,9 +834,9 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         // Verification just turned on, the spec changed, or STS gave no answer last
         // time: check the kept credentials; a refusal is reported, the Secret stays.
         let unverified = verify
-            && !status::condition_of(self.status.old(), status::VERIFIED).is_some_and(|c| {
-                c.observed_generation == self.obj.metadata.generation && c.status != "Unknown"
-            });
+            && !conditions::condition_of(self.status.old(), conditions::VERIFIED).is_some_and(
+                |c| c.observed_generation == self.obj.metadata.generation && c.status != "Unknown",
+            );
         let creds = if repair || unverified {
             match self.key_material(k).await? {
                 Some(c) => Some(c),
@@ -1097,7 +1117,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                 self.status.next_mut().assumed_role_arn = Some(arn.clone());
                 let msg = format!("STS GetCallerIdentity accepted the credentials as {arn}");
                 self.status.set(
-                    status::VERIFIED,
+                    conditions::VERIFIED,
                     true,
                     reason::CALLER_IDENTITY_VERIFIED,
                     msg,
@@ -1106,7 +1126,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             }
             Err(e @ CognitoError::VerificationFailed(_)) => {
                 self.status.set(
-                    status::VERIFIED,
+                    conditions::VERIFIED,
                     false,
                     reason::VERIFICATION_FAILED,
                     e.to_string(),
@@ -1115,7 +1135,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             }
             Err(e) => {
                 self.status.unknown(
-                    status::VERIFIED,
+                    conditions::VERIFIED,
                     reason::VERIFICATION_UNAVAILABLE,
                     e.to_string(),
                 );
@@ -1130,7 +1150,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         if self.session.is_none() {
             self.status.next_mut().assumed_role_arn = None;
         }
-        self.status.remove(status::VERIFIED);
+        self.status.remove(conditions::VERIFIED);
     }
 
     /// Creates the Secret, or applies our fields to ours (uid as the precondition).
@@ -1242,7 +1262,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         ) {
             Duty::NoTargets => {
                 self.status.next_mut().rollout_restart = None;
-                self.status.remove(status::ROLLOUT_RESTART);
+                self.status.remove(conditions::ROLLOUT_RESTART);
                 None
             }
             Duty::Done => None,
@@ -1255,8 +1275,12 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                     "The targets start with the credentials issued at {}; they roll when these are replaced",
                     show(issued_at)
                 );
-                self.status
-                    .set(status::ROLLOUT_RESTART, true, reason::NO_ROTATION_YET, msg);
+                self.status.set(
+                    conditions::ROLLOUT_RESTART,
+                    true,
+                    reason::NO_ROTATION_YET,
+                    msg,
+                );
                 None
             }
             Duty::Restart { stamp } => {
@@ -1281,7 +1305,7 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
                         .await;
                 }
                 self.status
-                    .set(status::ROLLOUT_RESTART, sum.ok, sum.reason, sum.message);
+                    .set(conditions::ROLLOUT_RESTART, sum.ok, sum.reason, sum.message);
                 if sum.done {
                     self.status.next_mut().rollout_restart = Some(RolloutRestartStatus {
                         credentials_issued_at: Some(stamp.clone()),

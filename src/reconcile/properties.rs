@@ -8,9 +8,11 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use proptest::prelude::*;
 
-use crate::schedule::{BACKOFF_CAP, backoff, parse_go_duration, renewal_time};
-use crate::secret::{Credentials, Owner, Provenance, inspect, render};
-use crate::status::{Builder, ready_of, time};
+use crate::aws::cognito::Credentials;
+use crate::crd::conditions::ready_of;
+use crate::reconcile::schedule::{BACKOFF_CAP, backoff, parse_go_duration, renewal_time};
+use crate::reconcile::secret::{Owner, Provenance, inspect, render};
+use crate::reconcile::status::{Builder, time};
 
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("in range")
@@ -137,7 +139,7 @@ proptest! {
 
     #[test]
     fn keys_someone_else_adds_are_not_drift(c in creds_strategy(), key in "[A-Za-z0-9._-]{1,30}", value in prop::collection::vec(any::<u8>(), 0..64)) {
-        prop_assume!(!crate::secret::is_our_key(&key));
+        prop_assume!(!crate::reconcile::secret::is_our_key(&key));
         let mut s = rendered(&c);
         s.data.as_mut().expect("data").insert(key, ByteString(value));
         let o = inspect(&s, "u", "/m", None);

@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 
+use crate::crd::conditions::reason;
 use crate::crd::{RolloutRestartStatus, RolloutRestartTarget};
-use crate::status::reason;
 
 /// The pod-template annotation that rolls a workload.
 pub const RESTARTED_AT_ANNOTATION: &str = "cognito.kubecred.io/restartedAt";
@@ -34,7 +34,7 @@ pub enum Duty {
 /// the Secret's own issued-at value, RFC 3339 at full (nanosecond) precision, so the same
 /// for every attempt of one rotation and different for two rotations within one second.
 pub fn stamp(issued_at: Timestamp) -> String {
-    crate::secret::rfc3339_precise(issued_at)
+    crate::reconcile::secret::rfc3339_precise(issued_at)
 }
 
 /// What to do for the targets, given the bookkeeping and the Secret's issue time.

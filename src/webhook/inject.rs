@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::crd::CognitoUnauthCredential;
-use crate::secret::{KEY_CONFIG_FILE, KEY_CREDENTIAL_PROCESS};
-use crate::status::{ready_of, reason};
+use crate::crd::conditions::{ready_of, reason};
+use crate::reconcile::secret::{KEY_CONFIG_FILE, KEY_CREDENTIAL_PROCESS};
 
 /// On a pod: the name of the `CognitoUnauthCredential` (in the pod's namespace) to inject.
 pub const ANN_INJECT: &str = "cognito.kubecred.io/inject";
@@ -517,8 +517,9 @@ fn array_at<'a>(obj: &'a mut Value, key: &str) -> &'a mut Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::conditions;
     use crate::crd::{CognitoUnauthCredentialSpec, CognitoUnauthCredentialStatus};
-    use crate::status;
+    use crate::reconcile::status;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -569,7 +570,7 @@ mod tests {
 
     fn condition(status: &str, reason: &str) -> Condition {
         Condition {
-            type_: status::READY.into(),
+            type_: conditions::READY.into(),
             status: status.into(),
             reason: reason.into(),
             message: "m".into(),

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::aws::cognito::{Credentials, RoleSession};
 use crate::crd::{CognitoUnauthCredentialSpec, CognitoUnauthCredentialStatus, Flow};
-use crate::schedule;
-use crate::secret::{self, Credentials, Facts, Observed, Provenance, RoleSession, Seen};
-use crate::status;
+use crate::reconcile::schedule;
+use crate::reconcile::secret::{self, Facts, Observed, Provenance, Seen};
+use crate::reconcile::status;
 
 /// What the Secret of that name is.
 #[derive(Debug, Clone, PartialEq)]
@@ -384,8 +385,9 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
 mod tests {
     use super::*;
     use crate::crd::CognitoUnauthCredentialStatus as Status;
-    use crate::secret::Observed;
-    use crate::status::{reason, time};
+    use crate::crd::conditions::reason;
+    use crate::reconcile::secret::Observed;
+    use crate::reconcile::status::time;
 
     const POOL: &str = "us-east-1:00000000-0000-0000-0000-000000000001";
     const ID: &str = "us-east-1:11111111-0000-0000-0000-000000000001";
@@ -1090,8 +1092,8 @@ mod tests {
     #[test]
     fn a_seen_secret_is_known_only_when_it_holds_what_the_status_says() {
         use crate::crd::SecretTemplate;
-        use crate::secret::render;
-        let owner = crate::secret::tests::owner();
+        use crate::reconcile::secret::render;
+        let owner = crate::reconcile::secret::tests::owner();
         let template = SecretTemplate {
             labels: [("team".to_string(), "a".to_string())].into(),
             annotations: [("note".to_string(), "n".to_string())].into(),
@@ -1109,7 +1111,7 @@ mod tests {
         // Issued at sub-second precision, as rotations are.
         prov.issued_at = at(0) + jiff::SignedDuration::from_millis(250);
         prov.force_token = Some("2".into());
-        let secret = crate::secret::tests::written(render(
+        let secret = crate::reconcile::secret::tests::written(render(
             "app",
             "ns",
             &owner,
@@ -1260,13 +1262,13 @@ mod tests {
             None
         );
         // Edited data and immutable show in managedFields (the watch never sees data).
-        let edited = crate::secret::tests::touched(
+        let edited = crate::reconcile::secret::tests::touched(
             secret.clone(),
             "kubectl-edit",
             serde_json::json!({"f:data": {"f:AWS_ACCESS_KEY_ID": {}}}),
         );
         assert_eq!(secret::seen(&edited.metadata), None);
-        let immutable = crate::secret::tests::touched(
+        let immutable = crate::reconcile::secret::tests::touched(
             secret.clone(),
             "kubectl-edit",
             serde_json::json!({"f:immutable": {}}),

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::common::metrics::Metrics;
 
 /// Readiness, flipped by the runtime once it can do its job; liveness, from a heartbeat
 /// that the controller's own task (or, on a standby, the leader-election loop) gives every

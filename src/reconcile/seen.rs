@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use crate::lock;
-use crate::secret::{self, Seen};
+use crate::reconcile::secret::{self, Seen};
 
 /// One Secret's entry: its fingerprint, and the list (epoch) of the watch it came from.
 #[derive(Debug, Clone, Copy)]
@@ -197,8 +197,8 @@ impl SeenSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::tests::{MOUNT, creds, owner, prov, touched, written};
-    use crate::secret::{Owner, render};
+    use crate::reconcile::secret::tests::{MOUNT, creds, owner, prov, touched, written};
+    use crate::reconcile::secret::{Owner, render};
     use kube::core::PartialObjectMetaExt;
 
     /// An intact Secret of ours named `name`, as the API server answered our write.

@@ -1,21 +1,21 @@
-//! The backoff of every watch (controller and webhook).
+//! What every watch (controller and webhook) shares: its backoff, and the field selector
+//! that leaves other releases' namespaces out.
 //!
 //! kube-runtime's `default_backoff()` resets on any `Ok` item, and its watcher yields
 //! `Ok(Event::Init)` before every list it retries: a list that keeps failing (forbidden,
 //! an API server that refuses) is retried every 0.8–1.6 s for ever, never backing off.
-//! [`Watch`] keeps client-go's reflector rule instead: 0.8 s doubling to 30 s (plus up to
+//! [`Backoff`] keeps client-go's reflector rule instead: 0.8 s doubling to 30 s (plus up to
 //! as much again of jitter), started over only after two minutes without an error.
 
 use std::time::Duration;
 
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::DefaultBackoff;
 
 /// A watch's backoff that a successful item does not reset; see the module docs.
 #[derive(Default)]
-pub struct Watch(DefaultBackoff);
+pub struct Backoff(DefaultBackoff);
 
-impl Iterator for Watch {
+impl Iterator for Backoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
@@ -24,9 +24,19 @@ impl Iterator for Watch {
     }
 }
 
-impl Backoff for Watch {
+impl kube::runtime::utils::Backoff for Backoff {
     /// Ignored: an `Ok(Init)` between two failed lists is not a recovery.
     fn reset(&mut self) {}
+}
+
+/// The field selector that leaves `namespaces` out of a cluster-wide watch (`None`: none).
+pub fn excluding(namespaces: &[String]) -> Option<String> {
+    let parts: Vec<String> = namespaces
+        .iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| format!("metadata.namespace!={n}"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
 }
 
 #[cfg(test)]
@@ -50,7 +60,7 @@ mod tests {
         );
         let start = tokio::time::Instant::now();
         let mut at = Vec::new();
-        let mut s = std::pin::pin!(items.backoff(Watch::default()));
+        let mut s = std::pin::pin!(items.backoff(Backoff::default()));
         while let Some(item) = s.next().await {
             if item.is_err() {
                 at.push(start.elapsed());
@@ -84,12 +94,22 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn it_starts_over_after_two_quiet_minutes() {
-        let mut b = Watch::default();
+        let mut b = Backoff::default();
         for _ in 0..6 {
             b.next();
         }
         tokio::time::advance(Duration::from_secs(121)).await;
         let first = b.next().unwrap_or_default();
         assert!(first < Duration::from_millis(1600), "{first:?}");
+    }
+
+    #[test]
+    fn excluded_namespaces_become_one_field_selector() {
+        assert_eq!(excluding(&[]), None);
+        assert_eq!(excluding(&[String::new()]), None);
+        assert_eq!(
+            excluding(&["team-a".into(), "team-b".into()]).as_deref(),
+            Some("metadata.namespace!=team-a,metadata.namespace!=team-b")
+        );
     }
 }

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::bounded::Bounded;
-use crate::cognito::{Assumed, Cognito, CognitoError, OpenIdToken, REGIONS_KEPT};
-use crate::secret::{Credentials, RoleSession};
+use crate::aws::cognito::{
+    Assumed, Cognito, CognitoError, Credentials, OpenIdToken, REGIONS_KEPT, RoleSession,
+};
+use crate::common::bounded::Bounded;
 
 /// Requests per second allowed per region and operation.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -20,15 +20,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cognito::Cognito;
+use crate::aws::cognito::Cognito;
+use crate::aws::metered::Metered;
+use crate::aws::quota::{Paced, Quotas};
+use crate::common::events::Recorder;
+use crate::common::http::{BEAT_EVERY, Health};
+use crate::common::metrics::Metrics;
 use crate::crd::CognitoUnauthCredential;
-use crate::events::Recorder;
-use crate::http::{BEAT_EVERY, Health};
-use crate::lease;
-use crate::metrics::{Metered, Metrics};
-use crate::quota::{Paced, Quotas};
+use crate::reconcile::secret::MANAGED_SELECTOR;
 use crate::reconcile::{self, Context, MANAGER, Sharing};
-use crate::secret::MANAGED_SELECTOR;
+use crate::runtime::lease;
 
 /// How long in-flight reconciles may run on after a stop request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -201,7 +202,7 @@ async fn run_controllers<C: Cognito>(
         // Watching every namespace: the excluded ones are left out by the API server.
         let fields = scope
             .is_none()
-            .then(|| excluding(&settings.exclude_namespaces))
+            .then(|| crate::common::watch::excluding(&settings.exclude_namespaces))
             .flatten();
         let scoped = move |c: watcher::Config| match &fields {
             Some(f) => c.fields(f),
@@ -226,7 +227,7 @@ async fn run_controllers<C: Cognito>(
                 .labels(MANAGED_SELECTOR)
                 .any_semantic(),
         )
-        .backoff(crate::backoff::Watch::default())
+        .backoff(crate::common::watch::Backoff::default())
         .map_ok(move |ev| {
             seen_ctx.seen.follow(seen_scope.as_deref(), &ev);
             ev
@@ -247,7 +248,7 @@ async fn run_controllers<C: Cognito>(
                 warn!(namespace = ns.unwrap_or("<all>"), wait = ?SECRETS_LISTED_WAIT, "our Secrets are not listed yet; reading each one instead");
             }
             watcher(cucs, cuc_config)
-                .backoff(crate::backoff::Watch::default())
+                .backoff(crate::common::watch::Backoff::default())
                 .modify(crate::crd::slim)
                 .reflect(writer)
                 .touched_objects()
@@ -330,27 +331,4 @@ async fn run_controllers<C: Cognito>(
     }
     tasks.abort_all();
     info!("controller stopped");
-}
-
-/// The field selector that leaves `namespaces` out of a cluster-wide watch (`None`: none).
-pub fn excluding(namespaces: &[String]) -> Option<String> {
-    let parts: Vec<String> = namespaces
-        .iter()
-        .filter(|n| !n.is_empty())
-        .map(|n| format!("metadata.namespace!={n}"))
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(","))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn excluded_namespaces_become_one_field_selector() {
-        assert_eq!(super::excluding(&[]), None);
-        assert_eq!(super::excluding(&[String::new()]), None);
-        assert_eq!(
-            super::excluding(&["team-a".into(), "team-b".into()]).as_deref(),
-            Some("metadata.namespace!=team-a,metadata.namespace!=team-b")
-        );
-    }
 }

@@ -5,6 +5,7 @@
 //! Per-resource series use the labels `namespace` and `name` only, and are removed when
 //! the resource goes away, so the series count follows the resource count.
 
+use crate::crd::conditions;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,10 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::cognito::{Assumed, Cognito, CognitoError, OpenIdToken};
 use crate::crd::CognitoUnauthCredentialStatus;
-use crate::secret::{Credentials, RoleSession};
-use crate::status;
 
 /// A resource's labels. The names are shared by its five series (one allocation each
 /// instead of one per series: a few hundred bytes per resource at scale).
@@ -289,7 +287,7 @@ impl Metrics {
                 self.renewal.remove(&l);
             }
         }
-        let current = status::ready_of(st).map_or("Unknown", |c| c.status.as_str());
+        let current = conditions::ready_of(st).map_or("Unknown", |c| c.status.as_str());
         for rl in Self::ready_labels(&l) {
             self.ready
                 .get_or_create(&rl)
@@ -391,7 +389,8 @@ impl Metrics {
         self.reconciliations.inc();
     }
 
-    fn request(&self, operation: &str, started: Instant, outcome: &str) {
+    /// Counts one Cognito or STS call and observes its latency.
+    pub fn request(&self, operation: &str, started: Instant, outcome: &str) {
         self.cognito_requests
             .get_or_create(&RequestLabels {
                 operation: operation.to_string(),
@@ -413,97 +412,11 @@ impl Metrics {
     }
 }
 
-/// A Cognito client that records every call in the metrics.
-pub struct Metered<C> {
-    inner: C,
-    metrics: std::sync::Arc<Metrics>,
-}
-
-impl<C> Metered<C> {
-    pub fn new(inner: C, metrics: std::sync::Arc<Metrics>) -> Self {
-        Self { inner, metrics }
-    }
-}
-
-fn outcome<T>(r: &Result<T, CognitoError>) -> &'static str {
-    match r {
-        Ok(_) => "ok",
-        Err(e) => e.reason(),
-    }
-}
-
-impl<C: Cognito> Cognito for Metered<C> {
-    fn forget_region(&self, region: &str) {
-        self.inner.forget_region(region);
-    }
-
-    async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
-        let started = Instant::now();
-        let r = self.inner.get_id(region, pool).await;
-        self.metrics.request("GetId", started, outcome(&r));
-        r
-    }
-
-    async fn get_credentials(
-        &self,
-        region: &str,
-        identity_id: &str,
-        custom_role_arn: Option<&str>,
-    ) -> Result<Credentials, CognitoError> {
-        let started = Instant::now();
-        let r = self
-            .inner
-            .get_credentials(region, identity_id, custom_role_arn)
-            .await;
-        self.metrics
-            .request("GetCredentialsForIdentity", started, outcome(&r));
-        r
-    }
-
-    async fn caller_identity(
-        &self,
-        region: &str,
-        creds: &Credentials,
-    ) -> Result<String, CognitoError> {
-        let started = Instant::now();
-        let r = self.inner.caller_identity(region, creds).await;
-        self.metrics
-            .request("GetCallerIdentity", started, outcome(&r));
-        r
-    }
-
-    async fn get_open_id_token(
-        &self,
-        region: &str,
-        identity_id: &str,
-    ) -> Result<OpenIdToken, CognitoError> {
-        let started = Instant::now();
-        let r = self.inner.get_open_id_token(region, identity_id).await;
-        self.metrics.request("GetOpenIdToken", started, outcome(&r));
-        r
-    }
-
-    async fn assume_role_with_web_identity(
-        &self,
-        region: &str,
-        session: &RoleSession,
-        token: &OpenIdToken,
-    ) -> Result<Assumed, CognitoError> {
-        let started = Instant::now();
-        let r = self
-            .inner
-            .assume_role_with_web_identity(region, session, token)
-            .await;
-        self.metrics
-            .request("AssumeRoleWithWebIdentity", started, outcome(&r));
-        r
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Builder, reason, time};
+    use crate::crd::conditions::reason;
+    use crate::reconcile::status::{Builder, time};
     use jiff::Timestamp;
 
     #[test]
@@ -573,7 +486,7 @@ mod tests {
 #[cfg(test)]
 mod names {
     use super::*;
-    use crate::status::time;
+    use crate::reconcile::status::time;
     use std::collections::BTreeSet;
     use std::path::Path;
 
