@@ -164,6 +164,7 @@ containerd_bin_dir() { echo "$CACHE/containerd-$(go_key "$ROOT/testbed/container
 runc_bin_dir() { echo "$CACHE/runc-$(go_key "$ROOT/testbed/runc")"; }
 kubeconform_bin_dir() { echo "$CACHE/kubeconform-$(go_key "$ROOT/testbed/kubeconform")"; }
 helm_docs_bin_dir() { echo "$CACHE/helm-docs-$(go_key "$ROOT/testbed/helm-docs")"; }
+helm_values_schema_bin_dir() { echo "$CACHE/helm-values-schema-json-$(go_key "$ROOT/testbed/helm-values-schema-json")"; }
 
 # cache_lock PATH: holds PATH.lock (an open descriptor, in FD_LOCK) until the calling
 # shell exits or cache_unlock: two clones' make test building the same tool at the same
@@ -271,10 +272,12 @@ ensure_helm() {
 }
 
 # The chart's static checks (testbed/chart-check.sh): kubeconform validates rendered
-# manifests, helm-docs writes the chart's README from values.yaml.
+# manifests, helm-docs writes the chart's README from values.yaml, helm-values-schema-json
+# its values.schema.json.
 ensure_chart_tools() {
   build_go "$ROOT/testbed/kubeconform" "$(kubeconform_bin_dir)" github.com/yannh/kubeconform/cmd/kubeconform
   build_go "$ROOT/testbed/helm-docs" "$(helm_docs_bin_dir)" github.com/norwoodj/helm-docs/cmd/helm-docs
+  build_go "$ROOT/testbed/helm-values-schema-json" "$(helm_values_schema_bin_dir)" github.com/losisin/helm-values-schema-json/v2
 }
 
 # ----------------------------------------------------------------- processes
