@@ -48,11 +48,11 @@ check-crds: ## Fail when crds/ is stale
 	cargo run --locked --quiet --features crdgen --bin crdgen | diff -u crds/cognitounauthcredentials.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
 
-chart-check: ## The chart, no cluster: lint, golden files, kubeconform, README freshness, packaging (UPDATE_GOLDEN=1 rewrites the golden files)
+chart-check: ## The chart, no cluster: lint, golden files, kubeconform, README and schema freshness, packaging (UPDATE_GOLDEN=1 rewrites the golden files)
 	testbed/chart-check.sh
 
-chart-docs: ## Regenerate the chart's README.md from values.yaml (helm-docs)
-	bash -c 'source testbed/lib.sh && ensure_chart_tools && cd charts/cognito-unauth-controller && "$$(helm_docs_bin_dir)/helm-docs" --sort-values-order file --log-level warning'
+chart-docs: ## Regenerate the chart's README.md (helm-docs) and values.schema.json (its # @schema annotations) from values.yaml
+	bash -c 'source testbed/lib.sh && ensure_chart_tools && chart_values_schema "$$PWD/charts/cognito-unauth-controller/values.schema.json" && cd charts/cognito-unauth-controller && "$$(helm_docs_bin_dir)/helm-docs" --sort-values-order file --log-level warning'
 
 bench: ## The benchmark at BENCH_N resources (default 1000); writes docs/benchmarks.md
 	testbed/bench.sh --markdown docs/benchmarks.md

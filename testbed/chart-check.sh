@@ -12,6 +12,8 @@
 #   - the combinations the chart must refuse are refused, with a message that says why;
 #   - NOTES.txt: -n on every kubectl command, a warning while the image is the placeholder;
 #   - README.md is what helm-docs makes of values.yaml, and documents every value;
+#   - values.schema.json is what helm-values-schema-json makes of values.yaml's `# @schema`
+#     annotations (lib.sh's chart_values_schema);
 #   - a packaged chart (helm package, untarred) renders the CRD, and carries no tests/;
 #   - a chart copied without its CRD file fails to render (unless crds.install=false).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -25,7 +27,7 @@ KUBE_VERSION=${KUBE_VERSION#v}
 RELEASE=cuc
 NAMESPACE=cognito-unauth-controller
 
-need go "Install Go 1.26 or newer (https://go.dev/doc/install); helm, kubeconform and helm-docs are built from the Go module proxy."
+need go "Install Go 1.26 or newer (https://go.dev/doc/install); helm, kubeconform, helm-docs and helm-values-schema-json are built from the Go module proxy."
 need python3 "Install Python 3: apt-get install -y python3"
 python3 -c 'import yaml' 2>/dev/null || ensure_debs python3-yaml
 ensure_helm
@@ -162,6 +164,15 @@ if [[ -n "$undocumented" ]]; then
   fail "values without a '# --' comment in values.yaml:"$'\n'"$undocumented"
 else
   ok "every value is documented"
+fi
+
+# -------------------------------------------------------------- the schema
+if ! chart_values_schema "$tmp/values.schema.json" 2>"$tmp/values-schema.log"; then
+  fail "helm-values-schema-json could not make a schema of $CHART/values.yaml:"$'\n'"$(cat "$tmp/values-schema.log")"
+elif diff -u "$CHART/values.schema.json" "$tmp/values.schema.json"; then
+  ok "values.schema.json is fresh"
+else
+  fail "$CHART/values.schema.json is stale (diff above): run 'make chart-docs' and commit"
 fi
 
 # ------------------------------------------------------------------ packaging

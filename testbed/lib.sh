@@ -164,6 +164,7 @@ containerd_bin_dir() { echo "$CACHE/containerd-$(go_key "$ROOT/testbed/container
 runc_bin_dir() { echo "$CACHE/runc-$(go_key "$ROOT/testbed/runc")"; }
 kubeconform_bin_dir() { echo "$CACHE/kubeconform-$(go_key "$ROOT/testbed/kubeconform")"; }
 helm_docs_bin_dir() { echo "$CACHE/helm-docs-$(go_key "$ROOT/testbed/helm-docs")"; }
+helm_values_schema_bin_dir() { echo "$CACHE/helm-values-schema-json-$(go_key "$ROOT/testbed/helm-values-schema-json")"; }
 
 # cache_lock PATH: holds PATH.lock (an open descriptor, in FD_LOCK) until the calling
 # shell exits or cache_unlock: two clones' make test building the same tool at the same
@@ -271,10 +272,23 @@ ensure_helm() {
 }
 
 # The chart's static checks (testbed/chart-check.sh): kubeconform validates rendered
-# manifests, helm-docs writes the chart's README from values.yaml.
+# manifests, helm-docs writes the chart's README from values.yaml, helm-values-schema-json
+# its values.schema.json (chart_values_schema).
 ensure_chart_tools() {
   build_go "$ROOT/testbed/kubeconform" "$(kubeconform_bin_dir)" github.com/yannh/kubeconform/cmd/kubeconform
   build_go "$ROOT/testbed/helm-docs" "$(helm_docs_bin_dir)" github.com/norwoodj/helm-docs/cmd/helm-docs
+  build_go "$ROOT/testbed/helm-values-schema-json" "$(helm_values_schema_bin_dir)" github.com/losisin/helm-values-schema-json/v2
+}
+
+# chart_values_schema OUT: the chart's values.schema.json as helm-values-schema-json makes
+# it from values.yaml, written to OUT (an absolute path, or - for stdout): the types of
+# the defaults, the `# @schema` annotations, the helm-docs `# --` comments as descriptions;
+# draft 7 (what Helm before 3.18 validates), the top level closed to unknown keys. `make
+# chart-docs` writes it, testbed/chart-check.sh fails when the committed one differs.
+chart_values_schema() {
+  (cd "$ROOT/charts/cognito-unauth-controller" \
+    && "$(helm_values_schema_bin_dir)/helm-values-schema-json" --values values.yaml --output "$1" \
+      --draft 7 --indent 2 --use-helm-docs --schema-root.additional-properties=false)
 }
 
 # ----------------------------------------------------------------- processes
