@@ -203,6 +203,122 @@ pub trait Cognito: Send + Sync + 'static {
     fn forget_region(&self, _region: &str) {}
 }
 
+/// The AWS operations the controller calls: one vocabulary for the client (which
+/// classifies each one's errors), the pacer (each has its quota) and the metrics (the
+/// `operation` label is [`Operation::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    GetId,
+    GetCredentialsForIdentity,
+    GetOpenIdToken,
+    AssumeRoleWithWebIdentity,
+    GetCallerIdentity,
+}
+
+impl Operation {
+    pub const ALL: [Self; 5] = [
+        Self::GetId,
+        Self::GetCredentialsForIdentity,
+        Self::GetOpenIdToken,
+        Self::AssumeRoleWithWebIdentity,
+        Self::GetCallerIdentity,
+    ];
+
+    /// AWS's name for it (Cognito Identity's or STS's action).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::GetId => "GetId",
+            Self::GetCredentialsForIdentity => "GetCredentialsForIdentity",
+            Self::GetOpenIdToken => "GetOpenIdToken",
+            Self::AssumeRoleWithWebIdentity => "AssumeRoleWithWebIdentity",
+            Self::GetCallerIdentity => "GetCallerIdentity",
+        }
+    }
+}
+
+/// What runs around every call of a wrapped [`Cognito`] ([`Wrapped`]): pacing, metering.
+pub trait Around: Send + Sync + 'static {
+    /// Runs `call`, operation `op` in `region`, with what this layer does before and after.
+    fn around<T: Send>(
+        &self,
+        op: Operation,
+        region: &str,
+        call: impl Future<Output = Result<T, CognitoError>> + Send,
+    ) -> impl Future<Output = Result<T, CognitoError>> + Send;
+    /// No resource uses `region` any more: drop what is kept for it.
+    fn forget_region(&self, _region: &str) {}
+}
+
+/// `inner` with `layer` around each of its calls: one call path, whatever the layer.
+pub struct Wrapped<L, C> {
+    layer: L,
+    inner: C,
+}
+
+impl<L, C> Wrapped<L, C> {
+    pub fn new(layer: L, inner: C) -> Self {
+        Self { layer, inner }
+    }
+}
+
+impl<L: Around, C: Cognito> Cognito for Wrapped<L, C> {
+    async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
+        let call = self.inner.get_id(region, pool);
+        self.layer.around(Operation::GetId, region, call).await
+    }
+
+    async fn get_credentials(
+        &self,
+        region: &str,
+        identity_id: &str,
+        custom_role_arn: Option<&str>,
+    ) -> Result<Credentials, CognitoError> {
+        let call = self
+            .inner
+            .get_credentials(region, identity_id, custom_role_arn);
+        let op = Operation::GetCredentialsForIdentity;
+        self.layer.around(op, region, call).await
+    }
+
+    async fn caller_identity(
+        &self,
+        region: &str,
+        creds: &Credentials,
+    ) -> Result<String, CognitoError> {
+        let call = self.inner.caller_identity(region, creds);
+        let op = Operation::GetCallerIdentity;
+        self.layer.around(op, region, call).await
+    }
+
+    async fn get_open_id_token(
+        &self,
+        region: &str,
+        identity_id: &str,
+    ) -> Result<OpenIdToken, CognitoError> {
+        let call = self.inner.get_open_id_token(region, identity_id);
+        let op = Operation::GetOpenIdToken;
+        self.layer.around(op, region, call).await
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        region: &str,
+        session: &RoleSession,
+        token: &OpenIdToken,
+    ) -> Result<Assumed, CognitoError> {
+        let call = self
+            .inner
+            .assume_role_with_web_identity(region, session, token);
+        let op = Operation::AssumeRoleWithWebIdentity;
+        self.layer.around(op, region, call).await
+    }
+
+    fn forget_region(&self, region: &str) {
+        self.layer.forget_region(region);
+        self.inner.forget_region(region);
+    }
+}
+
 /// Timeouts for Cognito calls.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -348,7 +464,7 @@ where
 /// Maps an SDK error to what the controller does about it.
 fn classify<E>(
     err: SdkError<E, aws_sdk_cognitoidentity::config::http::HttpResponse>,
-    op: Op,
+    op: Operation,
 ) -> CognitoError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -359,13 +475,16 @@ where
     };
     let msg = r.message.clone();
     match r.code.as_deref() {
-        Some("ResourceNotFoundException") if op != Op::Id => CognitoError::IdentityNotFound(msg),
+        Some("ResourceNotFoundException") if op != Operation::GetId => {
+            CognitoError::IdentityNotFound(msg)
+        }
         Some("ResourceNotFoundException") => CognitoError::PoolNotFound(msg),
         Some("NotAuthorizedException") if msg.contains(GUEST_ACCESS_OFF) => {
             CognitoError::GuestAccessDisabled(msg)
         }
         Some("InvalidParameterException" | "NotAuthorizedException")
-            if op == Op::OpenIdToken && msg.to_ascii_lowercase().contains(CLASSIC_FLOW_OFF) =>
+            if op == Operation::GetOpenIdToken
+                && msg.to_ascii_lowercase().contains(CLASSIC_FLOW_OFF) =>
         {
             CognitoError::ClassicFlowDisabled(msg)
         }
@@ -405,14 +524,6 @@ where
         Ok(r) => CognitoError::VerificationUnavailable(r.unexplained()),
         Err(no_answer) => CognitoError::VerificationUnavailable(no_answer),
     }
-}
-
-/// The Cognito call an error answered: GetId, GetCredentialsForIdentity, GetOpenIdToken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Id,
-    Credentials,
-    OpenIdToken,
 }
 
 /// STS error codes of AssumeRoleWithWebIdentity that say the request is refused as it
@@ -513,7 +624,7 @@ impl Cognito for SdkCognito {
             .identity_pool_id(pool)
             .send()
             .await
-            .map_err(|e| classify(e, Op::Id))?;
+            .map_err(|e| classify(e, Operation::GetId))?;
         out.identity_id
             .filter(|s| !s.is_empty())
             .ok_or_else(|| CognitoError::Malformed("no IdentityId".into()))
@@ -532,7 +643,7 @@ impl Cognito for SdkCognito {
             .set_custom_role_arn(custom_role_arn.map(str::to_string))
             .send()
             .await
-            .map_err(|e| classify(e, Op::Credentials))?;
+            .map_err(|e| classify(e, Operation::GetCredentialsForIdentity))?;
         credentials_from(out.credentials)
     }
 
@@ -575,7 +686,7 @@ impl Cognito for SdkCognito {
             .identity_id(identity_id)
             .send()
             .await
-            .map_err(|e| classify(e, Op::OpenIdToken))?;
+            .map_err(|e| classify(e, Operation::GetOpenIdToken))?;
         out.token
             .filter(|s| !s.is_empty())
             .map(OpenIdToken::new)
@@ -798,7 +909,11 @@ mod tests {
                 GetOpenIdTokenError::generic(meta(code, message)),
                 raw(400),
             );
-            assert_eq!(classify(err, Op::OpenIdToken).reason(), want, "{code}");
+            assert_eq!(
+                classify(err, Operation::GetOpenIdToken).reason(),
+                want,
+                "{code}"
+            );
         }
     }
 

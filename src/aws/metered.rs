@@ -1,23 +1,16 @@
-//! Every Cognito and STS call counted and timed in the metrics: a [`Cognito`] that wraps
-//! another.
+//! Every Cognito and STS call counted and timed in the metrics: the [`Meter`] layer.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::aws::cognito::{Assumed, Cognito, CognitoError, Credentials, OpenIdToken, RoleSession};
+use crate::aws::cognito::{Around, CognitoError, Operation, Wrapped};
 use crate::common::metrics::Metrics;
 
-/// A Cognito client that records every call in the metrics.
-pub struct Metered<C> {
-    inner: C,
-    metrics: Arc<Metrics>,
-}
+/// Records each call in the metrics (`operation`, and `ok` or the error's reason).
+pub struct Meter(pub Arc<Metrics>);
 
-impl<C> Metered<C> {
-    pub fn new(inner: C, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
-    }
-}
+/// A Cognito client whose every call is recorded in the metrics.
+pub type Metered<C> = Wrapped<Meter, C>;
 
 fn outcome<T>(r: &Result<T, CognitoError>) -> &'static str {
     match r {
@@ -26,70 +19,65 @@ fn outcome<T>(r: &Result<T, CognitoError>) -> &'static str {
     }
 }
 
-impl<C: Cognito> Cognito for Metered<C> {
-    fn forget_region(&self, region: &str) {
-        self.inner.forget_region(region);
-    }
-
-    async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
-        let started = Instant::now();
-        let r = self.inner.get_id(region, pool).await;
-        self.metrics.request("GetId", started, outcome(&r));
-        r
-    }
-
-    async fn get_credentials(
+impl Around for Meter {
+    async fn around<T: Send>(
         &self,
-        region: &str,
-        identity_id: &str,
-        custom_role_arn: Option<&str>,
-    ) -> Result<Credentials, CognitoError> {
+        op: Operation,
+        _region: &str,
+        call: impl Future<Output = Result<T, CognitoError>> + Send,
+    ) -> Result<T, CognitoError> {
         let started = Instant::now();
-        let r = self
-            .inner
-            .get_credentials(region, identity_id, custom_role_arn)
-            .await;
-        self.metrics
-            .request("GetCredentialsForIdentity", started, outcome(&r));
+        let r = call.await;
+        self.0.request(op.name(), started, outcome(&r));
         r
     }
+}
 
-    async fn caller_identity(
-        &self,
-        region: &str,
-        creds: &Credentials,
-    ) -> Result<String, CognitoError> {
-        let started = Instant::now();
-        let r = self.inner.caller_identity(region, creds).await;
-        self.metrics
-            .request("GetCallerIdentity", started, outcome(&r));
-        r
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::cognito::{Cognito, OpenIdToken, RoleSession};
+    use crate::aws::fake::{Fake, credentials};
 
-    async fn get_open_id_token(
-        &self,
-        region: &str,
-        identity_id: &str,
-    ) -> Result<OpenIdToken, CognitoError> {
-        let started = Instant::now();
-        let r = self.inner.get_open_id_token(region, identity_id).await;
-        self.metrics.request("GetOpenIdToken", started, outcome(&r));
-        r
-    }
+    #[tokio::test]
+    async fn every_call_is_counted_under_its_operation_and_outcome() {
+        let metrics = Arc::new(Metrics::default());
+        let fake = Fake::default();
+        fake.fail(
+            Operation::GetOpenIdToken,
+            CognitoError::Throttled("slow down".into()),
+        );
+        let metered = Metered::new(Meter(metrics.clone()), fake);
+        let session = RoleSession {
+            role_arn: "arn:aws:iam::123456789012:role/guest".into(),
+            session_name: "s".into(),
+            duration_seconds: 900,
+        };
+        let r = "us-east-1";
+        assert!(metered.get_id(r, "pool").await.is_ok());
+        assert!(metered.get_credentials(r, "id", None).await.is_ok());
+        assert!(metered.caller_identity(r, &credentials()).await.is_ok());
+        assert!(metered.get_open_id_token(r, "id").await.is_err());
+        let token = OpenIdToken::new("t".into());
+        let assumed = metered.assume_role_with_web_identity(r, &session, &token);
+        assert!(assumed.await.is_ok());
 
-    async fn assume_role_with_web_identity(
-        &self,
-        region: &str,
-        session: &RoleSession,
-        token: &OpenIdToken,
-    ) -> Result<Assumed, CognitoError> {
-        let started = Instant::now();
-        let r = self
-            .inner
-            .assume_role_with_web_identity(region, session, token)
-            .await;
-        self.metrics
-            .request("AssumeRoleWithWebIdentity", started, outcome(&r));
-        r
+        let text = metrics.render().expect("render");
+        let count = |op: &str, outcome: &str| {
+            let series = format!(
+                "cognito_unauth_controller_cognito_requests_total{{operation=\"{op}\",outcome=\"{outcome}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        for op in Operation::ALL {
+            let outcome = if op == Operation::GetOpenIdToken {
+                "Throttled"
+            } else {
+                "ok"
+            };
+            assert_eq!(count(op.name(), outcome), Some(1.0), "{op:?}\n{text}");
+        }
     }
 }

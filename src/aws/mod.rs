@@ -8,5 +8,7 @@
 //! Secrets, status or the reconcile that calls it.
 
 pub mod cognito;
+#[cfg(test)]
+pub mod fake;
 pub mod metered;
 pub mod quota;

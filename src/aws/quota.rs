@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::aws::cognito::{
-    Assumed, Cognito, CognitoError, Credentials, OpenIdToken, REGIONS_KEPT, RoleSession,
-};
+use crate::aws::cognito::{Around, CognitoError, Operation, REGIONS_KEPT, Wrapped};
 use crate::common::bounded::Bounded;
 
 /// Requests per second allowed per region and operation.
@@ -84,36 +82,45 @@ impl Bucket {
     }
 }
 
-/// A Cognito client that waits for its turn under the quotas.
-pub struct Paced<C> {
-    inner: C,
+/// Waits for each call's turn under its operation's quota, per region.
+pub struct Pacer {
     quotas: Quotas,
-    buckets: Mutex<Bounded<(String, &'static str), Bucket>>,
+    buckets: Mutex<Bounded<(String, Operation), Bucket>>,
 }
 
-impl<C> Paced<C> {
-    pub fn new(inner: C, quotas: Quotas) -> Self {
+/// A Cognito client that waits for its turn under the quotas.
+pub type Paced<C> = Wrapped<Pacer, C>;
+
+impl Pacer {
+    pub fn new(quotas: Quotas) -> Self {
         Self {
-            inner,
             quotas,
-            // Four operations for each region with a client kept.
+            // Four paced operations for each region with a client kept.
             buckets: Mutex::new(Bounded::new(4 * REGIONS_KEPT)),
         }
     }
 
-    async fn turn(&self, region: &str, operation: &'static str) {
-        let rate = HEADROOM
-            * match operation {
-                "GetId" => self.quotas.get_id_per_second,
-                "GetOpenIdToken" => self.quotas.get_open_id_token_per_second,
-                "AssumeRoleWithWebIdentity" => self.quotas.assume_role_per_second,
-                _ => self.quotas.get_credentials_per_second,
-            };
+    /// Requests per second for `op`; `None`: not paced. STS GetCallerIdentity is not under
+    /// Cognito's quotas, and its own is far higher.
+    fn rate(&self, op: Operation) -> Option<f64> {
+        let q = &self.quotas;
+        match op {
+            Operation::GetId => Some(q.get_id_per_second),
+            Operation::GetCredentialsForIdentity => Some(q.get_credentials_per_second),
+            Operation::GetOpenIdToken => Some(q.get_open_id_token_per_second),
+            Operation::AssumeRoleWithWebIdentity => Some(q.assume_role_per_second),
+            Operation::GetCallerIdentity => None,
+        }
+    }
+
+    async fn turn(&self, region: &str, op: Operation) {
+        let Some(rate) = self.rate(op) else { return };
+        let rate = HEADROOM * rate;
         let wait = {
             let mut buckets = crate::lock(&self.buckets);
             let now = Instant::now();
             buckets
-                .get_or_insert_with(&(region.to_string(), operation), || Bucket::new(rate, now))
+                .get_or_insert_with(&(region.to_string(), op), || Bucket::new(rate, now))
                 .reserve(now)
         };
         if !wait.is_zero() {
@@ -122,57 +129,19 @@ impl<C> Paced<C> {
     }
 }
 
-impl<C: Cognito> Cognito for Paced<C> {
+impl Around for Pacer {
+    async fn around<T: Send>(
+        &self,
+        op: Operation,
+        region: &str,
+        call: impl Future<Output = Result<T, CognitoError>> + Send,
+    ) -> Result<T, CognitoError> {
+        self.turn(region, op).await;
+        call.await
+    }
+
     fn forget_region(&self, region: &str) {
         crate::lock(&self.buckets).retain(|(r, _)| r != region);
-        self.inner.forget_region(region);
-    }
-
-    async fn get_id(&self, region: &str, pool: &str) -> Result<String, CognitoError> {
-        self.turn(region, "GetId").await;
-        self.inner.get_id(region, pool).await
-    }
-
-    async fn get_credentials(
-        &self,
-        region: &str,
-        identity_id: &str,
-        custom_role_arn: Option<&str>,
-    ) -> Result<Credentials, CognitoError> {
-        self.turn(region, "GetCredentialsForIdentity").await;
-        self.inner
-            .get_credentials(region, identity_id, custom_role_arn)
-            .await
-    }
-
-    /// STS is not under Cognito's quotas (and GetCallerIdentity's own is far higher).
-    async fn caller_identity(
-        &self,
-        region: &str,
-        creds: &Credentials,
-    ) -> Result<String, CognitoError> {
-        self.inner.caller_identity(region, creds).await
-    }
-
-    async fn get_open_id_token(
-        &self,
-        region: &str,
-        identity_id: &str,
-    ) -> Result<OpenIdToken, CognitoError> {
-        self.turn(region, "GetOpenIdToken").await;
-        self.inner.get_open_id_token(region, identity_id).await
-    }
-
-    async fn assume_role_with_web_identity(
-        &self,
-        region: &str,
-        session: &RoleSession,
-        token: &OpenIdToken,
-    ) -> Result<Assumed, CognitoError> {
-        self.turn(region, "AssumeRoleWithWebIdentity").await;
-        self.inner
-            .assume_role_with_web_identity(region, session, token)
-            .await
     }
 }
 
@@ -180,53 +149,44 @@ impl<C: Cognito> Cognito for Paced<C> {
 mod tests {
     use super::*;
 
-    /// Answers every call with Unavailable: enough to count what Paced keeps.
-    struct Down;
-
-    fn down<T>() -> Result<T, CognitoError> {
-        Err(CognitoError::Unavailable("down".into()))
-    }
-
-    impl Cognito for Down {
-        async fn get_id(&self, _: &str, _: &str) -> Result<String, CognitoError> {
-            down()
-        }
-        async fn get_credentials(
-            &self,
-            _: &str,
-            _: &str,
-            _: Option<&str>,
-        ) -> Result<Credentials, CognitoError> {
-            down()
-        }
-        async fn caller_identity(&self, _: &str, _: &Credentials) -> Result<String, CognitoError> {
-            down()
-        }
-        async fn get_open_id_token(&self, _: &str, _: &str) -> Result<OpenIdToken, CognitoError> {
-            down()
-        }
-        async fn assume_role_with_web_identity(
-            &self,
-            _: &str,
-            _: &RoleSession,
-            _: &OpenIdToken,
-        ) -> Result<Assumed, CognitoError> {
-            down()
-        }
-    }
+    use crate::aws::cognito::Cognito;
+    use crate::aws::fake::Fake;
 
     #[tokio::test]
     async fn a_region_nobody_uses_takes_its_buckets_with_it() {
-        let paced = Paced::new(Down, Quotas::default());
+        let pacer = std::sync::Arc::new(Pacer::new(Quotas::default()));
+        let paced = Wrapped::new(Shared(pacer.clone()), Fake::default());
         for region in ["us-east-1", "zz-aa-1"] {
             let _ = paced.get_id(region, "pool").await;
             let _ = paced.get_credentials(region, "id", None).await;
+            // Not paced: no bucket.
+            let _ = paced
+                .caller_identity(region, &crate::aws::fake::credentials())
+                .await;
         }
-        assert_eq!(crate::lock(&paced.buckets).len(), 4);
+        assert_eq!(crate::lock(&pacer.buckets).len(), 4);
         paced.forget_region("zz-aa-1");
-        let buckets = crate::lock(&paced.buckets);
+        let buckets = crate::lock(&pacer.buckets);
         assert_eq!(buckets.len(), 2);
-        assert!(buckets.contains_key(&("us-east-1".to_string(), "GetId")));
+        assert!(buckets.contains_key(&("us-east-1".to_string(), Operation::GetId)));
+    }
+
+    /// The pacer, shared with the test that looks into it.
+    struct Shared(std::sync::Arc<Pacer>);
+
+    impl Around for Shared {
+        async fn around<T: Send>(
+            &self,
+            op: Operation,
+            region: &str,
+            call: impl Future<Output = Result<T, CognitoError>> + Send,
+        ) -> Result<T, CognitoError> {
+            self.0.around(op, region, call).await
+        }
+
+        fn forget_region(&self, region: &str) {
+            self.0.forget_region(region);
+        }
     }
 
     #[test]

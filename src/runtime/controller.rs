@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::aws::cognito::Cognito;
-use crate::aws::metered::Metered;
-use crate::aws::quota::{Paced, Quotas};
+use crate::aws::metered::{Meter, Metered};
+use crate::aws::quota::{Paced, Pacer, Quotas};
 use crate::common::events::Recorder;
 use crate::common::http::{BEAT_EVERY, Health};
 use crate::common::metrics::Metrics;
@@ -108,7 +108,10 @@ pub async fn run<C: Cognito>(
     let recorder = Recorder::new(client.clone(), MANAGER, settings.instance.as_deref());
     // Paced outside Metered: the metrics count calls on the wire and their latency,
     // not the time spent waiting for a turn under the quota.
-    let cognito = Paced::new(Metered::new(cognito, metrics.clone()), settings.quotas);
+    let cognito = Paced::new(
+        Pacer::new(settings.quotas),
+        Metered::new(Meter(metrics.clone()), cognito),
+    );
     // `concurrency` reconciles at once per watched namespace (or in all, when all are
     // watched), handed out round-robin between namespaces (fair::Gate).
     let scopes = settings.namespaces.len().max(1);
