@@ -277,12 +277,12 @@ async fn main() -> anyhow::Result<()> {
         },
         force_rotate_interval: Duration::from_secs(args.force_rotate_min_interval_seconds),
     };
+    let telemetry = controller::Telemetry { metrics, health };
     controller::run(
         client,
         SdkCognito::new(sdk),
         settings,
-        metrics,
-        health,
+        telemetry,
         shutdown_signal(),
     )
     .await;
@@ -405,7 +405,14 @@ async fn run_webhook(
         health,
         configuring,
     ));
-    webhook::serve(client, &settings, slot, caches, metrics, draining, serving).await?;
+    let with = webhook::Serving {
+        client,
+        caches,
+        metrics,
+        draining,
+        shutdown: serving,
+    };
+    webhook::serve(&settings, slot, with).await?;
     info!("exiting");
     Ok(())
 }

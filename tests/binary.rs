@@ -156,7 +156,19 @@ async fn binary_issues_credentials_that_real_aws_clients_accept() {
     assert!(first.terminate().success());
     let calls = proxy.pool_calls(&pool, "GetCredentialsForIdentity").await;
     let second = controller(&ns.name, &dir.join("controller2.log"), "debug");
-    wait_ready(&ns.name, "app", 30);
+    // Ready is the first process's: the window must follow the second one's own
+    // reconcile of the resource, or nothing happening in it would prove nothing.
+    testbed_support::eventually(
+        Duration::from_secs(30),
+        "the second process to reconcile the resource",
+        || async {
+            let done = second
+                .metric("cognito_unauth_controller_reconciliations_total")
+                .await?;
+            (done >= 1.0).then_some(())
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await; // a window in which nothing may happen
     assert_eq!(
         proxy.pool_calls(&pool, "GetCredentialsForIdentity").await,

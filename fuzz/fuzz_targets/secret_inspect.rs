@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
-use cognito_unauth_controller::reconcile::secret::{self, Owner};
+use cognito_unauth_controller::reconcile::secret::{self, Owner, Placement};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -47,7 +47,7 @@ fn valid() -> Secret {
         issued_at: "2029-12-31T23:00:00Z".parse().expect("time"),
         force_token: None,
     };
-    secret::render("n", "ns", &owner(), None, &creds, &prov, "/m")
+    secret::render(&Placement { name: "n", namespace: "ns", owner: &owner(), template: None, mount_path: "/m" }, &creds, &prov)
 }
 
 fuzz_target!(|input: Input| {
@@ -73,7 +73,7 @@ fuzz_target!(|input: Input| {
     let o = secret::inspect(&s, "uid", "/m", None);
     if o.intact {
         let (c, p) = (o.credentials.expect("intact has credentials"), o.provenance.expect("and provenance"));
-        let again = secret::render("n", "ns", &owner(), None, &c, &p, "/m");
+        let again = secret::render(&Placement { name: "n", namespace: "ns", owner: &owner(), template: None, mount_path: "/m" }, &c, &p);
         assert_eq!(again.data, s.data, "intact data must be exactly what render produces");
     }
 });

@@ -556,16 +556,16 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         // A Secret the watch saw holding what the status says is not read again (a
         // restart reads none); any other is.
-        let known = ctx.seen.get(&ns, &secret_name).and_then(|seen| {
-            plan::known(
-                seen,
-                &uid,
-                (&ns, &obj.name_any()),
-                &obj.spec,
-                status.old(),
-                force_token(obj),
-            )
-        });
+        let name = obj.name_any();
+        let whose = plan::Whose {
+            uid: &uid,
+            namespace: &ns,
+            name: &name,
+        };
+        let known = ctx
+            .seen
+            .get(&ns, &secret_name)
+            .and_then(|seen| plan::known(seen, whose, &obj.spec, status.old(), force_token(obj)));
         let existing = match known {
             Some(o) => Existing::Known(Box::new(o)),
             None => Existing::Read(
@@ -1162,15 +1162,14 @@ impl<'a, C: Cognito> Reconciliation<'a, C> {
             name: self.obj.name_any(),
             uid: self.uid.clone(),
         };
-        let mut desired = secret::render(
-            &self.secret_name,
-            &self.ns,
-            &owner,
-            self.obj.spec.secret_template.as_ref(),
-            creds,
-            prov,
-            self.obj.spec.mount_path(),
-        );
+        let at = secret::Placement {
+            name: &self.secret_name,
+            namespace: &self.ns,
+            owner: &owner,
+            template: self.obj.spec.secret_template.as_ref(),
+            mount_path: self.obj.spec.mount_path(),
+        };
+        let mut desired = secret::render(&at, creds, prov);
         let uid = self.uid.clone();
         let written = match self.read().await? {
             None => {

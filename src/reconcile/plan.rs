@@ -238,6 +238,14 @@ pub fn kept(i: &Inputs<'_>) -> Option<Kept> {
     })
 }
 
+/// The resource a decision is about: its uid (the Secret's owner), namespace and name.
+#[derive(Debug, Clone, Copy)]
+pub struct Whose<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
 /// What a Secret that the watch saw as `seen` holds, without reading it: if it is
 /// exactly what this resource's status and spec say it should hold (same owner,
 /// identity, role, expiry, force-rotate token, mount path and template), it is intact,
@@ -245,13 +253,12 @@ pub fn kept(i: &Inputs<'_>) -> Option<Kept> {
 /// the Secret is read, as always.
 pub fn known(
     seen: Seen,
-    owner_uid: &str,
-    namespace_name: (&str, &str),
+    whose: Whose<'_>,
     spec: &CognitoUnauthCredentialSpec,
     status: &CognitoUnauthCredentialStatus,
     force_token: Option<&str>,
 ) -> Option<Observed> {
-    let session = role_session(spec, namespace_name.0, namespace_name.1).ok()?;
+    let session = role_session(spec, whose.namespace, whose.name).ok()?;
     let provenance = Provenance {
         identity_pool_id: spec.identity_pool_id.clone(),
         identity_id: status.identity_id.clone()?,
@@ -271,7 +278,7 @@ pub fn known(
         template.map(|t| &t.annotations),
     );
     let fingerprint = secret::fingerprint(&Facts {
-        owner_uid,
+        owner_uid: whose.uid,
         provenance: &provenance,
         expiration,
         mount_path: spec.mount_path(),
@@ -1092,7 +1099,7 @@ mod tests {
     #[test]
     fn a_seen_secret_is_known_only_when_it_holds_what_the_status_says() {
         use crate::crd::SecretTemplate;
-        use crate::reconcile::secret::render;
+        use crate::reconcile::secret::{Placement, render};
         let owner = crate::reconcile::secret::tests::owner();
         let template = SecretTemplate {
             labels: [("team".to_string(), "a".to_string())].into(),
@@ -1112,20 +1119,32 @@ mod tests {
         prov.issued_at = at(0) + jiff::SignedDuration::from_millis(250);
         prov.force_token = Some("2".into());
         let secret = crate::reconcile::secret::tests::written(render(
-            "app",
-            "ns",
-            &owner,
-            Some(&template),
+            &Placement {
+                name: "app",
+                namespace: "ns",
+                owner: &owner,
+                template: Some(&template),
+                mount_path: "/creds",
+            },
             &creds,
             &prov,
-            "/creds",
         ));
         let seen = secret::seen(&secret.metadata).expect("an intact Secret has a fingerprint");
         assert_eq!(seen.issued_at, prov.issued_at);
         let status = issued_status(&prov, creds.expiration);
         let known_with =
             |spec: &CognitoUnauthCredentialSpec, status: &Status, force: Option<&str>| {
-                known(seen, "uid-1", ("ns", "app"), spec, status, force)
+                known(
+                    seen,
+                    Whose {
+                        uid: "uid-1",
+                        namespace: "ns",
+                        name: "app",
+                    },
+                    spec,
+                    status,
+                    force,
+                )
             };
         let o = known_with(&spec, &status, Some("2")).expect("known");
         let read = secret::inspect(&secret, "uid-1", spec.mount_path(), Some(&template));
@@ -1237,7 +1256,17 @@ mod tests {
             "template"
         );
         assert_eq!(
-            known(seen, "uid-2", ("ns", "app"), &spec, &status, Some("2")),
+            known(
+                seen,
+                Whose {
+                    uid: "uid-2",
+                    namespace: "ns",
+                    name: "app"
+                },
+                &spec,
+                &status,
+                Some("2")
+            ),
             None,
             "owner"
         );
@@ -1253,8 +1282,11 @@ mod tests {
         assert_eq!(
             known(
                 seen_labelled,
-                "uid-1",
-                ("ns", "app"),
+                Whose {
+                    uid: "uid-1",
+                    namespace: "ns",
+                    name: "app"
+                },
                 &spec,
                 &status,
                 Some("2")

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use crate::aws::cognito::Credentials;
 use crate::crd::conditions::ready_of;
 use crate::reconcile::schedule::{BACKOFF_CAP, backoff, parse_go_duration, renewal_time};
-use crate::reconcile::secret::{Owner, Provenance, inspect, render};
+use crate::reconcile::secret::{Owner, Placement, Provenance, inspect, render};
 use crate::reconcile::status::{Builder, time};
 
 fn ts(secs: i64) -> Timestamp {
@@ -52,7 +52,17 @@ fn rendered(c: &Credentials) -> k8s_openapi::api::core::v1::Secret {
         issued_at: ts(1_700_000_000),
         force_token: None,
     };
-    render("n", "ns", &owner, None, c, &prov, "/m")
+    render(
+        &Placement {
+            name: "n",
+            namespace: "ns",
+            owner: &owner,
+            template: None,
+            mount_path: "/m",
+        },
+        c,
+        &prov,
+    )
 }
 
 proptest! {
@@ -114,7 +124,7 @@ proptest! {
             issued_at: ts(1_700_000_000),
             force_token: None,
         };
-        let s = render("n", "ns", &owner, None, &c, &prov, "/m");
+        let s = render(&Placement { name: "n", namespace: "ns", owner: &owner, template: None, mount_path: "/m" }, &c, &prov);
         let o = inspect(&s, "u", "/m", None);
         prop_assert!(o.owned && o.intact);
         let back = o.credentials.expect("credentials");

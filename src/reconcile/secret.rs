@@ -167,16 +167,27 @@ pub fn checksum(data: &BTreeMap<String, ByteString>) -> String {
     hex
 }
 
+/// Where the Secret goes, who owns it, and what the resource asks of its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub owner: &'a Owner,
+    /// spec.secretTemplate: labels and annotations to carry.
+    pub template: Option<&'a SecretTemplate>,
+    /// spec.mountPath: where pods mount it (the config file names it).
+    pub mount_path: &'a str,
+}
+
 /// The complete Secret the controller wants: data, labels, annotations, owner.
-pub fn render(
-    name: &str,
-    namespace: &str,
-    owner: &Owner,
-    template: Option<&SecretTemplate>,
-    creds: &Credentials,
-    prov: &Provenance,
-    mount_path: &str,
-) -> Secret {
+pub fn render(at: &Placement<'_>, creds: &Credentials, prov: &Provenance) -> Secret {
+    let Placement {
+        name,
+        namespace,
+        owner,
+        template,
+        mount_path,
+    } = *at;
     let data = render_data(creds, &prov.region, mount_path);
     let mut labels = template.map(|t| t.labels.clone()).unwrap_or_default();
     labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
@@ -561,6 +572,19 @@ pub fn seen(meta: &ObjectMeta) -> Option<Seen> {
 pub(crate) mod tests {
     use super::*;
 
+    /// `render` of the Secret "n" in "ns", owned by `owner()`, no template, at MOUNT.
+    pub(crate) fn rendered(creds: &Credentials, prov: &Provenance) -> Secret {
+        let owner = owner();
+        let at = Placement {
+            name: "n",
+            namespace: "ns",
+            owner: &owner,
+            template: None,
+            mount_path: MOUNT,
+        };
+        render(&at, creds, prov)
+    }
+
     pub(crate) fn creds() -> Credentials {
         Credentials {
             access_key_id: "ASIAEXAMPLEKEY123456".into(),
@@ -599,14 +623,14 @@ pub(crate) mod tests {
 
     #[test]
     fn the_flow_and_its_parameters_round_trip() {
-        let s = render("n", "ns", &owner(), None, &creds(), &basic(), MOUNT);
+        let s = rendered(&creds(), &basic());
         let ann = s.metadata.annotations.as_ref().unwrap();
         assert_eq!(ann[ANN_FLOW], "Basic");
         assert_eq!(ann[ANN_SESSION_DURATION], "7200s");
         let o = inspect(&s, "uid-1", MOUNT, None);
         assert!(o.intact);
         assert_eq!(o.provenance, Some(basic()));
-        let s = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let s = rendered(&creds(), &prov());
         assert_eq!(
             s.metadata.annotations.as_ref().unwrap()[ANN_FLOW],
             "Enhanced"
@@ -624,7 +648,7 @@ pub(crate) mod tests {
             let o = inspect(&bad, "uid-1", MOUNT, None);
             assert!(!o.intact && o.provenance.is_none(), "{flow}");
         }
-        let mut bad = render("n", "ns", &owner(), None, &creds(), &basic(), MOUNT);
+        let mut bad = rendered(&creds(), &basic());
         bad.metadata
             .annotations
             .as_mut()
@@ -672,7 +696,7 @@ pub(crate) mod tests {
     #[test]
     fn the_watch_vouches_only_for_what_nobody_else_wrote() {
         use serde_json::json;
-        let s = written(render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT));
+        let s = written(rendered(&creds(), &prov()));
         let fp = seen(&s.metadata).expect("our own write is vouched for");
         assert_eq!(fp.issued_at, prov().issued_at);
         // Others' own labels, annotations and data keys leave it vouched for (the
@@ -728,7 +752,17 @@ pub(crate) mod tests {
 
     #[test]
     fn renders_env_vars_and_a_shared_credentials_file() {
-        let s = render("app-creds", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let s = render(
+            &Placement {
+                name: "app-creds",
+                namespace: "ns",
+                owner: &owner(),
+                template: None,
+                mount_path: MOUNT,
+            },
+            &creds(),
+            &prov(),
+        );
         let data = s.data.as_ref().unwrap();
         let get = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
         assert_eq!(get("AWS_ACCESS_KEY_ID"), "ASIAEXAMPLEKEY123456");
@@ -773,7 +807,17 @@ pub(crate) mod tests {
                 (ANN_EXPIRATION.into(), "never".into()),
             ]),
         };
-        let s = render("n", "ns", &owner(), Some(&t), &creds(), &prov(), MOUNT);
+        let s = render(
+            &Placement {
+                name: "n",
+                namespace: "ns",
+                owner: &owner(),
+                template: Some(&t),
+                mount_path: MOUNT,
+            },
+            &creds(),
+            &prov(),
+        );
         let labels = s.metadata.labels.unwrap();
         assert_eq!(labels["team"], "a");
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
@@ -784,7 +828,7 @@ pub(crate) mod tests {
 
     #[test]
     fn inspect_reads_back_what_render_wrote() {
-        let s = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let s = rendered(&creds(), &prov());
         let o = inspect(&s, "uid-1", MOUNT, None);
         assert!(o.owned && o.intact);
         let c = o.credentials.unwrap();
@@ -802,7 +846,7 @@ pub(crate) mod tests {
             issued_at: precise,
             ..prov()
         };
-        let s = render("n", "ns", &owner(), None, &creds(), &p, MOUNT);
+        let s = rendered(&creds(), &p);
         assert_eq!(
             s.metadata.annotations.as_ref().unwrap()[ANN_ISSUED_AT],
             "2026-11-27T07:00:00.123456789Z"
@@ -813,7 +857,7 @@ pub(crate) mod tests {
 
     #[test]
     fn any_edit_of_our_data_is_drift_and_their_keys_are_not() {
-        let base = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let base = rendered(&creds(), &prov());
         type Edit = Box<dyn Fn(&mut Secret)>;
         let edits: Vec<Edit> = vec![
             Box::new(|s| {
@@ -889,7 +933,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_older_layout_is_intact_but_not_current() {
-        let base = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let base = rendered(&creds(), &prov());
         // As written before credential-process.json and config existed.
         let mut legacy = base.clone();
         let data = legacy.data.as_mut().unwrap();
@@ -911,7 +955,17 @@ pub(crate) mod tests {
         // Another mount path: same credentials, layout to redo.
         let o = inspect(&base, "uid-1", "/creds", None);
         assert!(o.intact && !o.current_layout);
-        let moved = render("n", "ns", &owner(), None, &creds(), &prov(), "/creds/");
+        let moved = render(
+            &Placement {
+                name: "n",
+                namespace: "ns",
+                owner: &owner(),
+                template: None,
+                mount_path: "/creds/",
+            },
+            &creds(),
+            &prov(),
+        );
         let cfg =
             String::from_utf8(moved.data.as_ref().unwrap()[KEY_CONFIG_FILE].0.clone()).unwrap();
         assert!(
@@ -924,7 +978,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_credential_process_file_that_disagrees_is_drift() {
-        let mut s = render("n", "ns", &owner(), None, &creds(), &prov(), MOUNT);
+        let mut s = rendered(&creds(), &prov());
         let data = s.data.as_mut().unwrap();
         data.insert(
             KEY_CREDENTIAL_PROCESS.into(),

@@ -198,7 +198,7 @@ impl SeenSecrets {
 mod tests {
     use super::*;
     use crate::reconcile::secret::tests::{MOUNT, creds, owner, prov, touched, written};
-    use crate::reconcile::secret::{Owner, render};
+    use crate::reconcile::secret::{Owner, Placement, render};
     use kube::core::PartialObjectMetaExt;
 
     /// An intact Secret of ours named `name`, as the API server answered our write.
@@ -207,7 +207,14 @@ mod tests {
             name: name.into(),
             ..owner()
         };
-        written(render(name, "ns", &owner, None, &creds(), &prov(), MOUNT))
+        let at = Placement {
+            name,
+            namespace: "ns",
+            owner: &owner,
+            template: None,
+            mount_path: MOUNT,
+        };
+        written(render(&at, &creds(), &prov()))
     }
 
     /// What the metadata watch delivers of `s`.

@@ -16,32 +16,6 @@ pub fn time(t: Timestamp) -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
-/// A condition of `type_` as it should be now, its status as Kubernetes spells it (True,
-/// False, Unknown); its lastTransitionTime moves only when its status changes.
-fn condition(
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Timestamp,
-    previous: &[Condition],
-) -> Condition {
-    let status = status.to_string();
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| time(now), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_string(),
-        status,
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
-
 /// Replaces (or adds) the condition of the same type.
 pub fn set_condition(conditions: &mut Vec<Condition>, c: Condition) {
     match conditions.iter_mut().find(|x| x.type_ == c.type_) {
@@ -125,16 +99,24 @@ impl Builder {
         self.set_with(type_, "Unknown", reason, message);
     }
 
+    /// The condition `type_` as it should be now, its status as Kubernetes spells it
+    /// (True, False, Unknown); its lastTransitionTime moves only when its status changes.
     fn set_with(&mut self, type_: &str, status: &str, reason: &str, message: String) {
-        let c = condition(
-            type_,
+        let status = status.to_string();
+        let last_transition_time = self
+            .old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| time(self.now), |c| c.last_transition_time.clone());
+        let c = Condition {
+            type_: type_.to_string(),
             status,
-            reason,
+            reason: reason.to_string(),
             message,
-            self.generation,
-            self.now,
-            &self.old.conditions,
-        );
+            observed_generation: self.generation,
+            last_transition_time,
+        };
         set_condition(&mut self.next.conditions, c);
     }
 

@@ -87,6 +87,13 @@ impl Default for Settings {
     }
 }
 
+/// What the controller reports to: its metrics, and the health that /readyz and /livez
+/// answer from.
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
 /// Runs until `shutdown` resolves: stops taking work, lets in-flight reconciles finish,
 /// releases the Lease. With leader election, reconciles only while leading, and drops
 /// in-flight work the moment leadership is lost (the lease module fences itself before
@@ -95,10 +102,10 @@ pub async fn run<C: Cognito>(
     client: kube::Client,
     cognito: C,
     settings: Settings,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let Telemetry { metrics, health } = telemetry;
     let stop = CancellationToken::new();
     let stopper = stop.clone();
     tokio::spawn(async move {
@@ -138,10 +145,13 @@ pub async fn run<C: Cognito>(
 
     let (tx, mut leading) = watch::channel(false);
     let elector_stop = CancellationToken::new();
+    let candidate = lease::Candidate {
+        api: Api::namespaced(client.clone(), &le.lease_namespace),
+        name: le.lease_name.clone(),
+        me: le.identity.clone(),
+    };
     let elector = tokio::spawn(lease::elect(
-        Api::namespaced(client.clone(), &le.lease_namespace),
-        le.lease_name.clone(),
-        le.identity.clone(),
+        candidate,
         lease::Timing::new(le.lease_duration, le.renew_grace),
         tx,
         elector_stop.clone(),

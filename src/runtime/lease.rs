@@ -99,16 +99,25 @@ impl Record {
     }
 }
 
+/// Who runs for which Lease.
+pub struct Candidate {
+    /// The Leases of the Lease's namespace.
+    pub api: Api<Lease>,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica's identity (the Lease's holderIdentity while it leads).
+    pub me: String,
+}
+
 /// Runs leader election until `stop` is cancelled, publishing whether this replica
 /// leads on `leading`; releases the Lease at the end if it holds it.
 pub async fn elect(
-    api: Api<Lease>,
-    name: String,
-    me: String,
+    candidate: Candidate,
     timing: Timing,
     leading: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
+    let Candidate { api, name, me } = candidate;
     let mut record = Record::default();
     // When the last successful renewal (or acquisition) was sent: the fence counts from
     // the request's start, since the API server may have stamped it any time after.

@@ -972,17 +972,31 @@ async fn answer(
     resp.into_review()
 }
 
+/// What the server answers with, and when it stops.
+pub struct Serving {
+    pub client: Client,
+    pub caches: Caches,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the replica drains: every answer then closes its connection.
+    pub draining: CancellationToken,
+    /// Cancelled to stop serving.
+    pub shutdown: CancellationToken,
+}
+
 /// Serves `POST /mutate` over TLS with whatever certificate `slot` holds, until `shutdown`;
 /// from `draining` on, every answer closes its connection.
 pub async fn serve(
-    client: Client,
     settings: &Settings,
     slot: Arc<CertSlot>,
-    caches: Caches,
-    metrics: Arc<Metrics>,
-    draining: CancellationToken,
-    shutdown: CancellationToken,
+    with: Serving,
 ) -> Result<(), WebhookError> {
+    let Serving {
+        client,
+        caches,
+        metrics,
+        draining,
+        shutdown,
+    } = with;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -69,15 +69,8 @@ impl Running {
             let stop = async move {
                 let _ = rx.await;
             };
-            controller::run(
-                client,
-                SdkCognito::new(sdk),
-                settings,
-                metrics,
-                health,
-                stop,
-            )
-            .await;
+            let telemetry = controller::Telemetry { metrics, health };
+            controller::run(client, SdkCognito::new(sdk), settings, telemetry, stop).await;
         });
         Self {
             metrics: shared,

@@ -855,6 +855,22 @@ impl ControllerProcess {
         Self { child, port }
     }
 
+    /// The value of the sample whose line starts with `series` (a family's name, with its
+    /// labels if it has any) in the process's `/metrics`; `None` while it has none.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
