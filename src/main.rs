@@ -245,6 +245,22 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let (metrics, health) = serve_admin(args.metrics_address).await?;
 
+    let settings = controller_settings(args);
+    let telemetry = controller::Telemetry { metrics, health };
+    controller::run(
+        client,
+        SdkCognito::new(sdk),
+        settings,
+        telemetry,
+        shutdown_signal(),
+    )
+    .await;
+    info!("exiting");
+    Ok(())
+}
+
+/// The controller's settings from its flags (and the pod's name and namespace).
+fn controller_settings(args: Args) -> Settings {
     let pod = std::env::var("POD_NAME").ok();
     let leader_election = args.leader_elect.then(|| LeaderElection {
         lease_name: args.leader_election_lease_name.clone(),
@@ -259,7 +275,7 @@ async fn main() -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(args.leader_election_lease_duration_seconds),
         renew_grace: Duration::from_secs(args.leader_election_renew_grace_seconds),
     });
-    let settings = Settings {
+    Settings {
         namespaces: args
             .namespaces
             .into_iter()
@@ -276,18 +292,7 @@ async fn main() -> anyhow::Result<()> {
             assume_role_per_second: args.sts_assume_role_rate,
         },
         force_rotate_interval: Duration::from_secs(args.force_rotate_min_interval_seconds),
-    };
-    let telemetry = controller::Telemetry { metrics, health };
-    controller::run(
-        client,
-        SdkCognito::new(sdk),
-        settings,
-        telemetry,
-        shutdown_signal(),
-    )
-    .await;
-    info!("exiting");
-    Ok(())
+    }
 }
 
 async fn kube_client() -> anyhow::Result<kube::Client> {

@@ -140,6 +140,20 @@ impl Metrics {
             webhook_configured: FloatGauge::default(),
             registry: Registry::default(),
         };
+        Self::register_controller(&m, &mut registry);
+        Self::register_webhook(&m, &mut registry);
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information; always 1", build);
+        Self { registry, ..m }
+    }
+
+    /// The controller's families: per resource, per AWS call, per reconcile.
+    fn register_controller(m: &Self, registry: &mut Registry) {
         registry.register(
             "credential_expiration_timestamp_seconds",
             "When the credentials in the resource's Secret expire (Unix time)",
@@ -200,6 +214,11 @@ impl Metrics {
             "1 while this replica reconciles (it holds the Lease, or runs without leader election); 0 while it stands by",
             m.leader.clone(),
         );
+    }
+
+    /// The injection webhook's families (registered in both processes; only the webhook
+    /// sets them).
+    fn register_webhook(m: &Self, registry: &mut Registry) {
         registry.register(
             "webhook_admissions",
             "Pod admissions answered by the injection webhook, by outcome (injected, unchanged, refused, error)",
@@ -240,14 +259,6 @@ impl Metrics {
             "When this webhook replica last found its certificate and configuration as they should be (Unix time)",
             m.webhook_configured.clone(),
         );
-        let build: Family<BuildLabels, Gauge> = Family::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            })
-            .set(1);
-        registry.register("build_info", "Build information; always 1", build);
-        Self { registry, ..m }
     }
 
     fn labels(namespace: &str, name: &str) -> ResourceLabels {

@@ -143,6 +143,19 @@ pub async fn run<C: Cognito>(
         return;
     };
 
+    lead_then_run(&ctx, &settings, &health, &le, stop).await;
+}
+
+/// With leader election: the controllers run while this replica holds the Lease, and
+/// stop the moment it does not.
+async fn lead_then_run<C: Cognito>(
+    ctx: &Arc<Context<C>>,
+    settings: &Settings,
+    health: &Arc<Health>,
+    le: &LeaderElection,
+    stop: CancellationToken,
+) {
+    let client = ctx.client.clone();
     let (tx, mut leading) = watch::channel(false);
     let elector_stop = CancellationToken::new();
     let candidate = lease::Candidate {
@@ -171,7 +184,7 @@ pub async fn run<C: Cognito>(
         }
         info!(identity = %le.identity, "leading: starting to reconcile");
         ctx.metrics.leading(true);
-        let controllers = run_controllers(&ctx, &settings, &health, stop.child_token());
+        let controllers = run_controllers(ctx, settings, health, stop.child_token());
         tokio::pin!(controllers);
         tokio::select! {
             _ = &mut controllers => {}
@@ -203,7 +216,6 @@ async fn run_controllers<C: Cognito>(
     ctx.mark_started();
     // A new term lists our Secrets again; what an earlier one saw may be stale.
     ctx.seen.clear();
-    let client = ctx.client.clone();
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -212,98 +224,9 @@ async fn run_controllers<C: Cognito>(
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
-        // Watching every namespace: the excluded ones are left out by the API server.
-        let fields = scope
-            .is_none()
-            .then(|| crate::common::watch::excluding(&settings.exclude_namespaces))
-            .flatten();
-        let scoped = move |c: watcher::Config| match &fields {
-            Some(f) => c.fields(f),
-            None => c,
-        };
-        let (cucs, secrets): (Api<CognitoUnauthCredential>, Api<PartialObjectMeta<Secret>>) =
-            match &scope {
-                Some(ns) => (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                ),
-                None => (Api::all(client.clone()), Api::all(client.clone())),
-            };
-        // Our Secrets' metadata, each kept only as a fingerprint (`seen`); the controller
-        // gets their owner references. Metadata only: anyone who may create a Secret can
-        // put our label on it, and its data never enters this process.
-        let seen_ctx = ctx.clone();
-        let seen_scope = scope.clone();
-        let owned = watcher(
-            secrets,
-            scoped(watcher::Config::default())
-                .labels(MANAGED_SELECTOR)
-                .any_semantic(),
-        )
-        .backoff(crate::common::watch::Backoff::default())
-        .map_ok(move |ev| {
-            seen_ctx.seen.follow(seen_scope.as_deref(), &ev);
-            ev
-        })
-        .touched_objects();
-        // Our own cache of the resources, slimmed (crd::slim): without managedFields,
-        // labels and other tools' annotations, which the controller never reads and
-        // whose size the schema cannot bound. Listed once the Secrets
-        // are (or after SECRETS_LISTED_WAIT), so that the first reconciles know them
-        // without reading each one.
-        let (reader, writer) = reflector::store();
-        let listed_ctx = ctx.clone();
-        let listed_scope = scope.clone();
-        let cuc_config = scoped(watcher::Config::default()).any_semantic();
-        let trigger = futures::stream::once(async move {
-            let ns = listed_scope.as_deref();
-            if !listed_ctx.seen.wait_listed(ns, SECRETS_LISTED_WAIT).await {
-                warn!(namespace = ns.unwrap_or("<all>"), wait = ?SECRETS_LISTED_WAIT, "our Secrets are not listed yet; reading each one instead");
-            }
-            watcher(cucs, cuc_config)
-                .backoff(crate::common::watch::Backoff::default())
-                .modify(crate::crd::slim)
-                .reflect(writer)
-                .touched_objects()
-        })
-        .flatten();
-        let controller = Controller::for_stream(trigger, reader)
-            .owns_stream(owned)
-            // Every due reconcile starts; the context's gate decides which run (fairly
-            // between namespaces, `concurrency` at a time). Limited here, kube-runtime
-            // would start them in the order they came due: one namespace's thousand
-            // new resources before another's due rotation.
-            .with_config(controller::Config::default().concurrency(0));
-        stores.push(controller.store());
-        let stop = stop.clone();
-        let ctx = ctx.clone();
-        info!(
-            namespace = scope.as_deref().unwrap_or("<all>"),
-            "controller starting"
-        );
-        runs.push(async move {
-            let forget = ctx.clone();
-            let gate = ctx.gate.clone();
-            controller
-                // In flight are finished; those waiting for a turn leave (fair::Gate).
-                .graceful_shutdown_on(async move {
-                    stop.cancelled().await;
-                    gate.close();
-                })
-                .run(reconcile::reconcile, reconcile::error_policy, ctx)
-                .for_each(|res| {
-                    if let Err(controller::Error::ObjectNotFound(obj)) = &res {
-                        // Deleted: its Secret goes with it; so do its memory and metrics.
-                        forget.forget(obj.namespace.as_deref().unwrap_or_default(), &obj.name);
-                    } else if let Err(e) = &res
-                        && !matches!(e, controller::Error::ReconcilerFailed(..))
-                    {
-                        warn!(error = %e, "controller");
-                    }
-                    futures::future::ready(())
-                })
-                .await;
-        });
+        let (store, run) = scope_controller(ctx, &settings.exclude_namespaces, scope, &stop);
+        stores.push(store);
+        runs.push(run);
     }
     // Dropped with this function's future (leadership lost): aborts the readiness task.
     let mut tasks = JoinSet::new();
@@ -344,4 +267,116 @@ async fn run_controllers<C: Cognito>(
     }
     tasks.abort_all();
     info!("controller stopped");
+}
+
+/// The controller of one scope (a namespace, or every one but the excluded): its
+/// resources' cache, and its run until `stop`.
+fn scope_controller<C: Cognito>(
+    ctx: &Arc<Context<C>>,
+    exclude_namespaces: &[String],
+    scope: Option<String>,
+    stop: &CancellationToken,
+) -> (
+    reflector::Store<CognitoUnauthCredential>,
+    impl Future<Output = ()> + Send + use<C>,
+) {
+    let client = ctx.client.clone();
+    // Watching every namespace: the excluded ones are left out by the API server.
+    let fields = scope
+        .is_none()
+        .then(|| crate::common::watch::excluding(exclude_namespaces))
+        .flatten();
+    let scoped = move |c: watcher::Config| match &fields {
+        Some(f) => c.fields(f),
+        None => c,
+    };
+    let (cucs, secrets): (Api<CognitoUnauthCredential>, Api<PartialObjectMeta<Secret>>) =
+        match &scope {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    // Our Secrets' metadata, each kept only as a fingerprint (`seen`); the controller
+    // gets their owner references. Metadata only: anyone who may create a Secret can
+    // put our label on it, and its data never enters this process.
+    let seen_ctx = ctx.clone();
+    let seen_scope = scope.clone();
+    let owned = watcher(
+        secrets,
+        scoped(watcher::Config::default())
+            .labels(MANAGED_SELECTOR)
+            .any_semantic(),
+    )
+    .backoff(crate::common::watch::Backoff::default())
+    .map_ok(move |ev| {
+        seen_ctx.seen.follow(seen_scope.as_deref(), &ev);
+        ev
+    })
+    .touched_objects();
+    // Our own cache of the resources, slimmed (crd::slim): without managedFields,
+    // labels and other tools' annotations, which the controller never reads and
+    // whose size the schema cannot bound. Listed once the Secrets
+    // are (or after SECRETS_LISTED_WAIT), so that the first reconciles know them
+    // without reading each one.
+    let (reader, writer) = reflector::store();
+    let listed_ctx = ctx.clone();
+    let listed_scope = scope.clone();
+    let cuc_config = scoped(watcher::Config::default()).any_semantic();
+    let trigger = futures::stream::once(async move {
+        let ns = listed_scope.as_deref();
+        if !listed_ctx.seen.wait_listed(ns, SECRETS_LISTED_WAIT).await {
+            warn!(namespace = ns.unwrap_or("<all>"), wait = ?SECRETS_LISTED_WAIT, "our Secrets are not listed yet; reading each one instead");
+        }
+        watcher(cucs, cuc_config)
+            .backoff(crate::common::watch::Backoff::default())
+            .modify(crate::crd::slim)
+            .reflect(writer)
+            .touched_objects()
+    })
+    .flatten();
+    let controller = Controller::for_stream(trigger, reader)
+        .owns_stream(owned)
+        // Every due reconcile starts; the context's gate decides which run (fairly
+        // between namespaces, `concurrency` at a time). Limited here, kube-runtime
+        // would start them in the order they came due: one namespace's thousand
+        // new resources before another's due rotation.
+        .with_config(controller::Config::default().concurrency(0));
+    let store = controller.store();
+    info!(
+        namespace = scope.as_deref().unwrap_or("<all>"),
+        "controller starting"
+    );
+    (store, run_until(controller, ctx.clone(), stop.clone()))
+}
+
+/// Runs `controller` until `stop`: in-flight reconciles finish, those waiting for a turn
+/// leave; a deleted resource's memory and metrics go with it.
+async fn run_until<C: Cognito>(
+    controller: Controller<CognitoUnauthCredential>,
+    ctx: Arc<Context<C>>,
+    stop: CancellationToken,
+) {
+    let forget = ctx.clone();
+    let gate = ctx.gate.clone();
+    controller
+        // In flight are finished; those waiting for a turn leave (fair::Gate).
+        .graceful_shutdown_on(async move {
+            stop.cancelled().await;
+            gate.close();
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| {
+            if let Err(controller::Error::ObjectNotFound(obj)) = &res {
+                // Deleted: its Secret goes with it; so do its memory and metrics.
+                forget.forget(obj.namespace.as_deref().unwrap_or_default(), &obj.name);
+            } else if let Err(e) = &res
+                && !matches!(e, controller::Error::ReconcilerFailed(..))
+            {
+                warn!(error = %e, "controller");
+            }
+            futures::future::ready(())
+        })
+        .await;
 }

@@ -305,37 +305,50 @@ pub fn inject(
             continue;
         };
         for c in containers.iter_mut() {
-            let name = c["name"].as_str().unwrap_or_default().to_string();
-            if name == SIDECAR && is_our_sidecar(c) {
-                continue;
-            }
-            if let Some(only) = &ask.containers
-                && !only.contains(&name)
-            {
-                continue;
-            }
-            match ask.mode {
-                Mode::CredentialProcess => add_mount(c, &name, target)?,
-                Mode::ContainerCredentials => add_token_mount(c, &name, false)?,
-            }
-            for (var, value) in &env {
-                set_env(c, &name, var, value, &mut warnings);
-            }
-            for var in [
-                "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY",
-                "AWS_SESSION_TOKEN",
-            ] {
-                if env_value(c, var).is_some() {
-                    warnings.push(format!(
-                        "container {name} sets {var}: AWS SDKs prefer it to the injected credentials, which it will not use"
-                    ));
-                }
-            }
-            warn_other_identity(c, &name, ask.mode, &mut warnings);
+            inject_container(c, ask, target, &env, &mut warnings)?;
         }
     }
     Ok(Injected { pod, warnings })
+}
+
+/// One container of the pod: skipped when it is our sidecar or not one the pod asked
+/// for; else its mount, its variables, and warnings for what would win over them.
+fn inject_container(
+    c: &mut Value,
+    ask: &Ask,
+    target: &Target,
+    env: &[(&str, String)],
+    warnings: &mut Vec<String>,
+) -> Result<(), Refusal> {
+    let name = c["name"].as_str().unwrap_or_default().to_string();
+    if name == SIDECAR && is_our_sidecar(c) {
+        return Ok(());
+    }
+    if let Some(only) = &ask.containers
+        && !only.contains(&name)
+    {
+        return Ok(());
+    }
+    match ask.mode {
+        Mode::CredentialProcess => add_mount(c, &name, target)?,
+        Mode::ContainerCredentials => add_token_mount(c, &name, false)?,
+    }
+    for (var, value) in env {
+        set_env(c, &name, var, value, warnings);
+    }
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        if env_value(c, var).is_some() {
+            warnings.push(format!(
+                "container {name} sets {var}: AWS SDKs prefer it to the injected credentials, which it will not use"
+            ));
+        }
+    }
+    warn_other_identity(c, &name, ask.mode, warnings);
+    Ok(())
 }
 
 /// Another way of giving the pod an AWS identity, already in the container (IRSA's web

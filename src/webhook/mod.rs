@@ -813,7 +813,18 @@ pub async fn admit(
         Ok(i) => i,
         Err(r) => return (resp.deny(r.0), "refused"),
     };
-    let patch = json_patch::diff(&pod, &injected.pod);
+    patched(req, resp, &pod, injected)
+}
+
+/// The answer that makes `pod` the injected one: its JSON patch (none when nothing
+/// changes) and warnings.
+fn patched(
+    req: &AdmissionRequest<DynamicObject>,
+    resp: AdmissionResponse,
+    pod: &serde_json::Value,
+    injected: inject::Injected,
+) -> (AdmissionResponse, &'static str) {
+    let patch = json_patch::diff(pod, &injected.pod);
     let outcome = if patch.0.is_empty() {
         "unchanged"
     } else {
