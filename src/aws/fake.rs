@@ -24,12 +24,24 @@ pub fn credentials() -> Credentials {
 pub struct Fake {
     calls: Mutex<Vec<(Operation, String)>>,
     failures: Mutex<HashMap<Operation, CognitoError>>,
+    /// Answered once each, before `failures`.
+    once: Mutex<Vec<(Operation, CognitoError)>>,
 }
 
 impl Fake {
     /// From now on `op` answers `err`.
     pub fn fail(&self, op: Operation, err: CognitoError) {
         crate::lock(&self.failures).insert(op, err);
+    }
+
+    /// The next call of `op` (only) answers `err`.
+    pub fn fail_once(&self, op: Operation, err: CognitoError) {
+        crate::lock(&self.once).push((op, err));
+    }
+
+    /// The operations called so far, in order.
+    pub fn operations(&self) -> Vec<Operation> {
+        crate::lock(&self.calls).iter().map(|(op, _)| *op).collect()
     }
 
     /// Every call so far: its operation and region, in order.
@@ -39,6 +51,11 @@ impl Fake {
 
     fn answer<T>(&self, op: Operation, region: &str, ok: T) -> Result<T, CognitoError> {
         crate::lock(&self.calls).push((op, region.to_string()));
+        let mut once = crate::lock(&self.once);
+        if let Some(i) = once.iter().position(|(o, _)| *o == op) {
+            return Err(once.remove(i).1);
+        }
+        drop(once);
         match crate::lock(&self.failures).get(&op) {
             Some(e) => Err(e.clone()),
             None => Ok(ok),

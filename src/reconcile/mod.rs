@@ -17,6 +17,10 @@
 //! errors, and `error_policy` retries those with backoff.
 
 pub mod fair;
+#[cfg(test)]
+mod io_tests;
+#[cfg(test)]
+mod mock;
 pub mod plan;
 #[cfg(test)]
 mod properties;
