@@ -189,6 +189,11 @@ async fn a_due_renewal_rotates_with_the_same_identity() {
         [Operation::GetCredentialsForIdentity]
     );
     assert_eq!(bodies[1]["data"]["AWS_ACCESS_KEY_ID"], "QVNJQUZBS0U=");
+    // An apply names what it applies.
+    assert_eq!(
+        (&bodies[1]["apiVersion"], &bodies[1]["kind"]),
+        (&json!("v1"), &json!("Secret"))
+    );
     assert_eq!(bodies[2]["reason"], "CredentialsRotated");
     assert_eq!(
         ready(&bodies[3]),

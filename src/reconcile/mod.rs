@@ -434,15 +434,12 @@ async fn reconcile_now<C: Cognito>(
 /// written into it (tests/controller/main.rs recreates one between read and write).
 pub async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<Secret, Error> {
     let name = desired.metadata.name.as_deref().unwrap_or_default();
-    let mut value =
-        serde_json::to_value(desired).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-    value["apiVersion"] = json!("v1");
-    value["kind"] = json!("Secret");
+    // k8s-openapi writes apiVersion and kind, as an apply needs.
     match secrets
         .patch(
             name,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&value),
+            &Patch::Apply(desired),
         )
         .await
     {

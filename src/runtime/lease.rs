@@ -221,8 +221,7 @@ async fn try_once(
             }
             spec.lease_duration_seconds = Some(duration);
             spec.renew_time = Some(now);
-            let spec = serde_json::to_value(&lease.spec).map_err(kube::Error::SerdeError)?;
-            update(api, name, &lease, spec).await
+            update(api, name, &lease, &lease.spec).await
         }
         (_, None) => return Ok(false),
     };
@@ -248,23 +247,36 @@ async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Err
     }
     // null, not absent: a merge patch leaves absent fields as they are.
     let spec = serde_json::json!({"holderIdentity": null, "leaseDurationSeconds": 1});
-    update(api, name, &lease, spec).await?;
+    update(api, name, &lease, &spec).await?;
     Ok(())
 }
 
 /// Writes the Lease's spec as read and changed, with the resourceVersion read as the
 /// precondition (a merge patch that carries it): of two replicas taking the Lease at
 /// once, one gets 409. A patch, so the RBAC is the usual get, create, patch.
-async fn update(
+async fn update<S: serde::Serialize + std::fmt::Debug>(
     api: &Api<Lease>,
     name: &str,
     read: &Lease,
-    spec: serde_json::Value,
+    spec: &S,
 ) -> Result<Lease, kube::Error> {
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": read.metadata.resource_version},
-        "spec": spec,
-    });
+    /// The patch: the spec, and the resourceVersion it was read at.
+    #[derive(Debug, serde::Serialize)]
+    struct Update<'a, S> {
+        metadata: Version<'a>,
+        spec: &'a S,
+    }
+    #[derive(Debug, serde::Serialize)]
+    struct Version<'a> {
+        #[serde(rename = "resourceVersion")]
+        resource_version: &'a Option<String>,
+    }
+    let patch = Update {
+        metadata: Version {
+            resource_version: &read.metadata.resource_version,
+        },
+        spec,
+    };
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
 }

@@ -735,6 +735,30 @@ struct AppState {
     draining: CancellationToken,
 }
 
+/// What an admission came to: the metrics' `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Patched with the credentials.
+    Injected,
+    /// Admitted as it came (not asked, or nothing to add).
+    Unchanged,
+    /// Refused with a reason that says what to fix.
+    Refused,
+    /// Refused because something failed on our side.
+    Error,
+}
+
+impl Outcome {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Injected => "injected",
+            Self::Unchanged => "unchanged",
+            Self::Refused => "refused",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// Answers one AdmissionReview for a pod. The ServiceAccount and the resource come from
 /// `caches`; the API server is asked only when the cache does not have them or the
 /// cached resource would be refused (it may have changed a moment ago), within one
@@ -744,16 +768,16 @@ pub async fn admit(
     caches: &Caches,
     sidecar: &SidecarImage,
     req: &AdmissionRequest<DynamicObject>,
-) -> (AdmissionResponse, &'static str) {
+) -> (AdmissionResponse, Outcome) {
     let deadline = tokio::time::Instant::now() + LOOKUP_BUDGET;
     let resp = AdmissionResponse::from(req);
     let Some(obj) = &req.object else {
-        return (resp, "unchanged");
+        return (resp, Outcome::Unchanged);
     };
     let namespace = req.namespace.clone().unwrap_or_default();
     let pod = match serde_json::to_value(obj) {
         Ok(v) => v,
-        Err(e) => return (resp.deny(format!("unreadable pod: {e}")), "error"),
+        Err(e) => return (resp.deny(format!("unreadable pod: {e}")), Outcome::Error),
     };
     let sa_name = pod["spec"]["serviceAccountName"]
         .as_str()
@@ -765,13 +789,13 @@ pub async fn admit(
     // a pod that asked (annotation) is refused, any other passes unchanged.
     let Some(scope) = caches.scope(&namespace) else {
         if !pod_annotations.contains_key(ANN_INJECT) {
-            return (resp, "unchanged");
+            return (resp, Outcome::Unchanged);
         }
         return (
             resp.deny(format!(
                 "namespace {namespace} is not one this release of the webhook serves (the chart's watchNamespaces, excludeNamespaces): its pods get credentials from the release that serves it"
             )),
-            "refused",
+            Outcome::Refused,
         );
     };
     let sa_credential = if pod_annotations.contains_key(ANN_INJECT) {
@@ -784,7 +808,7 @@ pub async fn admit(
                     resp.deny(format!(
                         "could not read ServiceAccount {namespace}/{sa_name}: {e}"
                     )),
-                    "error",
+                    Outcome::Error,
                 );
             }
         }
@@ -792,26 +816,26 @@ pub async fn admit(
     let names = inject::container_names(&pod);
     let ask = match inject::requested(&pod_annotations, sa_credential.as_deref(), &names) {
         Ok(Some(a)) => a,
-        Ok(None) => return (resp, "unchanged"),
-        Err(r) => return (resp.deny(r.0), "refused"),
+        Ok(None) => return (resp, Outcome::Unchanged),
+        Err(r) => return (resp.deny(r.0), Outcome::Refused),
     };
     let target = match credential(client, &scope.credentials, &namespace, &ask.name, deadline).await
     {
         Ok(Ok(t)) => t,
-        Ok(Err(r)) => return (resp.deny(r.0), "refused"),
+        Ok(Err(r)) => return (resp.deny(r.0), Outcome::Refused),
         Err(e) => {
             return (
                 resp.deny(format!(
                     "could not read CognitoUnauthCredential {namespace}/{}: {e}",
                     ask.name
                 )),
-                "error",
+                Outcome::Error,
             );
         }
     };
     let injected = match inject::inject(&pod, &ask, &target, sidecar) {
         Ok(i) => i,
-        Err(r) => return (resp.deny(r.0), "refused"),
+        Err(r) => return (resp.deny(r.0), Outcome::Refused),
     };
     patched(req, resp, &pod, injected)
 }
@@ -823,12 +847,12 @@ fn patched(
     resp: AdmissionResponse,
     pod: &serde_json::Value,
     injected: inject::Injected,
-) -> (AdmissionResponse, &'static str) {
+) -> (AdmissionResponse, Outcome) {
     let patch = json_patch::diff(pod, &injected.pod);
     let outcome = if patch.0.is_empty() {
-        "unchanged"
+        Outcome::Unchanged
     } else {
-        "injected"
+        Outcome::Injected
     };
     let mut resp = if patch.0.is_empty() {
         resp
@@ -838,7 +862,7 @@ fn patched(
             Err(e) => {
                 return (
                     AdmissionResponse::from(req).deny(format!("could not encode the patch: {e}")),
-                    "error",
+                    Outcome::Error,
                 );
             }
         }
@@ -968,16 +992,17 @@ async fn answer(
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
         Err(e) => {
-            state.metrics.admission("error", started);
+            state.metrics.admission(Outcome::Error.label(), started);
             return AdmissionResponse::invalid(e.to_string()).into_review();
         }
     };
     let (resp, outcome) = admit(&state.client, &state.caches, &state.sidecar, &req).await;
-    state.metrics.admission(outcome, started);
-    if outcome == "refused" || outcome == "error" {
+    state.metrics.admission(outcome.label(), started);
+    if matches!(outcome, Outcome::Refused | Outcome::Error) {
         info!(
             namespace = req.namespace.as_deref().unwrap_or(""),
-            outcome, "pod admission refused"
+            outcome = outcome.label(),
+            "pod admission refused"
         );
     }
     resp.into_review()
