@@ -206,6 +206,22 @@ async fn scraped(slices: &Api<EndpointSlice>, service: &str, series: &str) -> f6
     total
 }
 
+/// What the scenarios of the test below share: the release's namespace and names, the
+/// application namespace (opted in) and another (not), and the APIs they use.
+struct Bed {
+    rel: TestNs,
+    app: TestNs,
+    other: TestNs,
+    release: String,
+    hook: String,
+    mwc_name: String,
+    mwcs: Api<MutatingWebhookConfiguration>,
+    hook_slices: Api<EndpointSlice>,
+    pods: Api<Pod>,
+    other_pods: Api<Pod>,
+    dry: PostParams,
+}
+
 #[tokio::test]
 async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
     let proxy = Proxy::new();
@@ -425,70 +441,7 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "deployment/inject-app",
         "--timeout=180s",
     ]);
-    let running = pods.list(&ListParams::default()).await.expect("pods").items;
-    let spec_of = |app_label: &str| -> Value {
-        let p = running
-            .iter()
-            .find(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("app"))
-                    .map(String::as_str)
-                    == Some(app_label)
-            })
-            .unwrap_or_else(|| panic!("a pod of {app_label}"));
-        serde_json::to_value(p.spec.as_ref().expect("spec")).expect("json")
-    };
-    for a in ["cli", "boto", "inject-app"] {
-        let s = spec_of(a);
-        let c = &s["containers"][0];
-        assert!(
-            c["volumeMounts"]
-                .as_array()
-                .expect("mounts")
-                .iter()
-                .any(|m| m["mountPath"] == "/var/run/secrets/cognito"
-                    && m["name"] == "cognito-credentials"),
-            "{a}: {s}"
-        );
-        assert!(
-            c["env"]
-                .as_array()
-                .expect("env")
-                .iter()
-                .any(|e| e["name"] == "AWS_CONFIG_FILE"
-                    && e["value"] == "/var/run/secrets/cognito/config")
-        );
-    }
-    let s = spec_of("noshell");
-    assert_eq!(s["initContainers"][0]["name"], "cognito-credentials", "{s}");
-    assert_eq!(s["initContainers"][0]["restartPolicy"], "Always");
-    assert!(
-        s["containers"][0]["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .any(|e| e["name"] == "AWS_CONTAINER_CREDENTIALS_FULL_URI")
-    );
-    // The image really has no shell.
-    let out = std::process::Command::new("kubectl")
-        .envs(testbed().env())
-        .args([
-            "-n",
-            &app.name,
-            "exec",
-            "deploy/noshell",
-            "-c",
-            "app",
-            "--",
-            "sh",
-            "-c",
-            "true",
-        ])
-        .output()
-        .expect("kubectl exec");
-    assert!(!out.status.success(), "the no-shell image ran sh");
+    the_workloads_are_injected_as_asked(&pods, &app.name).await;
 
     // Rotations: each workload signs with every credential set written.
     let mut written: Vec<String> = Vec::new();
@@ -611,6 +564,116 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         leaves >= 4 && cas >= 2,
         "renewals seen: {leaves} certificates, {cas} CAs"
     );
+    let other_pods: Api<Pod> = other.api();
+    let bed = Bed {
+        rel,
+        app,
+        other,
+        release,
+        hook,
+        mwc_name,
+        mwcs,
+        hook_slices,
+        pods,
+        other_pods,
+        dry,
+    };
+    the_configuration_changes_only_with_its_ca_bundle(&bed, leaves, cas).await;
+    pods_without_the_annotation_are_left_as_submitted(&bed).await;
+    bad_inputs_are_refused_with_what_to_fix(&bed).await;
+    let table = admission_latency(&bed).await;
+    let outage = the_webhook_down_and_back(&bed).await;
+    if std::env::var_os("CUC_WRITE_DOCS").is_some() {
+        write_docs_section(
+            "admission-latency",
+            "tests/node_webhook.rs, make admission-latency",
+            &format!("{table}\n{outage}"),
+        );
+    }
+
+    uninstall_leaves_nothing(bed).await;
+}
+
+/// Each workload's pod as the webhook made it: the Secret mounted and AWS_CONFIG_FILE for
+/// credential-process, the sidecar and the container endpoint for container-credentials
+/// (in an image that has no shell).
+async fn the_workloads_are_injected_as_asked(pods: &Api<Pod>, app_ns: &str) {
+    let running = pods.list(&ListParams::default()).await.expect("pods").items;
+    let spec_of = |app_label: &str| -> Value {
+        let p = running
+            .iter()
+            .find(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app"))
+                    .map(String::as_str)
+                    == Some(app_label)
+            })
+            .unwrap_or_else(|| panic!("a pod of {app_label}"));
+        serde_json::to_value(p.spec.as_ref().expect("spec")).expect("json")
+    };
+    for a in ["cli", "boto", "inject-app"] {
+        let s = spec_of(a);
+        let c = &s["containers"][0];
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["mountPath"] == "/var/run/secrets/cognito"
+                    && m["name"] == "cognito-credentials"),
+            "{a}: {s}"
+        );
+        assert!(
+            c["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == "AWS_CONFIG_FILE"
+                    && e["value"] == "/var/run/secrets/cognito/config")
+        );
+    }
+    let s = spec_of("noshell");
+    assert_eq!(s["initContainers"][0]["name"], "cognito-credentials", "{s}");
+    assert_eq!(s["initContainers"][0]["restartPolicy"], "Always");
+    assert!(
+        s["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    );
+    // The image really has no shell.
+    let out = std::process::Command::new("kubectl")
+        .envs(testbed().env())
+        .args([
+            "-n",
+            app_ns,
+            "exec",
+            "deploy/noshell",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ])
+        .output()
+        .expect("kubectl exec");
+    assert!(!out.status.success(), "the no-shell image ran sh");
+}
+
+/// The webhook configuration is written only when its caBundle changes, and a caBundle removed
+/// by hand comes back.
+async fn the_configuration_changes_only_with_its_ca_bundle(bed: &Bed, leaves: usize, cas: usize) {
+    let Bed {
+        rel,
+        hook,
+        mwc_name,
+        mwcs,
+        ..
+    } = bed;
     // The configuration is written only when its caBundle changes: the first one, and per
     // CA the new one joining the bundle and the old one leaving; a leaf renewal changes
     // nothing there. Both replicas may try the same change (one is refused on its
@@ -648,10 +711,20 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         "a caBundle removed by hand was back after {:.2} s",
         removed.elapsed().as_secs_f64()
     );
+}
 
+/// A pod without the annotation: outside the opted-in namespace the webhook is not called;
+/// inside it, it is (once) and leaves the pod as submitted.
+async fn pods_without_the_annotation_are_left_as_submitted(bed: &Bed) {
+    let Bed {
+        hook,
+        hook_slices,
+        pods,
+        other_pods,
+        ..
+    } = bed;
     // A pod without the annotation: outside the opted-in namespace the webhook is not
     // called; inside it, it is (once) and leaves the pod as submitted.
-    let other_pods: Api<Pod> = other.api();
     let plain_spec = pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None);
     for (what, api, calls) in [("not opted in", &other_pods, 0.0), ("opted in", &pods, 1.0)] {
         let before = admissions(&hook_slices, &hook).await;
@@ -680,7 +753,11 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
             "{what}: webhook calls for a pod without the annotation"
         );
     }
+}
 
+/// Malformed annotations and resources that cannot be injected: refused, each with what to fix.
+async fn bad_inputs_are_refused_with_what_to_fix(bed: &Bed) {
+    let Bed { pods, .. } = bed;
     // Malformed annotations: refused with what to fix.
     let two = {
         let mut s = pod_spec("localhost/aws-client:dev", json!(["true"]), None);
@@ -771,7 +848,41 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         .filter(|n| n.starts_with("bad-"))
         .collect();
     assert!(left.is_empty(), "refused pods exist: {left:?}");
+}
 
+/// Admission latency, annotated against plain pods: the table for docs/benchmarks.md.
+async fn admission_latency(bed: &Bed) -> String {
+    let Bed {
+        app,
+        hook,
+        hook_slices,
+        pods,
+        other_pods,
+        dry,
+        ..
+    } = bed;
+    // The workloads (their SDK loops) are stopped first: on two cores they would time
+    // the machine, not the admission.
+    kubectl(&[
+        "-n",
+        &app.name,
+        "scale",
+        "deployment",
+        "--all",
+        "--replicas=0",
+    ]);
+    eventually(
+        Duration::from_secs(120),
+        "the workloads' pods gone",
+        || async {
+            let left = pods.list(&ListParams::default()).await.ok()?.items;
+            // The bare pods left (sleep) cost nothing; the Deployments' loops do.
+            left.iter()
+                .all(|p| p.metadata.owner_references.is_none())
+                .then_some(())
+        },
+    )
+    .await;
     // Admission latency: the same pod with and without the annotation (the latter where
     // the webhook is not called for it), one after the other, so that both see the same
     // machine; the first 20 of each are not counted (connections, caches).
@@ -881,7 +992,20 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
         hook_ms < 1.5,
         "the webhook answered in {hook_ms:.2} ms on average"
     );
+    table
+}
 
+/// The webhook down: annotated pods refused, the others created; then back. What was
+/// measured, for docs/benchmarks.md.
+async fn the_webhook_down_and_back(bed: &Bed) -> String {
+    let Bed {
+        rel,
+        app,
+        hook,
+        pods,
+        other_pods,
+        ..
+    } = bed;
     // The webhook down: annotated pods refused, the others created; then back.
     kubectl(&[
         "-n",
@@ -1013,14 +1137,21 @@ async fn annotated_pods_get_rotating_credentials_and_no_other_pod_is_touched() {
          {late_s:.1} s after the scale-up (its ReplicaSet's retry backoff included).\n"
     );
     println!("{outage}");
-    if std::env::var_os("CUC_WRITE_DOCS").is_some() {
-        write_docs_section(
-            "admission-latency",
-            "tests/node_webhook.rs, make admission-latency",
-            &format!("{table}\n{outage}"),
-        );
-    }
+    outage
+}
 
+/// Uninstall: the configuration and the webhook's own Secret go; the namespaces too.
+async fn uninstall_leaves_nothing(bed: Bed) {
+    let Bed {
+        rel,
+        app,
+        other,
+        release,
+        hook,
+        mwc_name,
+        mwcs,
+        ..
+    } = bed;
     // Uninstall: the configuration and the webhook's own Secret go.
     helm_uninstall(&release, &rel.name);
     assert!(mwcs.get_opt(&mwc_name).await.expect("get").is_none());

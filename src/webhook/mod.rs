@@ -631,14 +631,16 @@ pub async fn configure(
     // A pass reads the Secret and the configuration (two GETs) and writes only what
     // differs; it runs when woken by a change, when a renewal is due, and once a minute.
     // The heartbeat has its own pace.
-    let mut failures = 0u32;
+    // After a failed pass: the watches' backoff (0.8 s doubling to 30 s, with jitter, so
+    // that two replicas that failed together do not retry together).
+    let mut backoff = crate::common::watch::Backoff::default();
     let mut due = tokio::time::Instant::now();
     loop {
         health.beat();
         if tokio::time::Instant::now() >= due {
             let wait = match configurator.pass().await {
                 Ok(next) => {
-                    failures = 0;
+                    backoff = crate::common::watch::Backoff::default();
                     configurator
                         .metrics
                         .webhook_configured(jiff::Timestamp::now().as_second());
@@ -649,9 +651,8 @@ pub async fn configure(
                     next
                 }
                 Err(e) => {
-                    failures += 1;
                     warn!(error = %e, label = e.label(), "webhook configuration pass failed");
-                    Duration::from_secs(2u64.saturating_pow(failures.min(5)))
+                    backoff.next().unwrap_or(RECHECK)
                 }
             };
             due = tokio::time::Instant::now() + wait;
