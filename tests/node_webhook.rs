@@ -679,7 +679,7 @@ async fn the_configuration_changes_only_with_its_ca_bundle(bed: &Bed, leaves: us
     // nothing there. Both replicas may try the same change (one is refused on its
     // resourceVersion), hence twice that.
     let hook_user = format!("system:serviceaccount:{}:{hook}", rel.name);
-    let patches = writers("mutatingwebhookconfigurations", None, &mwc_name)
+    let patches = writers("mutatingwebhookconfigurations", None, mwc_name)
         .into_iter()
         .filter(|u| *u == hook_user)
         .count();
@@ -696,13 +696,13 @@ async fn the_configuration_changes_only_with_its_ca_bundle(bed: &Bed, leaves: us
     kubectl(&[
         "patch",
         "mutatingwebhookconfiguration",
-        &mwc_name,
+        mwc_name,
         "--type=json",
         "-p",
         r#"[{"op": "remove", "path": "/webhooks/1/clientConfig/caBundle"}]"#,
     ]);
     eventually(Duration::from_secs(10), "the caBundle back", || async {
-        let m = mwcs.get(&mwc_name).await.ok()?;
+        let m = mwcs.get(mwc_name).await.ok()?;
         m.webhooks?[1].client_config.ca_bundle.as_ref()?;
         Some(())
     })
@@ -727,7 +727,7 @@ async fn pods_without_the_annotation_are_left_as_submitted(bed: &Bed) {
     // called; inside it, it is (once) and leaves the pod as submitted.
     let plain_spec = pod_spec("localhost/aws-client:dev", json!(["sleep", "600"]), None);
     for (what, api, calls) in [("not opted in", &other_pods, 0.0), ("opted in", &pods, 1.0)] {
-        let before = admissions(&hook_slices, &hook).await;
+        let before = admissions(hook_slices, hook).await;
         let plain = api
             .create(
                 &PostParams::default(),
@@ -748,7 +748,7 @@ async fn pods_without_the_annotation_are_left_as_submitted(bed: &Bed) {
         );
         assert!(stored["initContainers"].is_null(), "{what}");
         assert_eq!(
-            admissions(&hook_slices, &hook).await - before,
+            admissions(hook_slices, hook).await - before,
             calls,
             "{what}: webhook calls for a pod without the annotation"
         );
@@ -916,14 +916,14 @@ async fn admission_latency(bed: &Bed) -> String {
     let webhook_answers = || async {
         (
             scraped(
-                &hook_slices,
-                &hook,
+                hook_slices,
+                hook,
                 "cognito_unauth_controller_webhook_admission_duration_seconds_sum ",
             )
             .await,
             scraped(
-                &hook_slices,
-                &hook,
+                hook_slices,
+                hook,
                 "cognito_unauth_controller_webhook_admission_duration_seconds_count ",
             )
             .await,
@@ -943,7 +943,7 @@ async fn admission_latency(bed: &Bed) -> String {
             (&p_without, &other_pods, &mut without),
         ] {
             let t = Instant::now();
-            api.create(&dry, p).await.expect("dry-run create");
+            api.create(dry, p).await.expect("dry-run create");
             if i >= WARM {
                 ms.push(t.elapsed().as_secs_f64() * 1000.0);
             }
